@@ -1,0 +1,133 @@
+"""Read API for the merchant's systems: /api/v1/cases/. Scoped to the token's store."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers
+
+from common.errors import ApplicationError
+
+from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
+from .selectors import case_list
+
+
+class CaseSerializer(serializers.ModelSerializer):
+    customer = serializers.CharField(source="customer.stripe_id")
+    invoice = serializers.SerializerMethodField()
+    order = serializers.SerializerMethodField()
+    payment_intent = serializers.CharField(source="payment_intent_id")
+    closed_at = serializers.DateTimeField()
+    next_action_at = serializers.DateTimeField()
+
+    class Meta:
+        model = RecoveryCase
+        fields = [
+            "id",
+            "status",
+            "track",
+            "decline_code",
+            "advice_code",
+            "amount",
+            "currency",
+            "customer",
+            "invoice",
+            "payment_intent",
+            "order",
+            "opened_at",
+            "closed_at",
+            "next_action",
+            "next_action_at",
+            "attempt_count",
+            "escalated",
+            "recovered_via",
+            "recovered_amount",
+            "window_end",
+            "track_reason",
+        ]
+
+    def get_invoice(self, case: RecoveryCase) -> str | None:
+        return case.invoice.stripe_id if case.invoice_id else None
+
+    def get_order(self, case: RecoveryCase) -> str | None:
+        return case.order.number if case.order_id else None
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PaymentAttempt
+        fields = [
+            "id",
+            "attempted_at",
+            "source",
+            "outcome",
+            "amount",
+            "currency",
+            "decline_code",
+            "failure_code",
+            "advice_code",
+            "network_decline_code",
+            "network_advice_code",
+            "card_brand",
+            "card_last4",
+            "charge_id",
+            "payment_intent_id",
+            "reason",
+        ]
+
+
+class CaseEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CaseEvent
+        fields = ["at", "kind", "message", "actor", "data"]
+
+
+class CaseDetailSerializer(CaseSerializer):
+    attempts = AttemptSerializer(many=True)
+    events = CaseEventSerializer(many=True)
+
+    class Meta(CaseSerializer.Meta):
+        fields = [
+            *CaseSerializer.Meta.fields,
+            "window_start",
+            "dunning_stage",
+            "attempts",
+            "events",
+        ]
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("customer", str, description="Stripe customer id (cus_…)"),
+        OpenApiParameter("status", str, enum=RecoveryCase.Status.values),
+        OpenApiParameter("track", str, enum=Track.values),
+    ]
+)
+class CaseListView(generics.ListAPIView):
+    serializer_class = CaseSerializer
+
+    def get_queryset(self):
+        params = self.request.query_params
+        for name, allowed in (("status", RecoveryCase.Status.values), ("track", Track.values)):
+            if params.get(name) and params[name] not in allowed:
+                raise ApplicationError(
+                    f"Unknown {name} {params[name]!r}; use one of: {', '.join(allowed)}.",
+                    code="bad_filter",
+                )
+        return case_list(store=self.request.store, filters=params)
+
+
+class CaseDetailView(generics.RetrieveAPIView):
+    serializer_class = CaseDetailSerializer
+
+    def get_queryset(self):
+        return (
+            RecoveryCase.objects.filter(store=self.request.store)
+            .select_related("customer", "invoice", "order")
+            .prefetch_related(
+                Prefetch(
+                    "attempts", queryset=PaymentAttempt.objects.order_by("attempted_at", "id")
+                ),
+                Prefetch("events", queryset=CaseEvent.objects.order_by("at", "id")),
+            )
+        )

@@ -1,0 +1,293 @@
+from django.db import models
+
+from orders.models import Order
+from stores.models import Store
+from subscriptions.models import Customer, Invoice, Subscription
+
+
+class Track(models.TextChoices):
+    SOFT = "soft", "Retry (soft decline)"
+    CARD_UPDATE = "card_update", "Card update"
+    HARD = "hard", "Hard decline"
+    FRAUD = "fraud", "Fraud / dispute risk"
+    AUTHENTICATION = "authentication", "Authentication"
+
+
+class StripeEvent(models.Model):
+    """The durable inbox: every signed event, stored once, kept with its outcome."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending"
+        PROCESSED = "processed"
+        IGNORED = "ignored"
+        FAILED = "failed"
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="stripe_events")
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    stripe_created = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.PENDING)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # Exactly-once storage: fifty deliveries of one event give one row.
+            models.UniqueConstraint(
+                fields=["store", "event_id"], name="stripe_event_store_id_unique"
+            )
+        ]
+        indexes = [
+            # The scheduler's sweep of events still to process (or to retry after an error).
+            models.Index(fields=["outcome", "received_at"], name="stripe_event_outcome_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"
+
+
+class RecoveryCase(models.Model):
+    """The recovery record for one failed invoice or order payment."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        RECOVERED = "recovered"
+        LOST = "lost"
+        CANCELLED = "cancelled"
+
+    class RecoveredVia(models.TextChoices):
+        RECOUP_RETRY = "recoup_retry", "Recoup retry"
+        STRIPE_RETRY = "stripe_retry", "Stripe retry"
+        CUSTOMER = "customer", "Customer (card update / pay page)"
+        CARD_UPDATER = "card_updater", "Card updater"
+        AGENT = "agent", "Agent"
+        OUTSIDE = "outside", "Paid outside Stripe"
+
+    class NextAction(models.TextChoices):
+        NONE = "", "Nothing scheduled"
+        RETRY = "retry", "Retry payment"
+        MESSAGE = "message", "Message customer"
+        STEP_DOWN = "step_down", "Restrict access"
+        CLOSE = "close", "Close at window end"
+        RECONCILE = "reconcile", "Read back an unknown attempt"
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice", "Subscription invoice"
+        PAYMENT = "payment", "Order payment"
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="cases")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="cases")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    invoice = models.OneToOneField(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="case"
+    )
+    subscription = models.ForeignKey(
+        Subscription, null=True, blank=True, on_delete=models.SET_NULL, related_name="cases"
+    )
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="cases"
+    )
+    payment_intent_id = models.CharField(max_length=255, blank=True, default="")
+    amount = models.PositiveBigIntegerField(help_text="Amount at risk, minor units.")
+    currency = models.CharField(max_length=3)
+    track = models.CharField(max_length=16, choices=Track.choices)
+    track_reason = models.CharField(max_length=300, blank=True, default="")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.OPEN)
+    opened_at = models.DateTimeField()
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    attempt_count = models.PositiveIntegerField(default=0)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    decline_code = models.CharField(max_length=64, blank=True, default="")
+    advice_code = models.CharField(max_length=64, blank=True, default="")
+    next_action = models.CharField(
+        max_length=12, choices=NextAction.choices, blank=True, default=""
+    )
+    next_action_at = models.DateTimeField(null=True, blank=True)
+    next_action_reason = models.CharField(max_length=300, blank=True, default="")
+    dunning_stage = models.PositiveSmallIntegerField(default=0)
+    dunning_paused = models.BooleanField(default=False)
+    card_updater_result = models.CharField(max_length=64, blank=True, default="")
+    escalated = models.BooleanField(default=False)
+    escalation_reason = models.CharField(max_length=300, blank=True, default="")
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    recovered_amount = models.PositiveBigIntegerField(default=0)
+    recovered_via = models.CharField(
+        max_length=16, choices=RecoveredVia.choices, blank=True, default=""
+    )
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_reason = models.CharField(max_length=300, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # One case per order payment (invoices are one-to-one above).
+            models.UniqueConstraint(
+                fields=["store", "payment_intent_id"],
+                condition=models.Q(kind="payment"),
+                name="case_store_payment_intent_unique",
+            ),
+        ]
+        indexes = [
+            # The scheduler pass: open cases whose next action is due.
+            models.Index(
+                fields=["next_action_at"], condition=models.Q(status="open"), name="case_due_idx"
+            ),
+            # API and dashboard lists: a store's cases by status, newest first.
+            models.Index(fields=["store", "status", "-opened_at"], name="case_store_status_idx"),
+            # "Every open case of this customer" on a card change.
+            models.Index(fields=["customer", "status"], name="case_customer_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Case {self.pk} ({self.track}, {self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.OPEN
+
+
+class PaymentAttempt(models.Model):
+    """Append-only: one try to collect money, whoever made it."""
+
+    class Source(models.TextChoices):
+        STRIPE_AUTO = "stripe_auto", "Stripe (automatic / Smart Retries)"
+        RECOUP_RETRY = "recoup_retry", "Recoup retry"
+        CUSTOMER = "customer", "Customer"
+        CARD_UPDATE = "card_update", "After a card update"
+        AGENT = "agent", "Agent"
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        REQUIRES_ACTION = "requires_action"
+        UNKNOWN = "unknown", "Unknown (timeout / server error)"
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="payment_attempts")
+    case = models.ForeignKey(
+        RecoveryCase, null=True, blank=True, on_delete=models.PROTECT, related_name="attempts"
+    )
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="payment_attempts"
+    )
+    invoice_stripe_id = models.CharField(max_length=255, blank=True, default="")
+    invoice_attempt_number = models.PositiveIntegerField(null=True, blank=True)
+    payment_intent_id = models.CharField(max_length=255, blank=True, default="")
+    charge_id = models.CharField(max_length=255, blank=True, default="")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    amount = models.PositiveBigIntegerField(default=0)
+    currency = models.CharField(max_length=3, default="usd")
+    attempted_at = models.DateTimeField()
+    decline_code = models.CharField(max_length=64, blank=True, default="")
+    failure_code = models.CharField(max_length=64, blank=True, default="")
+    failure_message = models.CharField(max_length=500, blank=True, default="")
+    advice_code = models.CharField(max_length=64, blank=True, default="")
+    network_decline_code = models.CharField(max_length=16, blank=True, default="")
+    network_advice_code = models.CharField(max_length=16, blank=True, default="")
+    card_brand = models.CharField(max_length=32, blank=True, default="")
+    card_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    card_last4 = models.CharField(max_length=4, blank=True, default="")
+    payment_method_id = models.CharField(max_length=255, blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    reason = models.CharField(
+        max_length=300, blank=True, default="", help_text="Why it was made then."
+    )
+    stripe_event = models.ForeignKey(
+        StripeEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # A retry is sent at most once per key: the database refuses a second row.
+            models.UniqueConstraint(
+                fields=["store", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="attempt_idempotency_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["store", "charge_id"],
+                condition=~models.Q(charge_id=""),
+                name="attempt_store_charge_unique",
+            ),
+        ]
+        indexes = [
+            # Network budgets: attempts on one card in the last 30 days.
+            models.Index(
+                fields=["store", "card_fingerprint", "attempted_at"], name="attempt_card_budget_idx"
+            ),
+            models.Index(fields=["case", "attempted_at"], name="attempt_case_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.outcome} {self.decline_code}"
+
+
+class CaseEvent(models.Model):
+    """Append-only timeline of everything that happened to a case."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
+    case = models.ForeignKey(RecoveryCase, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=48)
+    at = models.DateTimeField()
+    message = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150, blank=True, default="system")
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["case", "at"], name="case_event_case_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.kind}"
+
+
+class RetryPolicy(models.Model):
+    """A store's recovery policy. Versioned: edits add a row; cases keep the version they used."""
+
+    class EndAction(models.TextChoices):
+        CANCEL = "cancel", "Cancel the subscription"
+        PAUSE = "pause", "Pause the subscription"
+        UNPAID = "unpaid", "Mark the subscription unpaid"
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="retry_policies")
+    version = models.PositiveIntegerField()
+    max_retries = models.PositiveSmallIntegerField(default=4)
+    # Recovery window per billing interval, in days.
+    window_days_day = models.PositiveSmallIntegerField(default=3)
+    window_days_week = models.PositiveSmallIntegerField(default=7)
+    window_days_month = models.PositiveSmallIntegerField(default=21)
+    window_days_year = models.PositiveSmallIntegerField(default=45)
+    window_days_order = models.PositiveSmallIntegerField(default=7)
+    # Access step-down: full access for the grace share of the window, then restricted.
+    grace_fraction = models.FloatField(default=0.5)
+    end_action = models.CharField(max_length=8, choices=EndAction.choices, default=EndAction.CANCEL)
+    first_retry_hours = models.PositiveSmallIntegerField(default=4)
+    generic_retries_before_card_update = models.PositiveSmallIntegerField(default=2)
+    predunning_days = models.PositiveSmallIntegerField(default=30)
+    learned_timing = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True, default="system")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["store", "version"], name="retry_policy_store_version_unique"
+            )
+        ]
+        ordering = ["store", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.store} policy v{self.version}"
+
+    def window_days(self, interval: str | None) -> int:
+        return {
+            "day": self.window_days_day,
+            "week": self.window_days_week,
+            "month": self.window_days_month,
+            "year": self.window_days_year,
+        }.get(interval or "", self.window_days_order)

@@ -1,0 +1,348 @@
+"""Writes to recovery state: opening, updating and closing cases, the timeline, attempts.
+
+Every change to a case goes through here, inside a transaction, and leaves a CaseEvent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from orders.models import Order
+from stores.models import Store
+from subscriptions.models import Customer, Invoice, Subscription
+
+from . import declines
+from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
+from .selectors import retry_policy_current
+from .stripe_payloads import DeclineInfo
+
+# How close in time two reports of one payment attempt must be to be the same attempt
+# (an invoice event and a charge event describing one charge).
+SAME_ATTEMPT_WINDOW = dt.timedelta(minutes=30)
+
+
+def case_event_record(
+    *,
+    case: RecoveryCase,
+    kind: str,
+    message: str,
+    at: dt.datetime | None = None,
+    data: dict | None = None,
+    actor: str = "system",
+) -> CaseEvent:
+    return CaseEvent.objects.create(
+        store_id=case.store_id,
+        case=case,
+        kind=kind,
+        at=at or timezone.now(),
+        message=message[:500],
+        data=data or {},
+        actor=actor[:150],
+    )
+
+
+def _classification(decline: DeclineInfo) -> declines.Classification:
+    return declines.classify(
+        decline_code=decline.decline_code,
+        failure_code=decline.failure_code,
+        advice_code=decline.advice_code,
+        network_advice_code=decline.network_advice_code,
+        network_decline_code=decline.network_decline_code,
+        card_brand=decline.card_brand,
+    )
+
+
+def payment_attempt_record(
+    *,
+    store: Store,
+    case: RecoveryCase | None,
+    customer: Customer | None,
+    source: str,
+    outcome: str,
+    amount: int,
+    currency: str,
+    at: dt.datetime,
+    decline: DeclineInfo | None = None,
+    invoice_stripe_id: str = "",
+    invoice_attempt_number: int | None = None,
+    stripe_event_id: int | None = None,
+    reason: str = "",
+) -> tuple[PaymentAttempt, bool]:
+    """Record an attempt reported by Stripe, merging reports that describe the same charge.
+
+    One charge is often reported several times (invoice.payment_failed, charge.failed,
+    payment_intent.payment_failed), in any order. They are one attempt when they share a
+    charge id, or an invoice attempt number, or when one lacks what the other has and
+    they are close in time on the same invoice or PaymentIntent.
+    """
+    decline = decline or DeclineInfo()
+    existing = None
+    if decline.charge_id:
+        existing = PaymentAttempt.objects.filter(store=store, charge_id=decline.charge_id).first()
+    if existing is None and invoice_stripe_id and invoice_attempt_number:
+        existing = PaymentAttempt.objects.filter(
+            store=store,
+            invoice_stripe_id=invoice_stripe_id,
+            invoice_attempt_number=invoice_attempt_number,
+        ).first()
+    if existing is None and (invoice_stripe_id or decline.payment_intent_id):
+        same_payment = Q()
+        if invoice_stripe_id:
+            same_payment |= Q(invoice_stripe_id=invoice_stripe_id)
+        if decline.payment_intent_id:
+            same_payment |= Q(payment_intent_id=decline.payment_intent_id)
+        incomplete = Q()
+        if decline.charge_id:
+            incomplete &= Q(charge_id="")
+        if invoice_attempt_number:
+            incomplete &= Q(invoice_attempt_number__isnull=True)
+        if incomplete:
+            existing = (
+                PaymentAttempt.objects.filter(
+                    same_payment, incomplete, store=store, outcome=outcome
+                )
+                .filter(attempted_at__range=(at - SAME_ATTEMPT_WINDOW, at + SAME_ATTEMPT_WINDOW))
+                .order_by("-attempted_at")
+                .first()
+            )
+    if existing is not None:
+        # Fill in what this report adds; never overwrite what is known.
+        changed = []
+        for field, value in (
+            ("charge_id", decline.charge_id),
+            ("payment_intent_id", decline.payment_intent_id),
+            ("decline_code", decline.decline_code),
+            ("failure_code", decline.failure_code),
+            ("failure_message", decline.failure_message),
+            ("advice_code", decline.advice_code),
+            ("network_decline_code", decline.network_decline_code),
+            ("network_advice_code", decline.network_advice_code),
+            ("card_brand", decline.card_brand),
+            ("card_fingerprint", decline.card_fingerprint),
+            ("card_last4", decline.card_last4),
+            ("payment_method_id", decline.payment_method_id),
+            ("invoice_stripe_id", invoice_stripe_id),
+            ("invoice_attempt_number", invoice_attempt_number),
+        ):
+            if value and not getattr(existing, field):
+                setattr(existing, field, value)
+                changed.append(field)
+        if case is not None and existing.case_id is None:
+            existing.case = case
+            changed.append("case")
+        if changed:
+            existing.save(update_fields=changed)
+        return existing, False
+    attempt = PaymentAttempt.objects.create(
+        store=store,
+        case=case,
+        customer=customer,
+        invoice_stripe_id=invoice_stripe_id,
+        invoice_attempt_number=invoice_attempt_number,
+        payment_intent_id=decline.payment_intent_id,
+        charge_id=decline.charge_id,
+        source=source,
+        outcome=outcome,
+        amount=amount,
+        currency=currency,
+        attempted_at=at,
+        decline_code=decline.decline_code,
+        failure_code=decline.failure_code,
+        failure_message=decline.failure_message,
+        advice_code=decline.advice_code,
+        network_decline_code=decline.network_decline_code,
+        network_advice_code=decline.network_advice_code,
+        card_brand=decline.card_brand,
+        card_fingerprint=decline.card_fingerprint,
+        card_last4=decline.card_last4,
+        payment_method_id=decline.payment_method_id,
+        stripe_event_id=stripe_event_id,
+        reason=reason,
+    )
+    return attempt, True
+
+
+def _find_case(
+    *, store: Store, invoice: Invoice | None, payment_intent_ids: list[str]
+) -> RecoveryCase | None:
+    qs = RecoveryCase.objects.select_for_update()
+    if invoice is not None:
+        case = qs.filter(invoice=invoice).first()
+        if case:
+            return case
+    if payment_intent_ids:
+        # A PaymentIntent failure can arrive before its invoice's failure.
+        return (
+            qs.filter(store=store, payment_intent_id__in=payment_intent_ids).order_by("id").first()
+        )
+    return None
+
+
+@transaction.atomic
+def recovery_case_open(
+    *,
+    store: Store,
+    customer: Customer,
+    amount: int,
+    currency: str,
+    decline: DeclineInfo,
+    at: dt.datetime,
+    invoice: Invoice | None = None,
+    subscription: Subscription | None = None,
+    order: Order | None = None,
+    payment_intent_ids: list[str] | None = None,
+) -> tuple[RecoveryCase, bool]:
+    """Open the one case for a failed invoice or order payment, or update the open one.
+
+    Returns (case, changed). A closed case is never reopened by a late failure.
+    """
+    from . import engine
+
+    payment_intent_ids = [p for p in (payment_intent_ids or [decline.payment_intent_id]) if p]
+    classification = _classification(decline)
+    case = _find_case(store=store, invoice=invoice, payment_intent_ids=payment_intent_ids)
+    if case is None:
+        policy = retry_policy_current(store=store)
+        interval = subscription.interval if subscription else None
+        window_end = at + dt.timedelta(days=policy.window_days(interval))
+        case = RecoveryCase.objects.create(
+            store=store,
+            customer=customer,
+            kind=RecoveryCase.Kind.INVOICE if invoice else RecoveryCase.Kind.PAYMENT,
+            invoice=invoice,
+            subscription=subscription,
+            order=order,
+            payment_intent_id=payment_intent_ids[-1] if payment_intent_ids else "",
+            amount=amount,
+            currency=currency,
+            track=classification.track,
+            track_reason=classification.reason,
+            opened_at=at,
+            window_start=at,
+            window_end=window_end,
+            decline_code=classification.code,
+            advice_code=decline.advice_code,
+            policy_version=policy.version,
+        )
+        case_event_record(
+            case=case,
+            kind="opened",
+            at=at,
+            message=f"Payment of {amount} {currency.upper()} failed: {classification.reason}",
+            data={"track": case.track, "window_end": window_end.isoformat()},
+        )
+        engine.case_after_failure(case=case, classification=classification, at=at)
+        return case, True
+
+    if not case.is_open:
+        case_event_record(
+            case=case,
+            kind="late_failure_ignored",
+            at=at,
+            message=f"A failure reported after the case was {case.status} changes nothing.",
+            data={"decline_code": classification.code},
+        )
+        return case, False
+
+    updates = {"amount": amount or case.amount}
+    if invoice is not None and case.invoice_id is None:
+        updates.update(invoice=invoice, kind=RecoveryCase.Kind.INVOICE)
+    if subscription is not None and case.subscription_id is None:
+        updates["subscription"] = subscription
+    if order is not None and case.order_id is None:
+        updates["order"] = order
+    # A report with no decline details never downgrades what a richer report said.
+    if decline.has_code or not case.decline_code:
+        if case.track == Track.FRAUD and classification.track != Track.FRAUD:
+            pass  # a dispute or fraud signal is sticky
+        elif classification.track != case.track or classification.code != case.decline_code:
+            if classification.track != case.track:
+                case_event_record(
+                    case=case,
+                    kind="track_changed",
+                    at=at,
+                    message=f"Track {case.track} → {classification.track}: {classification.reason}",
+                )
+            updates.update(
+                track=classification.track,
+                track_reason=classification.reason,
+                decline_code=classification.code,
+                advice_code=decline.advice_code,
+            )
+    for field, value in updates.items():
+        setattr(case, field, value)
+    case.save(update_fields=[*updates.keys(), "updated_at"])
+    engine.case_after_failure(case=case, classification=classification, at=at)
+    return case, True
+
+
+@transaction.atomic
+def recovery_case_close(
+    *,
+    case: RecoveryCase,
+    status: str,
+    reason: str,
+    at: dt.datetime | None = None,
+    via: str = "",
+    amount: int | None = None,
+    actor: str = "system",
+) -> bool:
+    """Close an open case. Returns False if it was already closed (nothing changes)."""
+    from . import engine
+
+    at = at or timezone.now()
+    updated = RecoveryCase.objects.filter(pk=case.pk, status=RecoveryCase.Status.OPEN).update(
+        status=status,
+        closed_at=at,
+        closed_reason=reason[:300],
+        recovered_via=via if status == RecoveryCase.Status.RECOVERED else "",
+        recovered_amount=(case.amount if amount is None else amount)
+        if status == RecoveryCase.Status.RECOVERED
+        else 0,
+        next_action="",
+        next_action_at=None,
+        next_action_reason="",
+        updated_at=at,
+    )
+    if updated != 1:
+        return False  # already closed, by another event or worker
+    case.refresh_from_db()
+    days = (at - case.opened_at).total_seconds() / 86400
+    case_event_record(
+        case=case,
+        kind=status,
+        at=at,
+        actor=actor,
+        message=(
+            f"Recovered via {case.get_recovered_via_display()} after {days:.1f} days: {reason}"
+            if status == RecoveryCase.Status.RECOVERED
+            else f"Case {status}: {reason}"
+        ),
+        data={"days_to_close": round(days, 2), "recovered_amount": case.recovered_amount},
+    )
+    engine.case_after_close(case=case, at=at)
+    return True
+
+
+def recovered_via_for_success(*, case: RecoveryCase, at: dt.datetime) -> str:
+    """Who brought the money back, judged from the attempts and events just before."""
+    last = case.attempts.order_by("-attempted_at", "-id").first()
+    if last is not None and last.outcome == PaymentAttempt.Outcome.SUCCEEDED:
+        return {
+            PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
+            PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
+            PaymentAttempt.Source.CARD_UPDATE: RecoveryCase.RecoveredVia.CUSTOMER,
+            PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
+            PaymentAttempt.Source.STRIPE_AUTO: RecoveryCase.RecoveredVia.STRIPE_RETRY,
+        }[last.source]
+    if case.card_updater_result == "updated":
+        return RecoveryCase.RecoveredVia.CARD_UPDATER
+    return RecoveryCase.RecoveredVia.STRIPE_RETRY
+
+
+def open_cases_for_customer(*, customer: Customer):
+    return RecoveryCase.objects.filter(customer=customer, status=RecoveryCase.Status.OPEN)

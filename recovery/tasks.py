@@ -1,0 +1,23 @@
+"""django-q2 entry points. Thin: each calls one service."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django_q.tasks import async_task
+
+from .intake import stripe_event_process
+
+
+def stripe_event_process_task(event_pk: int) -> str:
+    return stripe_event_process(event_pk=event_pk)
+
+
+def stripe_event_enqueue(event_pk: int) -> None:
+    """Queue processing once the event row is committed (inline when Q_CLUSTER sync)."""
+    transaction.on_commit(
+        lambda: async_task(
+            "recovery.tasks.stripe_event_process_task",
+            event_pk,
+            task_name=f"stripe-event-{event_pk}",
+        )
+    )

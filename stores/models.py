@@ -1,0 +1,84 @@
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.db import models
+
+from common.crypto import EncryptedTextField, mask
+
+
+class Store(models.Model):
+    """The tenant: one merchant account. Every domain row belongs to exactly one store."""
+
+    class Gateway(models.TextChoices):
+        SANDBOX = "sandbox", "Sandbox (no real money)"
+        STRIPE = "stripe", "Stripe"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3, default="usd")
+    timezone = models.CharField(max_length=64, default="UTC")
+    gateway = models.CharField(max_length=16, choices=Gateway.choices, default=Gateway.SANDBOX)
+    stripe_secret_key = EncryptedTextField(blank=True, default="")
+    stripe_webhook_secret = EncryptedTextField(blank=True, default="")
+    # Escalation thresholds (minor units / 0-100 score).
+    high_value_mrr_threshold = models.PositiveIntegerField(default=50_000)
+    churn_risk_threshold = models.PositiveSmallIntegerField(default=60)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def webhook_path(self) -> str:
+        return f"/webhooks/stripe/{self.id}/"
+
+    @property
+    def stripe_secret_key_masked(self) -> str:
+        return mask(self.stripe_secret_key)
+
+    @property
+    def stripe_webhook_secret_masked(self) -> str:
+        return mask(self.stripe_webhook_secret)
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OPERATOR = "operator", "Operator"
+        AGENT = "agent", "Support agent"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "store"], name="membership_user_store_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.store} ({self.role})"
+
+
+class ApiToken(models.Model):
+    """A store-scoped API token for the merchant's systems. Only its SHA-256 is kept."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, default="default")
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.store})"

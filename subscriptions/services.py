@@ -1,0 +1,278 @@
+"""Writes to customers, cards, subscriptions and invoices, as Stripe reports them.
+
+State only moves forward: each row remembers the Stripe time of the newest event
+applied to it, and an older snapshot never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from recovery.stripe_payloads import (
+    invoice_line_product,
+    invoice_payment_intent_ids,
+    invoice_subscription_id,
+    minor,
+    obj,
+    subscription_summary,
+    ts,
+)
+from stores.models import Store
+
+from .models import Customer, Invoice, PaymentMethod, Subscription
+
+
+def _get_or_create(model, *, lookup: dict, defaults: dict):
+    """get_or_create that survives a concurrent insert of the same Stripe object."""
+    try:
+        with transaction.atomic():
+            return model.objects.get_or_create(**lookup, defaults=defaults)
+    except IntegrityError:
+        return model.objects.get(**lookup), False
+
+
+def customer_upsert(
+    *,
+    store: Store,
+    stripe_id: str,
+    email: str = "",
+    name: str = "",
+    phone: str = "",
+    seen_at: dt.datetime | None = None,
+) -> Customer:
+    seen_at = seen_at or timezone.now()
+    customer, created = _get_or_create(
+        Customer,
+        lookup={"store": store, "stripe_id": stripe_id},
+        defaults={
+            "email": email[:254],
+            "name": name[:200],
+            "phone": phone[:32],
+            "first_seen_at": seen_at,
+        },
+    )
+    if not created:
+        changed = []
+        for field, value in (("email", email[:254]), ("name", name[:200]), ("phone", phone[:32])):
+            if value and not getattr(customer, field):
+                setattr(customer, field, value)
+                changed.append(field)
+        if seen_at < customer.first_seen_at:
+            customer.first_seen_at = seen_at
+            changed.append("first_seen_at")
+        if changed:
+            customer.save(update_fields=[*changed, "updated_at"])
+    return customer
+
+
+def customer_update_from_stripe(*, customer: Customer, data: dict, at: dt.datetime) -> Customer:
+    changed = []
+    for field, value in (
+        ("email", str(data.get("email") or "")[:254]),
+        ("name", str(data.get("name") or "")[:200]),
+        ("phone", str(data.get("phone") or "")[:32]),
+    ):
+        if value and getattr(customer, field) != value:
+            setattr(customer, field, value)
+            changed.append(field)
+    locales = data.get("preferred_locales") or []
+    if locales and customer.locale != str(locales[0])[:16]:
+        customer.locale = str(locales[0])[:16]
+        changed.append("locale")
+    if changed:
+        customer.save(update_fields=[*changed, "updated_at"])
+    return customer
+
+
+def customer_mark_disputed(*, customer: Customer, at: dt.datetime) -> None:
+    Customer.objects.filter(pk=customer.pk, disputed_at__isnull=True).update(disputed_at=at)
+
+
+def payment_method_upsert(
+    *, store: Store, customer: Customer, data: dict, make_default: bool = False
+) -> PaymentMethod:
+    """A card from a PaymentMethod (`card` sub-object) or a legacy Card source."""
+    card = obj(data.get("card")) or (data if data.get("object") == "card" else {})
+    values = {
+        "customer": customer,
+        "brand": str(card.get("brand") or card.get("display_brand") or "")[:32].lower(),
+        "last4": str(card.get("last4") or "")[:4],
+        "exp_month": card.get("exp_month"),
+        "exp_year": card.get("exp_year"),
+        "fingerprint": str(card.get("fingerprint") or "")[:64],
+    }
+    pm, created = _get_or_create(
+        PaymentMethod, lookup={"store": store, "stripe_id": str(data["id"])}, defaults=values
+    )
+    if not created:
+        changed = [k for k, v in values.items() if v not in (None, "") and getattr(pm, k) != v]
+        for k in changed:
+            setattr(pm, k, values[k])
+        if changed:
+            pm.save(update_fields=[*changed, "updated_at"])
+    if make_default:
+        payment_method_set_default(customer=customer, payment_method=pm)
+    return pm
+
+
+@transaction.atomic
+def payment_method_set_default(*, customer: Customer, payment_method: PaymentMethod) -> None:
+    PaymentMethod.objects.filter(customer=customer, is_default=True).exclude(
+        pk=payment_method.pk
+    ).update(is_default=False)
+    if not payment_method.is_default:
+        payment_method.is_default = True
+        payment_method.save(update_fields=["is_default", "updated_at"])
+    if customer.default_payment_method_id != payment_method.pk:
+        customer.default_payment_method = payment_method
+        customer.save(update_fields=["default_payment_method", "updated_at"])
+
+
+def subscription_ref(
+    *, store: Store, customer: Customer, invoice: dict, at: dt.datetime
+) -> Subscription | None:
+    """The subscription an invoice belongs to, created from what the invoice says if new."""
+    sub_id = invoice_subscription_id(invoice)
+    if not sub_id:
+        return None
+    product = invoice_line_product(invoice)
+    line_amount = minor(invoice.get("subtotal") or invoice.get("amount_due"))
+    subscription, created = _get_or_create(
+        Subscription,
+        lookup={"store": store, "stripe_id": sub_id},
+        defaults={
+            "customer": customer,
+            "product_name": product,
+            "amount": line_amount,
+            "mrr": line_amount,
+            "currency": str(invoice.get("currency") or store.currency).lower()[:3],
+        },
+    )
+    expanded = obj(obj(obj(invoice.get("parent")).get("subscription_details")).get("subscription"))
+    if expanded.get("items"):
+        subscription_upsert(store=store, customer=customer, data=expanded, at=at)
+        subscription.refresh_from_db()
+    return subscription
+
+
+def subscription_upsert(
+    *, store: Store, customer: Customer, data: dict, at: dt.datetime
+) -> Subscription:
+    summary = subscription_summary(data)
+    status = str(data.get("status") or Subscription.Status.ACTIVE)
+    if status not in Subscription.Status.values:
+        status = Subscription.Status.ACTIVE
+    values = {
+        "customer": customer,
+        "status": status,
+        "cancel_at_period_end": bool(data.get("cancel_at_period_end")),
+        "canceled_at": ts(data.get("canceled_at")) or ts(data.get("ended_at")),
+        **{k: v for k, v in summary.items() if v not in (None, "")},
+    }
+    with transaction.atomic():
+        subscription, created = _get_or_create(
+            Subscription,
+            lookup={"store": store, "stripe_id": str(data["id"])},
+            defaults={**values, "stripe_updated": at},
+        )
+        if created:
+            return subscription
+        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if subscription.stripe_updated and at < subscription.stripe_updated:
+            return subscription  # an older snapshot arriving late
+        # A cancelled subscription stays cancelled whatever a late update says.
+        if (
+            subscription.status == Subscription.Status.CANCELED
+            and status != Subscription.Status.CANCELED
+        ):
+            values.pop("status")
+        for k, v in values.items():
+            setattr(subscription, k, v)
+        subscription.stripe_updated = at
+        subscription.save()
+        return subscription
+
+
+def subscription_mark_past_due(*, subscription: Subscription, at: dt.datetime) -> None:
+    Subscription.objects.filter(
+        pk=subscription.pk, status__in=[Subscription.Status.ACTIVE, Subscription.Status.TRIALING]
+    ).update(status=Subscription.Status.PAST_DUE)
+
+
+# Forward-only order of invoice states: a paid invoice is never reopened by a late failure.
+_INVOICE_RANK = {
+    Invoice.Status.DRAFT: 0,
+    Invoice.Status.OPEN: 1,
+    Invoice.Status.UNCOLLECTIBLE: 2,
+    Invoice.Status.PAID: 3,
+    Invoice.Status.VOID: 3,
+}
+
+
+def invoice_upsert(
+    *,
+    store: Store,
+    customer: Customer,
+    subscription: Subscription | None,
+    data: dict,
+    at: dt.datetime,
+) -> Invoice:
+    status = str(data.get("status") or Invoice.Status.OPEN)
+    if status not in Invoice.Status.values:
+        status = Invoice.Status.OPEN
+    pis = invoice_payment_intent_ids(data)
+    values = {
+        "customer": customer,
+        "subscription": subscription,
+        "amount_due": minor(data.get("amount_due")),
+        "amount_paid": minor(data.get("amount_paid")),
+        "currency": str(data.get("currency") or store.currency).lower()[:3],
+        "status": status,
+        "attempt_count": minor(data.get("attempt_count")),
+        "billing_reason": str(data.get("billing_reason") or "")[:64],
+        "payment_intent_id": pis[-1] if pis else "",
+        "next_payment_attempt": ts(data.get("next_payment_attempt")),
+    }
+    invoice, created = _get_or_create(
+        Invoice,
+        lookup={"store": store, "stripe_id": str(data["id"])},
+        defaults={**values, "stripe_updated": at},
+    )
+    if created:
+        return invoice
+    invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    newer = invoice.stripe_updated is None or at >= invoice.stripe_updated
+    if _INVOICE_RANK[status] < _INVOICE_RANK[invoice.status]:
+        values.pop("status")  # never backwards
+    if not newer:
+        # Only fill gaps and keep the highest attempt count from a late snapshot.
+        values = {
+            k: v for k, v in values.items() if k == "attempt_count" or not getattr(invoice, k)
+        }
+        values["attempt_count"] = max(values.get("attempt_count", 0), invoice.attempt_count)
+    else:
+        values["attempt_count"] = max(values["attempt_count"], invoice.attempt_count)
+        values["stripe_updated"] = at
+    if not values.get("payment_intent_id"):
+        values.pop("payment_intent_id", None)
+    for k, v in values.items():
+        setattr(invoice, k, v)
+    invoice.save()
+    return invoice
+
+
+def invoice_mark(
+    *, invoice: Invoice, status: str, at: dt.datetime, amount_paid: int | None = None
+) -> None:
+    if _INVOICE_RANK[status] < _INVOICE_RANK.get(invoice.status, 0):
+        return
+    invoice.status = status
+    if status == Invoice.Status.PAID:
+        invoice.paid_at = invoice.paid_at or at
+        invoice.next_payment_attempt = None
+        if amount_paid:
+            invoice.amount_paid = amount_paid
+    invoice.save(update_fields=["status", "paid_at", "next_payment_attempt", "amount_paid"])
