@@ -111,3 +111,11 @@ def failed_invoice(webhooks):
     invoice = sf.failed_invoice()
     webhooks.deliver("invoice.payment_failed", invoice)
     return invoice
+
+
+def pytest_sessionstart(session):
+    """In CI nothing that needs PostgreSQL may skip: refuse to run on anything else."""
+    import os
+
+    if os.environ.get("CI") and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        raise pytest.UsageError("CI must run the suite on PostgreSQL: set DATABASE_URL=postgres://…")
