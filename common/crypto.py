@@ -54,8 +54,12 @@ def mask(value: str, *, keep: int = 4) -> str:
     """What a person may see of a secret: its prefix kind and last characters."""
     if not value:
         return ""
-    prefix = value.split("_", 2)
-    head = "_".join(prefix[:2]) + "_" if len(prefix) > 2 else ""
+    parts = value.split("_")
+    head = ""
+    if len(parts) > 1 and parts[0].isalpha() and len(parts[0]) <= 6:
+        head = parts[0] + "_"
+        if len(parts) > 2 and parts[1] in ("test", "live"):
+            head += parts[1] + "_"
     return f"{head}…{value[-keep:]}"
 
 

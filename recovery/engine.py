@@ -1,85 +1,407 @@
-"""What happens, and when, after a payment fails.
+"""The recovery engine: what happens, and when, after a payment fails.
 
-The intake and the services call these hooks; the scheduler pass (recovery/scheduler.py)
-acts on what they plan.
+`case_plan` decides a case's next steps (retry, message, step-down, close) and keeps
+`next_action`/`next_action_at` at the earliest of them; the scheduler pass
+(recovery/scheduler.py) claims due cases and calls `case_process_due`, which acts with
+network calls outside any transaction and records the result in short ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import random
 
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
-from . import declines
-from .models import PaymentAttempt, RecoveryCase, Track
+from subscriptions.models import Subscription
+
+from . import budgets, declines, timing
+from .models import ExpiryWarning, PaymentAttempt, RecoveryCase, RetryPolicy, Track
+from .selectors import retry_policy_current
+from .stripe_payloads import DeclineInfo
+
+logger = logging.getLogger(__name__)
+
+OUR_SOURCES = [
+    PaymentAttempt.Source.RECOUP_RETRY,
+    PaymentAttempt.Source.CARD_UPDATE,
+    PaymentAttempt.Source.AGENT,
+]
+RECONCILE_DELAY = dt.timedelta(minutes=5)
+MIN_TOUCH_GAP = dt.timedelta(hours=48)
+MAX_EMAILS = 4
+CLAIM_LEASE = dt.timedelta(minutes=10)
+
+
+class Purpose:
+    """Why a message goes out (the messaging issue's templates use the same names)."""
+
+    PREDUNNING = "predunning_expiry"
+    SOFT_FIRST = "soft_first_notice"
+    SOFT_REMINDER = "soft_reminder"
+    SHIPMENT_AT_RISK = "shipment_at_risk"
+    FINAL_NOTICE = "final_notice"
+    CARD_UPDATE = "card_update_request"
+    AUTHENTICATION = "authentication_request"
+    RECOVERED = "recovered_thanks"
+    AGENT = "agent_follow_up"
+
+
+# ------------------------------------------------------------------ planning
+
+
+def _policy(case: RecoveryCase) -> RetryPolicy:
+    policy = RetryPolicy.objects.filter(store_id=case.store_id, version=case.policy_version).first()
+    return policy or retry_policy_current(store=case.store)
+
+
+def _classification(case: RecoveryCase) -> declines.Classification:
+    return declines.classify(decline_code=case.decline_code, advice_code=case.advice_code)
+
+
+def _our_retries(case: RecoveryCase) -> int:
+    return (
+        case.attempts.filter(source__in=OUR_SOURCES)
+        .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
+        .count()
+    )
+
+
+def retry_allowance(case: RecoveryCase, policy: RetryPolicy) -> tuple[int, str]:
+    """How many retries this case gets, and why: patience for loyal customers, less
+    for a new customer's repeated failure."""
+    allowed = policy.max_retries
+    note = f"{allowed} retries by policy v{policy.version}"
+    tenure = case.opened_at - case.customer.first_seen_at
+    earlier_cases = RecoveryCase.objects.filter(
+        customer_id=case.customer_id, opened_at__lt=case.opened_at
+    )
+    if tenure >= dt.timedelta(days=365) and not earlier_cases.exists():
+        allowed += 1
+        note = f"{allowed} retries: a customer of {tenure.days // 30} months with a clean history"
+    elif tenure < dt.timedelta(days=60) and earlier_cases.exists():
+        allowed = min(allowed, 2)
+        note = f"{allowed} retries: a new customer failing again moves to a card update sooner"
+    group = _classification(case).decline_group
+    if group == "do_not_honor":
+        allowed = min(allowed, policy.generic_retries_before_card_update)
+        note = f"{allowed} retries for {case.decline_code or 'a generic decline'}, then a card-update request"
+    return allowed, note
+
+
+def _card_for(case: RecoveryCase) -> tuple[str, str, str]:
+    """(brand, fingerprint, payment_method_id) of the card the next retry would use."""
+    pm = case.customer.default_payment_method
+    if pm is not None and (pm.fingerprint or pm.stripe_id):
+        return pm.brand, pm.fingerprint, pm.stripe_id
+    last = (
+        case.attempts.exclude(card_fingerprint="", payment_method_id="")
+        .order_by("-attempted_at")
+        .first()
+    )
+    if last:
+        return last.card_brand, last.card_fingerprint, last.payment_method_id
+    return "", "", ""
+
+
+def _may_retry_same_card(case: RecoveryCase) -> bool:
+    if case.track == Track.SOFT:
+        return True
+    # card_update / hard / authentication: only once the payment method changed after
+    # the last failure.
+    return bool(
+        case.card_changed_at
+        and (case.last_attempt_at is None or case.card_changed_at >= case.last_attempt_at)
+    )
+
+
+def plan_retry(
+    case: RecoveryCase, *, now: dt.datetime, policy: RetryPolicy, rng: random.Random
+) -> tuple[dt.datetime | None, str]:
+    if case.track == Track.FRAUD or case.escalated and case.dunning_paused:
+        return None, "with a person: no automated retries"
+    if not _may_retry_same_card(case):
+        return None, f"{case.track}: no retry on the same card until the payment method changes"
+    brand, fingerprint, pm_id = _card_for(case)
+    stripe_next = case.invoice.next_payment_attempt if case.invoice_id else None
+    verdict = budgets.budget_check(
+        store_id=case.store_id,
+        brand=brand,
+        fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        customer_id=case.customer_id,
+        at=now,
+        since_card_change=case.card_changed_at,
+        stripe_next_attempt=stripe_next,
+    )
+    if case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at):
+        if verdict.allowed:
+            return now, "payment method changed: retry at once"
+        if verdict.not_before and verdict.not_before < case.window_end:
+            return verdict.not_before, f"payment method changed; {verdict.reason}"
+        return None, verdict.reason
+    done = _our_retries(case)
+    allowed, note = retry_allowance(case, policy)
+    if done >= allowed:
+        return None, f"{done} of {allowed} retries used ({note})"
+    group = _classification(case).decline_group
+    not_before = now
+    if not verdict.allowed:
+        if verdict.not_before is None:
+            return None, verdict.reason
+        not_before = verdict.not_before
+    cls = _classification(case)
+    if cls.retry_after and case.last_attempt_at:
+        not_before = max(not_before, case.last_attempt_at + cls.retry_after)
+    if done == 0:
+        not_before = max(not_before, case.window_start + dt.timedelta(hours=1))
+    elif case.last_attempt_at:
+        not_before = max(not_before, case.last_attempt_at + dt.timedelta(hours=1))
+    options = timing.candidates(
+        now=now,
+        failed_at=case.window_start,
+        not_before=not_before,
+        until=case.window_end,
+        tz=case.customer.time_zone or case.store.timezone,
+        group=group,
+        first=done == 0,
+    )
+    if stripe_next:
+        options = [o for o in options if abs(o - stripe_next) >= budgets.STRIPE_CLEARANCE]
+    choice = timing.choose(
+        store_id=case.store_id,
+        group=group,
+        failed_at=case.window_start,
+        options=options,
+        tz=case.customer.time_zone or case.store.timezone,
+        rng=rng,
+        learned=policy.learned_timing,
+    )
+    if choice is None:
+        return None, "no allowed retry slot left in the window" + (
+            f" ({verdict.reason})" if not verdict.allowed else ""
+        )
+    return choice.at, f"retry {done + 1} of {allowed}: {choice.reason}"
+
+
+def plan_message(case: RecoveryCase, *, now: dt.datetime) -> tuple[dt.datetime | None, str]:
+    if case.dunning_paused or case.track == Track.FRAUD:
+        return None, ""
+    stage = case.dunning_stage
+    if stage >= MAX_EMAILS:
+        return None, ""
+    last_touch = (
+        case.events.filter(kind="message_due").order_by("-at").values_list("at", flat=True).first()
+    )
+    earliest = (last_touch + MIN_TOUCH_GAP) if last_touch else now
+    if stage == 0:
+        if case.track in (Track.CARD_UPDATE, Track.HARD, Track.AUTHENTICATION):
+            return max(
+                now, earliest
+            ), Purpose.AUTHENTICATION if case.track == Track.AUTHENTICATION else Purpose.CARD_UPDATE
+        # Soft: technical recovery first: after the first retry failed, or 24 h.
+        first_failed = case.attempts.filter(
+            source__in=OUR_SOURCES, outcome=PaymentAttempt.Outcome.FAILED
+        ).exists()
+        when = now if first_failed else case.opened_at + dt.timedelta(hours=24)
+        return max(when, earliest), Purpose.SOFT_FIRST
+    final_at = (case.step_down_at or case.window_end) - dt.timedelta(hours=24)
+    if stage == MAX_EMAILS - 1 or earliest + MIN_TOUCH_GAP > final_at:
+        if earliest > (case.step_down_at or case.window_end):
+            return None, ""
+        return max(earliest, final_at), Purpose.FINAL_NOTICE
+    purpose = (
+        Purpose.SHIPMENT_AT_RISK
+        if stage == 1 and (case.order_id or case.subscription_id)
+        else Purpose.SOFT_REMINDER
+    )
+    if case.track in (Track.CARD_UPDATE, Track.HARD):
+        purpose = Purpose.CARD_UPDATE
+    if case.track == Track.AUTHENTICATION:
+        purpose = Purpose.AUTHENTICATION
+    return max(earliest, now + dt.timedelta(hours=72) if not last_touch else earliest), purpose
+
+
+def case_plan(case: RecoveryCase, *, now: dt.datetime, record: bool = True) -> RecoveryCase:
+    """Recompute the case's plan and its next action; store it. Returns the case."""
+    if not case.is_open:
+        return case
+    policy = _policy(case)
+    rng = random.Random(f"{case.pk}:{case.attempt_count}:{case.dunning_stage}")
+    retry_at, retry_reason = plan_retry(case, now=now, policy=policy, rng=rng)
+    if case.step_down_at is None:
+        case.step_down_at = (
+            case.window_start + (case.window_end - case.window_start) * policy.grace_fraction
+        )
+    message_at, purpose = plan_message(case, now=now)
+    steps = [(case.window_end, RecoveryCase.NextAction.CLOSE, "recovery window ends")]
+    if case.inflight_key:
+        steps.append(
+            (
+                now + RECONCILE_DELAY,
+                RecoveryCase.NextAction.RECONCILE,
+                "read back an attempt of unknown outcome",
+            )
+        )
+    else:
+        if retry_at:
+            steps.append((retry_at, RecoveryCase.NextAction.RETRY, retry_reason))
+        if message_at:
+            steps.append((message_at, RecoveryCase.NextAction.MESSAGE, purpose))
+        if case.stepped_down_at is None and case.subscription_id and case.track != Track.FRAUD:
+            steps.append(
+                (
+                    case.step_down_at,
+                    RecoveryCase.NextAction.STEP_DOWN,
+                    "grace period ends: restrict access",
+                )
+            )
+    if case.dunning_paused:
+        steps = [
+            s
+            for s in steps
+            if s[1] in (RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE)
+        ]
+    when, action, reason = min(steps, key=lambda s: s[0])
+    changed = (case.retry_at, case.next_action, case.next_action_at) != (retry_at, action, when)
+    case.retry_at, case.retry_reason = retry_at, (retry_reason if retry_at else retry_reason)[:300]
+    case.message_at = message_at
+    case.next_action, case.next_action_at, case.next_action_reason = action, when, reason[:300]
+    RecoveryCase.objects.filter(pk=case.pk).update(
+        retry_at=retry_at,
+        retry_reason=case.retry_reason,
+        message_at=message_at,
+        step_down_at=case.step_down_at,
+        next_action=action,
+        next_action_at=when,
+        next_action_reason=case.next_action_reason,
+    )
+    if record and changed and action == RecoveryCase.NextAction.RETRY:
+        from .services import case_event_record
+
+        case_event_record(
+            case=case,
+            kind="retry_scheduled",
+            at=now,
+            message=f"Retry planned for {when:%Y-%m-%d %H:%M} UTC: {reason}",
+        )
+    return case
+
+
+# ------------------------------------------------------------------ hooks from intake/services
 
 
 def case_after_failure(
     *, case: RecoveryCase, classification: declines.Classification, at: dt.datetime
 ) -> None:
-    """Plan the next step of an open case after a failure was reported."""
-    from .services import case_event_record
-
     if not case.is_open:
         return
-    if case.track == Track.FRAUD:
-        case_route_to_person(case=case, at=at, track=Track.FRAUD, reason=classification.reason)
+    if case.track == Track.FRAUD or case.customer.disputed_at:
+        case_route_to_person(
+            case=case,
+            at=at,
+            track=Track.FRAUD,
+            reason=case.track_reason
+            if case.track == Track.FRAUD
+            else "the customer has an open dispute: no retries, no dunning",
+        )
         return
-    if case.track == Track.SOFT:
-        case_schedule(
-            case=case,
-            action=RecoveryCase.NextAction.RETRY,
-            when=at + dt.timedelta(hours=4),
-            reason="first retry",
-        )
-    else:
-        case_schedule(
-            case=case,
-            action=RecoveryCase.NextAction.MESSAGE,
-            when=at,
-            reason="ask the customer to act",
-        )
-    _ = case_event_record
+    if classification.fraud_review and not case.escalated:
+        from .services import case_event_record
 
-
-def case_schedule(
-    *, case: RecoveryCase, action: str, when: dt.datetime | None, reason: str
-) -> None:
-    case.next_action = action
-    case.next_action_at = when
-    case.next_action_reason = reason[:300]
-    RecoveryCase.objects.filter(pk=case.pk).update(
-        next_action=action, next_action_at=when, next_action_reason=reason[:300]
+        RecoveryCase.objects.filter(pk=case.pk).update(
+            escalated=True, escalation_reason=f"{classification.code}: fraud review"
+        )
+        case.escalated, case.escalation_reason = True, f"{classification.code}: fraud review"
+        case_event_record(
+            case=case,
+            kind="escalated",
+            at=at,
+            message=f"Flagged for fraud review: {classification.reason}",
+        )
+    case_plan(
+        case,
+        now=max(at, timezone.now())
+        if at > timezone.now() - dt.timedelta(days=1)
+        else timezone.now(),
     )
 
 
 def case_attempt_seen(
     *, case: RecoveryCase, attempt: PaymentAttempt, created: bool, at: dt.datetime
 ) -> None:
-    if not created:
+    if not created or attempt.outcome == PaymentAttempt.Outcome.NOT_SENT:
         return
-    RecoveryCase.objects.filter(pk=case.pk).update(
-        attempt_count=case.attempts.count(), last_attempt_at=max(case.last_attempt_at or at, at)
-    )
+    RecoveryCase.objects.filter(pk=case.pk).update(attempt_count=F("attempt_count") + 1)
+    RecoveryCase.objects.filter(
+        Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
+    ).update(last_attempt_at=at)
+    case.refresh_from_db(fields=["attempt_count", "last_attempt_at"])
+    if case.is_open:
+        case_plan(case, now=timezone.now())
 
 
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
-    pass
+    from .services import case_event_record
+
+    sub = case.subscription
+    if case.status == RecoveryCase.Status.RECOVERED:
+        if sub is not None:
+            others = RecoveryCase.objects.filter(
+                subscription=sub, status=RecoveryCase.Status.OPEN
+            ).exclude(pk=case.pk)
+            if not others.exists():
+                Subscription.objects.filter(pk=sub.pk).exclude(
+                    status=Subscription.Status.CANCELED
+                ).update(status=Subscription.Status.ACTIVE, access=Subscription.Access.FULL)
+        if case.order_id:
+            from orders.services import order_payment_succeeded
+
+            order_payment_succeeded(order=case.order, at=at)
+        messaging_due(case=case, purpose=Purpose.RECOVERED, at=at)
+    elif case.status == RecoveryCase.Status.LOST:
+        if sub is not None:
+            policy = _policy(case)
+            status = {
+                RetryPolicy.EndAction.CANCEL: Subscription.Status.CANCELED,
+                RetryPolicy.EndAction.PAUSE: Subscription.Status.PAUSED,
+                RetryPolicy.EndAction.UNPAID: Subscription.Status.UNPAID,
+            }[policy.end_action]
+            Subscription.objects.filter(pk=sub.pk).update(
+                status=status,
+                access=Subscription.Access.SUSPENDED,
+                canceled_at=at if status == Subscription.Status.CANCELED else None,
+            )
+            case_event_record(
+                case=case,
+                kind="subscription_" + status,
+                at=at,
+                message=f"Subscription {sub.stripe_id} set to {status} by policy v{policy.version}",
+            )
+        if case.order_id:
+            from orders.services import order_payment_lost
+
+            order_payment_lost(order=case.order, at=at)
 
 
 def case_route_to_person(*, case: RecoveryCase, at: dt.datetime, track: str, reason: str) -> None:
     from .services import case_event_record
 
-    already = case.escalated and case.track == track
+    already = case.escalated and case.track == track and case.dunning_paused
     RecoveryCase.objects.filter(pk=case.pk).update(
         track=track,
         track_reason=reason[:300],
         escalated=True,
         escalation_reason=reason[:300],
         dunning_paused=True,
-        next_action="",
-        next_action_at=None,
-        next_action_reason="",
+        retry_at=None,
+        message_at=None,
+        next_action=RecoveryCase.NextAction.CLOSE,
+        next_action_at=case.window_end,
+        next_action_reason="with a person; closes at window end",
     )
     case.refresh_from_db()
     if not already:
@@ -89,18 +411,422 @@ def case_route_to_person(*, case: RecoveryCase, at: dt.datetime, track: str, rea
 
 
 def customer_card_changed(*, customer, at: dt.datetime, source: str, message: str) -> None:
+    """A new or refreshed card: retry every open case of the customer at once."""
     from .services import case_event_record, open_cases_for_customer
 
-    for case in open_cases_for_customer(customer=customer).exclude(track=Track.FRAUD):
+    ExpiryWarning.objects.filter(
+        customer=customer, saved_at__isnull=True, expires_on__gte=at.date()
+    ).update(saved_at=at)
+    for case in open_cases_for_customer(customer=customer).select_related(
+        "customer", "store", "invoice"
+    ):
+        if case.track == Track.FRAUD:
+            continue
+        updates = {"card_changed_at": at}
         if source == "card_updater":
-            RecoveryCase.objects.filter(pk=case.pk).update(card_updater_result="updated")
+            updates["card_updater_result"] = "updated"
+        RecoveryCase.objects.filter(pk=case.pk).update(**updates)
+        for k, v in updates.items():
+            setattr(case, k, v)
         case_event_record(
             case=case, kind="card_changed", at=at, message=message, data={"source": source}
         )
-        case_schedule(
+        case_plan(case, now=max(at, timezone.now()) if at > timezone.now() else timezone.now())
+
+
+# ------------------------------------------------------------------ acting (scheduler)
+
+
+def messaging_due(*, case: RecoveryCase, purpose: str, at: dt.datetime) -> None:
+    """Hand a due message to the messaging service, or record that it is due."""
+    from .services import case_event_record
+
+    try:
+        from messaging.services import message_send_for_case
+    except ImportError:
+        message_send_for_case = None
+    if message_send_for_case is not None:
+        message_send_for_case(case=case, purpose=purpose, at=at)
+    case_event_record(
+        case=case,
+        kind="message_due",
+        at=at,
+        message=f"Message due: {purpose}",
+        data={"purpose": purpose},
+    )
+
+
+def _hint(case: RecoveryCase, *, now: dt.datetime, key: str):
+    from .gateways.sandbox import Hint
+
+    cls = _classification(case)
+    local = now.astimezone(timing._zone(case.customer.time_zone or case.store.timezone))
+    return Hint(
+        decline_group=cls.decline_group,
+        track=case.track,
+        hours_since_failure=(now - case.window_start).total_seconds() / 3600,
+        payday=timing.is_payday(local),
+        local_hour=local.hour,
+        card_changed=bool(
+            case.card_changed_at
+            and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
+        ),
+        decline_code=case.decline_code,
+    )
+
+
+def case_retry(
+    case: RecoveryCase,
+    *,
+    now: dt.datetime,
+    gateway,
+    source: str | None = None,
+    actor: str = "system",
+    reason: str = "",
+) -> PaymentAttempt | None:
+    """Make one retry: record it in flight, call the gateway outside any transaction,
+    record the truth. Returns the attempt, or None if nothing was sent."""
+    from .services import case_event_record
+
+    if case.inflight_key:
+        return None
+    card_changed = bool(
+        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
+    )
+    source = source or (
+        PaymentAttempt.Source.CARD_UPDATE if card_changed else PaymentAttempt.Source.RECOUP_RETRY
+    )
+    number = case.attempts.filter(source__in=OUR_SOURCES).count() + 1
+    key = f"recoup-case-{case.pk}-attempt-{number}"
+    brand, fingerprint, pm_id = _card_for(case)
+    with transaction.atomic():
+        # Claim the in-flight slot: never two attempts in flight for one case.
+        if (
+            RecoveryCase.objects.filter(
+                pk=case.pk, status=RecoveryCase.Status.OPEN, inflight_key=""
+            ).update(inflight_key=key)
+            != 1
+        ):
+            return None
+        try:
+            with transaction.atomic():
+                attempt = PaymentAttempt.objects.create(
+                    store_id=case.store_id,
+                    case=case,
+                    customer_id=case.customer_id,
+                    invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
+                    invoice_attempt_number=(case.invoice.attempt_count + 1)
+                    if case.invoice_id
+                    else None,
+                    payment_intent_id=case.payment_intent_id,
+                    source=source,
+                    outcome=PaymentAttempt.Outcome.UNKNOWN,
+                    amount=case.amount,
+                    currency=case.currency,
+                    attempted_at=now,
+                    card_brand=brand,
+                    card_fingerprint=fingerprint,
+                    payment_method_id=pm_id,
+                    idempotency_key=key,
+                    reason=(reason or case.retry_reason or case.next_action_reason)[:300],
+                )
+        except IntegrityError:
+            # This key was used before (a crash between send and record): reconcile it.
+            attempt = PaymentAttempt.objects.get(store_id=case.store_id, idempotency_key=key)
+            if attempt.outcome != PaymentAttempt.Outcome.UNKNOWN:
+                RecoveryCase.objects.filter(pk=case.pk, inflight_key=key).update(inflight_key="")
+                return None
+    case.inflight_key = key
+    hint = _hint(case, now=now, key=key)
+    try:
+        if case.invoice_id:
+            result = gateway.invoice_pay(
+                invoice_id=case.invoice.stripe_id,
+                idempotency_key=key,
+                payment_method=pm_id,
+                amount=case.amount,
+                hint=hint,
+            )
+        else:
+            result = gateway.payment_intent_confirm(
+                payment_intent_id=case.payment_intent_id,
+                payment_method=pm_id,
+                idempotency_key=key,
+                amount=case.amount,
+                hint=hint,
+            )
+    except Exception as exc:  # an unexpected client failure is an unknown outcome
+        logger.exception("retry of case %s failed unexpectedly", case.pk)
+        from .gateways.base import ChargeResult
+
+        result = ChargeResult(outcome="unknown", message=f"{type(exc).__name__}: {exc}"[:300])
+    attempt_resolve(
+        case=case,
+        attempt=attempt,
+        outcome=result.outcome,
+        decline=result.decline,
+        at=now,
+        amount=result.amount,
+        message=result.message,
+        actor=actor,
+        retry_after=result.retry_after,
+    )
+    _ = case_event_record
+    return attempt
+
+
+@transaction.atomic
+def attempt_resolve(
+    *,
+    case: RecoveryCase,
+    attempt: PaymentAttempt,
+    outcome: str,
+    decline: DeclineInfo,
+    at: dt.datetime,
+    amount: int = 0,
+    message: str = "",
+    actor: str = "system",
+    retry_after: dt.timedelta | None = None,
+) -> None:
+    """Record what an attempt of ours did. The only edit an attempt ever gets: its
+    unknown outcome replaced by the truth, once."""
+    from .services import case_event_record, recovery_case_close, recovery_case_open
+
+    case = (
+        RecoveryCase.objects.select_for_update()
+        .select_related("customer", "store", "invoice")
+        .get(pk=case.pk)
+    )
+    if outcome == PaymentAttempt.Outcome.UNKNOWN:
+        case_event_record(
             case=case,
-            action=RecoveryCase.NextAction.RETRY,
-            when=at,
-            reason=f"card changed ({source}): retry at once",
+            kind="attempt_unknown",
+            at=at,
+            actor=actor,
+            message=f"Outcome unknown ({message}); reading it back before anything else",
         )
-    _ = timezone
+        case_plan(case, now=at)
+        return
+    fields = {"outcome": outcome, "resolved_at": timezone.now()}
+    for name in (
+        "decline_code",
+        "failure_code",
+        "failure_message",
+        "advice_code",
+        "network_decline_code",
+        "network_advice_code",
+        "charge_id",
+    ):
+        value = getattr(decline, name)
+        if value:
+            fields[name] = value
+    if decline.card_brand and not attempt.card_brand:
+        fields["card_brand"] = decline.card_brand
+    if decline.card_fingerprint and not attempt.card_fingerprint:
+        fields["card_fingerprint"] = decline.card_fingerprint
+    if (
+        fields.get("charge_id")
+        and PaymentAttempt.objects.filter(store_id=case.store_id, charge_id=fields["charge_id"])
+        .exclude(pk=attempt.pk)
+        .exists()
+    ):
+        # Stripe's event for this very charge arrived first: keep the charge on one row.
+        PaymentAttempt.objects.filter(
+            store_id=case.store_id, charge_id=fields["charge_id"]
+        ).exclude(pk=attempt.pk).update(
+            charge_id="",
+            reason="duplicate report of a Recoup attempt",
+            outcome=PaymentAttempt.Outcome.NOT_SENT,
+        )
+    PaymentAttempt.objects.filter(pk=attempt.pk, outcome=PaymentAttempt.Outcome.UNKNOWN).update(
+        **fields
+    )
+    RecoveryCase.objects.filter(pk=case.pk).update(inflight_key="")
+    case.inflight_key = ""
+    if outcome == PaymentAttempt.Outcome.NOT_SENT:
+        case_event_record(
+            case=case,
+            kind="attempt_not_sent",
+            at=at,
+            actor=actor,
+            message=f"Retry not sent: {message}",
+        )
+        if retry_after:
+            RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=at + retry_after)
+        case_plan(case, now=at + (retry_after or dt.timedelta()))
+        return
+    RecoveryCase.objects.filter(pk=case.pk).update(
+        attempt_count=F("attempt_count") + 1, last_attempt_at=at
+    )
+    case.refresh_from_db()
+    success = outcome == PaymentAttempt.Outcome.SUCCEEDED
+    if attempt.source in (PaymentAttempt.Source.RECOUP_RETRY,):
+        timing.record_outcome(
+            store_id=case.store_id,
+            group=_classification(case).decline_group,
+            failed_at=case.window_start,
+            at=at,
+            tz=case.customer.time_zone or case.store.timezone,
+            success=success,
+        )
+    if success:
+        via = {
+            PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
+            PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
+            PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
+        }.get(attempt.source)
+        if via is None:  # after a card change: the updater or the customer
+            via = (
+                RecoveryCase.RecoveredVia.CARD_UPDATER
+                if case.card_updater_result == "updated"
+                else RecoveryCase.RecoveredVia.CUSTOMER
+            )
+        if case.invoice_id:
+            from subscriptions.services import invoice_mark
+
+            invoice_mark(
+                invoice=case.invoice, status="paid", at=at, amount_paid=amount or case.amount
+            )
+        recovery_case_close(
+            case=case,
+            status=RecoveryCase.Status.RECOVERED,
+            reason=f"{attempt.get_source_display()} succeeded",
+            at=at,
+            via=via,
+            amount=amount or case.amount,
+            actor=actor,
+        )
+        return
+    if outcome == PaymentAttempt.Outcome.REQUIRES_ACTION and not decline.decline_code:
+        decline.decline_code = "authentication_required"
+    if not decline.decline_code and not decline.failure_code:
+        decline.decline_code = case.decline_code
+    RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
+    case.card_changed_at = None
+    recovery_case_open(
+        store=case.store,
+        customer=case.customer,
+        amount=case.amount,
+        currency=case.currency,
+        decline=decline,
+        at=at,
+        invoice=case.invoice,
+        payment_intent_ids=[case.payment_intent_id] if case.payment_intent_id else None,
+    )
+    case_event_record(
+        case=case,
+        kind="retry_failed",
+        at=at,
+        actor=actor,
+        message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
+    )
+
+
+def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:
+    """Read back an attempt of unknown outcome and record the truth."""
+    attempt = case.attempts.filter(idempotency_key=case.inflight_key).first()
+    if attempt is None:
+        RecoveryCase.objects.filter(pk=case.pk).update(inflight_key="")
+        return
+    try:
+        if case.invoice_id:
+            read = gateway.invoice_read(invoice_id=case.invoice.stripe_id)
+        else:
+            read = gateway.payment_intent_read(payment_intent_id=case.payment_intent_id)
+    except Exception as exc:
+        logger.warning("read-back of case %s failed: %s", case.pk, exc)
+        RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=now + RECONCILE_DELAY)
+        return
+    if read.paid:
+        outcome = PaymentAttempt.Outcome.SUCCEEDED
+    elif case.invoice_id and read.attempt_count is not None and attempt.invoice_attempt_number:
+        outcome = (
+            PaymentAttempt.Outcome.FAILED
+            if read.attempt_count >= attempt.invoice_attempt_number
+            else PaymentAttempt.Outcome.NOT_SENT
+        )
+    elif read.status == "processing":
+        RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=now + RECONCILE_DELAY)
+        return
+    elif read.decline.has_code:
+        outcome = PaymentAttempt.Outcome.FAILED
+    else:
+        outcome = PaymentAttempt.Outcome.NOT_SENT
+    attempt_resolve(
+        case=case,
+        attempt=attempt,
+        outcome=outcome,
+        decline=read.decline,
+        at=now,
+        message=f"read back: {read.status or outcome}",
+    )
+
+
+def case_step_down(case: RecoveryCase, *, now: dt.datetime) -> None:
+    from .services import case_event_record
+
+    with transaction.atomic():
+        if (
+            RecoveryCase.objects.filter(
+                pk=case.pk, stepped_down_at__isnull=True, status=RecoveryCase.Status.OPEN
+            ).update(stepped_down_at=now)
+            != 1
+        ):
+            return
+        case.stepped_down_at = now
+        if case.subscription_id:
+            Subscription.objects.filter(
+                pk=case.subscription_id,
+                access__in=[Subscription.Access.FULL, Subscription.Access.GRACE],
+            ).update(access=Subscription.Access.RESTRICTED)
+        if case.order_id:
+            from orders.services import order_shipment_pause
+
+            order_shipment_pause(order=case.order, at=now)
+        case_event_record(
+            case=case,
+            kind="access_restricted",
+            at=now,
+            message="Grace period over: access restricted, shipments paused until payment",
+        )
+        case_plan(case, now=now)
+
+
+def case_process_due(case: RecoveryCase, *, now: dt.datetime, gateway) -> str:
+    """Act on whatever is due for one claimed case. Returns what was done."""
+    from .services import recovery_case_close
+
+    if not case.is_open:
+        return "closed"
+    if case.inflight_key:
+        case_reconcile(case, now=now, gateway=gateway)
+        case.refresh_from_db()
+        return "reconciled"
+    if case.window_end <= now:
+        recovery_case_close(
+            case=case,
+            status=RecoveryCase.Status.LOST,
+            reason="recovery window ended unpaid",
+            at=now,
+        )
+        return "closed"
+    action = case.next_action
+    if action == RecoveryCase.NextAction.RETRY:
+        # Re-check budgets at the moment of acting: other sources may have used them.
+        case_plan(case, now=now, record=False)
+        if case.retry_at and case.retry_at <= now:
+            case_retry(case, now=now, gateway=gateway)
+            return "retried"
+        return "deferred"
+    if action == RecoveryCase.NextAction.MESSAGE:
+        purpose = case.next_action_reason
+        RecoveryCase.objects.filter(pk=case.pk).update(dunning_stage=F("dunning_stage") + 1)
+        case.dunning_stage += 1
+        messaging_due(case=case, purpose=purpose, at=now)
+        case_plan(case, now=now)
+        return "messaged"
+    if action == RecoveryCase.NextAction.STEP_DOWN:
+        case_step_down(case, now=now)
+        return "stepped_down"
+    case_plan(case, now=now)
+    return "replanned"

@@ -120,6 +120,18 @@ class RecoveryCase(models.Model):
     )
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_reason = models.CharField(max_length=300, blank=True, default="")
+    # The engine's plan; next_action/next_action_at is always the earliest of these.
+    retry_at = models.DateTimeField(null=True, blank=True)
+    retry_reason = models.CharField(max_length=300, blank=True, default="")
+    message_at = models.DateTimeField(null=True, blank=True)
+    step_down_at = models.DateTimeField(null=True, blank=True)
+    stepped_down_at = models.DateTimeField(null=True, blank=True)
+    card_changed_at = models.DateTimeField(null=True, blank=True)
+    # Set while a retry is on the wire; cleared when its outcome is recorded. A case with
+    # an attempt in flight (or of unknown outcome) is never retried again.
+    inflight_key = models.CharField(max_length=120, blank=True, default="")
+    # Lease of the worker that claimed the case; another worker may take it after this.
+    claimed_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -165,6 +177,7 @@ class PaymentAttempt(models.Model):
         FAILED = "failed"
         REQUIRES_ACTION = "requires_action"
         UNKNOWN = "unknown", "Unknown (timeout / server error)"
+        NOT_SENT = "not_sent", "Not sent (refused before the network)"
 
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="payment_attempts")
     case = models.ForeignKey(
@@ -196,6 +209,8 @@ class PaymentAttempt(models.Model):
     reason = models.CharField(
         max_length=300, blank=True, default="", help_text="Why it was made then."
     )
+    # An "unknown" outcome is resolved exactly once, by reading the payment back.
+    resolved_at = models.DateTimeField(null=True, blank=True)
     stripe_event = models.ForeignKey(
         StripeEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -291,3 +306,43 @@ class RetryPolicy(models.Model):
             "month": self.window_days_month,
             "year": self.window_days_year,
         }.get(interval or "", self.window_days_order)
+
+
+class RetryStat(models.Model):
+    """The store's own retry results, by decline group x hours since failure x slot.
+
+    The engine starts from default priors and learns from these counts (Beta posterior).
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
+    decline_group = models.CharField(max_length=32)
+    hours_bucket = models.CharField(max_length=8)
+    slot = models.CharField(max_length=12)
+    successes = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["store", "decline_group", "hours_bucket", "slot"], name="retry_stat_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decline_group}/{self.hours_bucket}/{self.slot}: {self.successes}/{self.successes + self.failures}"
+
+
+class ExpiryWarning(models.Model):
+    """Pre-dunning: a default card about to expire, and whether it was replaced in time."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="expiry_warnings")
+    payment_method = models.OneToOneField(
+        "subscriptions.PaymentMethod", on_delete=models.CASCADE, related_name="expiry_warning"
+    )
+    expires_on = models.DateField()
+    warned_at = models.DateTimeField()
+    saved_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.customer} card expiring {self.expires_on}"

@@ -21,3 +21,26 @@ def stripe_event_enqueue(event_pk: int) -> None:
             task_name=f"stripe-event-{event_pk}",
         )
     )
+
+
+def run_due_task() -> str:
+    """The every-minute pass registered with django-q2's scheduler."""
+    from .scheduler import run_due
+
+    report = run_due()
+    return f"claimed {report.claimed}: {report.actions}"
+
+
+def schedules_register(**kwargs) -> None:
+    """Register the every-minute pass, idempotently (post_migrate)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name="recoup-run-due",
+        defaults={
+            "func": "recovery.tasks.run_due_task",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )

@@ -1,6 +1,7 @@
 """API authentication: a store-scoped bearer token. A token never sees another store."""
 
 from django.contrib.auth.models import AnonymousUser
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from .services import api_token_lookup
@@ -34,3 +35,13 @@ class HasStore(permissions.BasePermission):
 
     def has_permission(self, request, view):
         return getattr(request, "store", None) is not None
+
+
+class StoreTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the store token in the OpenAPI schema."""
+
+    target_class = "stores.auth.StoreTokenAuthentication"
+    name = "StoreToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A store API token (rk_…)"}

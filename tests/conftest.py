@@ -118,4 +118,6 @@ def pytest_sessionstart(session):
     import os
 
     if os.environ.get("CI") and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        raise pytest.UsageError("CI must run the suite on PostgreSQL: set DATABASE_URL=postgres://…")
+        raise pytest.UsageError(
+            "CI must run the suite on PostgreSQL: set DATABASE_URL=postgres://…"
+        )

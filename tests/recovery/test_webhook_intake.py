@@ -271,7 +271,10 @@ def test_dispute_routes_the_customers_open_cases_to_a_person(webhooks, failed_in
     )
     webhooks.deliver("charge.dispute.created", dispute)
     case.refresh_from_db()
-    assert case.track == "fraud" and case.escalated and case.next_action_at is None
+    assert case.track == "fraud" and case.escalated and case.dunning_paused
+    # No retry and no message: the only thing left scheduled is the window's end.
+    assert case.retry_at is None and case.message_at is None
+    assert (case.next_action, case.next_action_at) == ("close", case.window_end)
     assert Customer.objects.get(stripe_id="cus_test_alice").disputed_at is not None
 
 

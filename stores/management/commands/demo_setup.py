@@ -15,10 +15,16 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         store = Store.objects.order_by("created_at").first()
         if store is None:
-            store = store_create(name="Bean Box Coffee (demo)", currency="usd", timezone="Europe/Berlin",
-                                 stripe_webhook_secret="whsec_demo_" + settings.SECRET_KEY[:16].replace(" ", ""),
-                                 gateway=Store.Gateway.SANDBOX)
-            membership_create(store=store, username="operator", role="operator", password=DEMO_PASSWORD)
+            store = store_create(
+                name="Bean Box Coffee (demo)",
+                currency="usd",
+                timezone="Europe/Berlin",
+                stripe_webhook_secret="whsec_demo_" + settings.SECRET_KEY[:16].replace(" ", ""),
+                gateway=Store.Gateway.SANDBOX,
+            )
+            membership_create(
+                store=store, username="operator", role="operator", password=DEMO_PASSWORD
+            )
             membership_create(store=store, username="agent", role="agent", password=DEMO_PASSWORD)
             _, token = api_token_create(store=store, name="demo")
             self.stdout.write(f"Created demo store {store.name} ({store.id}); API token: {token}")

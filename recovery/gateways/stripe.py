@@ -1,0 +1,160 @@
+"""StripeGateway: retries through the stripe SDK's StripeClient.
+
+The client is built per use from the store's key; STRIPE_API_BASE (when set) points it
+at another address — a local sandbox or a test server — read at that moment, never at
+import. The SDK's own network retries are off: an ambiguous result is handled by the
+engine, which reads the object back before anything else happens to the case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import stripe
+from django.conf import settings
+
+from recovery.stripe_payloads import (
+    DeclineInfo,
+    decline_from_error,
+    decline_from_invoice,
+    decline_from_payment_intent,
+)
+
+from .base import ChargeResult, ReadBack
+
+TIMEOUT_SECONDS = 20
+
+
+def stripe_client(api_key: str, *, timeout: float = TIMEOUT_SECONDS) -> stripe.StripeClient:
+    base = settings.STRIPE_API_BASE
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base} if base else None,
+        max_network_retries=0,
+        http_client=stripe.new_default_http_client(timeout=timeout),
+    )
+
+
+def _error_result(exc: stripe.StripeError) -> ChargeResult:
+    if isinstance(exc, stripe.CardError):
+        body = (exc.json_body or {}).get("error", {}) if isinstance(exc.json_body, dict) else {}
+        decline = decline_from_error(body)
+        pi = body.get("payment_intent")
+        if isinstance(pi, dict):
+            decline.merge(decline_from_payment_intent(pi))
+        outcome = (
+            "requires_action"
+            if decline.failure_code == "authentication_required"
+            or (decline.decline_code == "authentication_required")
+            else "failed"
+        )
+        return ChargeResult(outcome=outcome, decline=decline, message=str(exc.user_message or exc))
+    if isinstance(exc, stripe.RateLimitError):
+        return ChargeResult(
+            outcome="not_sent",
+            message="rate limited by Stripe",
+            retry_after=dt.timedelta(minutes=5),
+        )
+    if isinstance(
+        exc, stripe.InvalidRequestError | stripe.AuthenticationError | stripe.PermissionError
+    ):
+        # Refused before any charge (bad id, invoice already paid, key revoked...).
+        body = (exc.json_body or {}).get("error", {}) if isinstance(exc.json_body, dict) else {}
+        return ChargeResult(
+            outcome="not_sent",
+            decline=decline_from_error(body),
+            message=str(exc.user_message or exc),
+        )
+    # APIConnectionError (timeout), APIError (5xx) and anything else: the charge may
+    # have happened. The engine reads the object back before acting again.
+    return ChargeResult(outcome="unknown", message=f"{type(exc).__name__}: {exc}"[:300])
+
+
+class StripeGateway:
+    name = "stripe"
+
+    def __init__(self, *, api_key: str, timeout: float = TIMEOUT_SECONDS):
+        if not api_key:
+            raise ValueError("This store has no Stripe secret key; add one in settings.")
+        self.client = stripe_client(api_key, timeout=timeout)
+
+    def invoice_pay(
+        self,
+        *,
+        invoice_id: str,
+        idempotency_key: str,
+        payment_method: str = "",
+        amount: int = 0,
+        hint=None,
+    ) -> ChargeResult:
+        params: dict = {"off_session": True}
+        if payment_method:
+            params["payment_method"] = payment_method
+        try:
+            invoice = self.client.v1.invoices.pay(
+                invoice_id, params, {"idempotency_key": idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            return _error_result(exc)
+        data = invoice.to_dict()
+        if data.get("status") == "paid":
+            return ChargeResult(
+                outcome="succeeded",
+                decline=decline_from_invoice(data),
+                amount=int(data.get("amount_paid") or 0),
+            )
+        return ChargeResult(
+            outcome="failed",
+            decline=decline_from_invoice(data),
+            message=f"invoice is {data.get('status')}",
+        )
+
+    def payment_intent_confirm(
+        self,
+        *,
+        payment_intent_id: str,
+        payment_method: str,
+        idempotency_key: str,
+        amount: int = 0,
+        hint=None,
+    ) -> ChargeResult:
+        params: dict = {"off_session": True}
+        if payment_method:
+            params["payment_method"] = payment_method
+        try:
+            pi = self.client.v1.payment_intents.confirm(
+                payment_intent_id, params, {"idempotency_key": idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            return _error_result(exc)
+        data = pi.to_dict()
+        status = data.get("status")
+        decline = decline_from_payment_intent(data)
+        if status == "succeeded":
+            return ChargeResult(
+                outcome="succeeded", decline=decline, amount=int(data.get("amount_received") or 0)
+            )
+        if status == "requires_action":
+            return ChargeResult(outcome="requires_action", decline=decline)
+        if status == "processing":
+            return ChargeResult(outcome="unknown", decline=decline, message="payment is processing")
+        return ChargeResult(outcome="failed", decline=decline)
+
+    def invoice_read(self, *, invoice_id: str) -> ReadBack:
+        data = self.client.v1.invoices.retrieve(invoice_id).to_dict()
+        return ReadBack(
+            paid=data.get("status") == "paid",
+            attempt_count=int(data.get("attempt_count") or 0),
+            status=str(data.get("status") or ""),
+            decline=decline_from_invoice(data),
+        )
+
+    def payment_intent_read(self, *, payment_intent_id: str) -> ReadBack:
+        data = self.client.v1.payment_intents.retrieve(payment_intent_id).to_dict()
+        return ReadBack(
+            paid=data.get("status") == "succeeded",
+            status=str(data.get("status") or ""),
+            decline=decline_from_payment_intent(data)
+            if data.get("last_payment_error")
+            else DeclineInfo(),
+        )

@@ -1,0 +1,71 @@
+"""Pre-dunning: warn before a stored card expires, and count the saves."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from subscriptions.models import PaymentMethod, Subscription
+
+from .models import ExpiryWarning
+from .selectors import retry_policy_current
+
+
+def card_expires_on(exp_month: int, exp_year: int) -> dt.date:
+    return dt.date(exp_year, exp_month, calendar.monthrange(exp_year, exp_month)[1])
+
+
+def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
+    """Default cards on active subscriptions that expire soon get one warning each."""
+    from .engine import Purpose
+
+    now = now or timezone.now()
+    today = now.date()
+    horizon = today + dt.timedelta(days=60)
+    candidates = (
+        PaymentMethod.objects.filter(
+            is_default=True,
+            exp_year__isnull=False,
+            exp_month__isnull=False,
+            expiry_warning__isnull=True,
+            customer__subscriptions__status__in=[
+                Subscription.Status.ACTIVE,
+                Subscription.Status.TRIALING,
+            ],
+        )
+        .filter(exp_year__lte=horizon.year)
+        .select_related("customer", "store")
+        .distinct()[:limit]
+    )
+    warned = 0
+    policies: dict = {}
+    for pm in candidates:
+        expires = card_expires_on(pm.exp_month, pm.exp_year)
+        if pm.store_id not in policies:
+            policies[pm.store_id] = retry_policy_current(store=pm.store)
+        if not today <= expires <= today + dt.timedelta(days=policies[pm.store_id].predunning_days):
+            continue
+        try:
+            with transaction.atomic():
+                ExpiryWarning.objects.create(
+                    store_id=pm.store_id,
+                    customer=pm.customer,
+                    payment_method=pm,
+                    expires_on=expires,
+                    warned_at=now,
+                )
+        except IntegrityError:
+            continue  # another worker warned first
+        warned += 1
+        try:
+            from messaging.services import message_send_predunning
+        except ImportError:
+            message_send_predunning = None
+        if message_send_predunning is not None:
+            message_send_predunning(
+                customer=pm.customer, payment_method=pm, purpose=Purpose.PREDUNNING, at=now
+            )
+    return warned

@@ -1,0 +1,108 @@
+"""The scheduler pass: claim due work, act on it, record it. Safe with many workers.
+
+Cases are claimed in short transactions with `select_for_update(skip_locked=True)` and a
+lease (`claimed_until`), so two workers never hold the same case; network calls happen
+after the claim's transaction has committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from stores.models import Store
+
+from . import engine
+from .gateways import gateway_for
+from .models import RecoveryCase
+
+logger = logging.getLogger(__name__)
+
+BATCH = 200
+
+
+@dataclass
+class PassReport:
+    claimed: int = 0
+    actions: dict = field(default_factory=dict)
+    events_retried: int = 0
+    expiry_warnings: int = 0
+
+    def count(self, what: str) -> None:
+        self.actions[what] = self.actions.get(what, 0) + 1
+
+
+def cases_claim(*, now: dt.datetime, limit: int = BATCH) -> list[int]:
+    """Claim up to `limit` due open cases for this worker; returns their ids."""
+    lease_end = now + engine.CLAIM_LEASE
+    with transaction.atomic():
+        qs = (
+            RecoveryCase.objects.filter(status=RecoveryCase.Status.OPEN, next_action_at__lte=now)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("next_action_at")
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if ids:
+            RecoveryCase.objects.filter(pk__in=ids).update(claimed_until=lease_end)
+    return ids
+
+
+def case_release(*, case_id: int) -> None:
+    RecoveryCase.objects.filter(pk=case_id).update(claimed_until=None)
+
+
+def run_due(
+    *, now: dt.datetime | None = None, max_cases: int | None = None, gateways: dict | None = None
+) -> PassReport:
+    """One pass over everything due at `now`. Returns what it did."""
+    from .intake import stripe_event_reprocess_pending
+    from .predunning import predunning_pass
+
+    now = now or timezone.now()
+    report = PassReport()
+    report.events_retried = stripe_event_reprocess_pending()
+    gateways = gateways if gateways is not None else {}
+    while max_cases is None or report.claimed < max_cases:
+        ids = cases_claim(
+            now=now, limit=min(BATCH, (max_cases - report.claimed) if max_cases else BATCH)
+        )
+        if not ids:
+            break
+        report.claimed += len(ids)
+        cases = RecoveryCase.objects.filter(pk__in=ids).select_related(
+            "store",
+            "customer",
+            "customer__default_payment_method",
+            "invoice",
+            "subscription",
+            "order",
+        )
+        for case in cases:
+            try:
+                gateway = gateways.get(case.store_id)
+                if gateway is None:
+                    gateway = gateways[case.store_id] = gateway_for(case.store)
+                report.count(engine.case_process_due(case, now=now, gateway=gateway))
+            except Exception:
+                logger.exception("case %s failed in the scheduler pass", case.pk)
+                report.count("error")
+                RecoveryCase.objects.filter(pk=case.pk).update(
+                    next_action_at=now + engine.RECONCILE_DELAY
+                )
+            finally:
+                case_release(case_id=case.pk)
+    report.expiry_warnings = predunning_pass(now=now)
+    return report
+
+
+def stores_with_due_work(*, now: dt.datetime) -> list[Store]:
+    return list(
+        Store.objects.filter(cases__status="open", cases__next_action_at__lte=now).distinct()
+    )

@@ -1,0 +1,93 @@
+"""Many simultaneous deliveries against a real PostgreSQL: the database decides, once.
+
+Each thread has its own connection, as each gunicorn worker would. With
+transaction=True the view's on_commit work runs for real, and Q_CLUSTER sync in the
+test settings processes the event inline in the thread that stored it.
+"""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from recovery.models import PaymentAttempt, RecoveryCase, StripeEvent
+from subscriptions.models import Customer, Invoice
+from tests import stripe_factory as sf
+from tests.conftest import WEBHOOK_SECRET, requires_postgres
+
+pytestmark = [requires_postgres(), pytest.mark.django_db(transaction=True)]
+
+
+def deliver_all_at_once(path: str, bodies: list[str]) -> list[tuple[int, dict]]:
+    """POST every body from its own thread, all released by one barrier."""
+    barrier = threading.Barrier(len(bodies))
+    headers = [sf.sign(body, WEBHOOK_SECRET) for body in bodies]
+
+    def deliver(i: int) -> tuple[int, dict]:
+        try:
+            client = Client()
+            barrier.wait(timeout=30)
+            response = client.post(
+                path,
+                data=bodies[i],
+                content_type="application/json",
+                HTTP_STRIPE_SIGNATURE=headers[i],
+            )
+            return response.status_code, json.loads(response.content)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(deliver, range(len(bodies))))
+
+
+def test_fifty_simultaneous_deliveries_of_one_event_are_stored_and_applied_once(store):
+    invoice = sf.failed_invoice()
+    body = json.dumps(sf.event("invoice.payment_failed", invoice))
+
+    results = deliver_all_at_once(store.webhook_path, [body] * 50)
+
+    assert [status for status, _ in results] == [200] * 50, results
+    assert all(payload["received"] is True for _, payload in results)
+    assert sorted(payload["duplicate"] for _, payload in results) == [False] + [True] * 49
+    assert StripeEvent.objects.count() == 1
+    assert StripeEvent.objects.get().outcome == StripeEvent.Outcome.PROCESSED
+    assert RecoveryCase.objects.count() == 1
+    assert PaymentAttempt.objects.count() == 1
+    case = RecoveryCase.objects.get()
+    assert case.invoice.stripe_id == invoice["id"]
+    assert case.attempt_count == 1
+    assert case.events.filter(kind="opened").count() == 1
+
+
+def test_twenty_distinct_failures_of_one_invoice_at_once_give_one_case(store):
+    first = sf.failed_invoice()
+    invoices = [first] + [
+        sf.failed_invoice(invoice_id=first["id"], attempt_count=n) for n in range(2, 21)
+    ]
+    bodies = [json.dumps(sf.event("invoice.payment_failed", inv)) for inv in invoices]
+    assert len({json.loads(b)["id"] for b in bodies}) == 20
+
+    results = deliver_all_at_once(store.webhook_path, bodies)
+
+    assert [status for status, _ in results] == [200] * 20, results
+    assert all(payload["duplicate"] is False for _, payload in results)
+    assert StripeEvent.objects.count() == 20
+    assert Customer.objects.filter(store=store, stripe_id="cus_test_alice").count() == 1
+    assert Invoice.objects.filter(store=store, stripe_id=first["id"]).count() == 1
+    assert RecoveryCase.objects.count() == 1
+    case = RecoveryCase.objects.get()
+    assert case.invoice.stripe_id == first["id"]
+    assert case.events.filter(kind="opened").count() == 1
+    # Every event was applied on its first delivery: none lost to the race, none left
+    # for the sweep to retry, and each attempt (own charge, own attempt number) counted.
+    outcomes = list(StripeEvent.objects.values_list("outcome", "error"))
+    assert all(outcome == StripeEvent.Outcome.PROCESSED for outcome, _ in outcomes), outcomes
+    assert PaymentAttempt.objects.filter(case=case).count() == 20
+    assert case.attempt_count == 20
+    assert sorted(case.attempts.values_list("invoice_attempt_number", flat=True)) == list(
+        range(1, 21)
+    )

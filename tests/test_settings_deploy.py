@@ -1,0 +1,92 @@
+"""Production settings, loaded the way a deployment loads them: a fresh process, env only.
+
+The test settings put test secrets into os.environ, so each subprocess gets a clean
+environment built here rather than a copy of ours.
+"""
+
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def production_env(**overrides: str | None) -> dict[str, str]:
+    # No "$": django-environ would read a leading one as a reference to another variable.
+    alphabet = string.ascii_letters + string.digits + "!@%^&*(-_=+)"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SECRET_KEY": "".join(secrets.choice(alphabet) for _ in range(60)),
+        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "ALLOWED_HOSTS": "recoup.example.com",
+    }
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_dotenv_overrides():
+    # settings.py reads BASE_DIR/.env; a developer's DEBUG=1 there would make these
+    # tests prove nothing.
+    dotenv = BASE_DIR / ".env"
+    if dotenv.exists() and "DEBUG" in dotenv.read_text():
+        pytest.fail(f"{dotenv} sets DEBUG; these tests need the production defaults")
+
+
+def test_check_deploy_passes_with_production_environment():
+    env = production_env()
+    assert "DEBUG" not in env
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_settings_refuse_to_load_without_secret_key_outside_debug():
+    result = manage("check", env=production_env(SECRET_KEY=None))
+
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+def test_settings_refuse_to_load_without_encryption_keys_outside_debug():
+    result = manage("check", env=production_env(FIELD_ENCRYPTION_KEYS=None))
+
+    assert result.returncode != 0
+    assert "FIELD_ENCRYPTION_KEYS" in result.stderr
+
+
+def test_debug_runs_without_any_secret_configured():
+    # The embedded default (`make run`) works with nothing set.
+    result = manage(
+        "check",
+        env=production_env(SECRET_KEY=None, FIELD_ENCRYPTION_KEYS=None, DEBUG="1"),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
