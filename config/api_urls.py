@@ -1,8 +1,14 @@
 from django.urls import path
 
 from recovery import api as recovery_api
+from subscriptions import api as subscriptions_api
 
 urlpatterns = [
     path("cases/", recovery_api.CaseListView.as_view(), name="api-case-list"),
     path("cases/<int:pk>/", recovery_api.CaseDetailView.as_view(), name="api-case-detail"),
+    path(
+        "customers/<str:stripe_customer_id>/access",
+        subscriptions_api.CustomerAccessView.as_view(),
+        name="api-customer-access",
+    ),
 ]
