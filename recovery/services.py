@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from common.errors import ApplicationError
 from orders.models import Order
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
@@ -346,3 +347,54 @@ def recovered_via_for_success(*, case: RecoveryCase, at: dt.datetime) -> str:
 
 def open_cases_for_customer(*, customer: Customer):
     return RecoveryCase.objects.filter(customer=customer, status=RecoveryCase.Status.OPEN)
+
+
+POLICY_FIELDS = (
+    "max_retries",
+    "window_days_day",
+    "window_days_week",
+    "window_days_month",
+    "window_days_year",
+    "window_days_order",
+    "grace_fraction",
+    "end_action",
+    "first_retry_hours",
+    "generic_retries_before_card_update",
+    "predunning_days",
+    "learned_timing",
+)
+
+
+@transaction.atomic
+def retry_policy_update(*, store: Store, changes: dict, actor: str = "system"):
+    """Save a new version of the store's policy. Cases keep the version that planned them."""
+    from .models import RetryPolicy
+
+    unknown = set(changes) - set(POLICY_FIELDS)
+    if unknown:
+        raise ApplicationError(f"Unknown policy settings: {', '.join(sorted(unknown))}.")
+    current = retry_policy_current(store=store)
+    values = {f: getattr(current, f) for f in POLICY_FIELDS} | changes
+    if not 0 <= int(values["max_retries"]) <= 8:
+        raise ApplicationError(
+            "max_retries must be between 0 and 8: more reads as harassment and costs network fees."
+        )
+    for name in (
+        "window_days_day",
+        "window_days_week",
+        "window_days_month",
+        "window_days_year",
+        "window_days_order",
+    ):
+        if not 1 <= int(values[name]) <= 90:
+            raise ApplicationError(f"{name} must be between 1 and 90 days.")
+    if not 0.0 <= float(values["grace_fraction"]) <= 1.0:
+        raise ApplicationError("grace_fraction must be between 0 and 1.")
+    if values["end_action"] not in RetryPolicy.EndAction.values:
+        raise ApplicationError(
+            f"end_action must be one of {', '.join(RetryPolicy.EndAction.values)}."
+        )
+    last = RetryPolicy.objects.select_for_update().filter(store=store).order_by("-version").first()
+    return RetryPolicy.objects.create(
+        store=store, version=(last.version if last else 0) + 1, created_by=actor[:150], **values
+    )

@@ -16,7 +16,9 @@ class CustomerAccessView(APIView):
             "CustomerAccess",
             {
                 "customer": serializers.CharField(),
-                "access": serializers.ChoiceField(choices=["full", "grace", "restricted", "suspended"]),
+                "access": serializers.ChoiceField(
+                    choices=["full", "grace", "restricted", "suspended"]
+                ),
                 "reason": serializers.CharField(),
                 "open_cases": serializers.IntegerField(),
                 "grace_until": serializers.DateTimeField(allow_null=True),

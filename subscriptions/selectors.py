@@ -23,14 +23,25 @@ def customer_access(*, customer: Customer) -> dict:
     summary = open_cases.aggregate(window_end=Min("window_end"), step_down=Min("step_down_at"))
     restricted = open_cases.filter(stepped_down_at__isnull=False).exists()
     subs = list(
-        Subscription.objects.filter(customer=customer).values("stripe_id", "status", "access", "product_name")
+        Subscription.objects.filter(customer=customer).values(
+            "stripe_id", "status", "access", "product_name"
+        )
     )
     if restricted:
-        access, reason = Subscription.Access.RESTRICTED, "a payment is overdue past its grace period"
+        access, reason = (
+            Subscription.Access.RESTRICTED,
+            "a payment is overdue past its grace period",
+        )
     elif summary["window_end"]:
-        access, reason = Subscription.Access.GRACE, "a payment failed; full access during the grace period"
+        access, reason = (
+            Subscription.Access.GRACE,
+            "a payment failed; full access during the grace period",
+        )
     elif subs and all(s["access"] == Subscription.Access.SUSPENDED for s in subs):
-        access, reason = Subscription.Access.SUSPENDED, "the subscription ended after an unpaid recovery window"
+        access, reason = (
+            Subscription.Access.SUSPENDED,
+            "the subscription ended after an unpaid recovery window",
+        )
     else:
         access, reason = Subscription.Access.FULL, "all payments are up to date"
     return {
