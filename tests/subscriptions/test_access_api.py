@@ -36,8 +36,9 @@ def test_access_moves_from_grace_to_restricted_to_suspended(api, failed_invoice,
 
 
 def test_another_stores_customer_is_invisible(api, other_store, failed_invoice):
-    from stores.services import api_token_create
     from django.test import Client
+
+    from stores.services import api_token_create
 
     other = Client(HTTP_AUTHORIZATION=f"Bearer {api_token_create(store=other_store)[1]}")
     assert other.get("/api/v1/customers/cus_test_alice/access").status_code == 404
