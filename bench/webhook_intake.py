@@ -141,10 +141,10 @@ class Loader:
         self._conn.send((reqs, concurrency))
         return self._conn.recv()
 
-    def close(self) -> None:
+    def close(self, wait: float = 5) -> None:
         with contextlib.suppress(OSError, ValueError):
             self._conn.send(None)
-        self.proc.join(5)
+        self.proc.join(wait)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
@@ -227,6 +227,9 @@ class Gunicorn:
         self.log_path = log_path
         self.port = port
         cmd = [GUNICORN, "config.wsgi", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+        # gunicorn >= 24 opens a control socket at a fixed per-user path by default; a bench
+        # must not take it over from (or remove it under) a server someone else is running.
+        cmd.append("--no-control-socket")
         if threads > 1:
             cmd += ["-k", "gthread", "--threads", str(threads)]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -259,11 +262,13 @@ class Gunicorn:
         raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 3000) -> str:
+        """The end of gunicorn's log, without django-q2's one-line-per-task chatter."""
         self._log.flush()
         try:
-            return self.log_path.read_text(errors="replace")[-n:]
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        return "\n".join(ln for ln in lines if not ln.startswith("Enqueued ["))[-n:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -549,6 +554,7 @@ def main() -> int:
     loader: Loader | None = None
     failed = False
     keep_log = args.keep_log
+    aborted = False
     created_db = False
 
     try:
@@ -692,13 +698,13 @@ def main() -> int:
                 check=True,
             )
     except BaseException:
-        failed = keep_log = True
+        failed = keep_log = aborted = True
         if server is not None:
             print(f"gunicorn log (tail):\n{server.log_tail()}", file=sys.stderr)
         raise
     finally:
         if loader is not None:
-            loader.close()
+            loader.close(wait=0 if aborted else 5)
         if server is not None:
             server.stop()
         if created_db:

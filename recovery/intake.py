@@ -10,10 +10,11 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import stripe
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -92,8 +93,11 @@ def stripe_event_store(*, store: Store, event: dict) -> tuple[StripeEvent | None
     The unique constraint on (store, event_id) decides under concurrency: of fifty
     simultaneous deliveries exactly one INSERT succeeds.
     """
+    # Outside a transaction (the webhook view) the INSERT is its own statement: no
+    # BEGIN/COMMIT round trips. Inside one, a savepoint keeps a duplicate harmless.
+    guard = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
-        with transaction.atomic():
+        with guard:
             row = StripeEvent.objects.create(
                 store=store,
                 event_id=str(event["id"])[:255],

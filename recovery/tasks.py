@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.db import transaction
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from .intake import stripe_event_process
@@ -12,6 +15,13 @@ def stripe_event_process_task(event_pk: int) -> str:
     return stripe_event_process(event_pk=event_pk)
 
 
+@lru_cache(maxsize=1)
+def _broker():
+    # django-q2 builds a new broker (and a new Redis connection) per call unless given
+    # one; one per process keeps the webhook path to a single round trip.
+    return get_broker()
+
+
 def stripe_event_enqueue(event_pk: int) -> None:
     """Queue processing once the event row is committed (inline when Q_CLUSTER sync)."""
     transaction.on_commit(
@@ -19,6 +29,7 @@ def stripe_event_enqueue(event_pk: int) -> None:
             "recovery.tasks.stripe_event_process_task",
             event_pk,
             task_name=f"stripe-event-{event_pk}",
+            broker=_broker(),
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from django.http import HttpRequest, JsonResponse
@@ -16,6 +17,25 @@ from .tasks import stripe_event_enqueue
 MAX_BODY = 1024 * 1024  # Stripe events are well under this
 
 
+# Per-process cache of (store, decrypted secret) for a short time: saves a query and a
+# decryption per event. A rotated secret takes effect within SECRET_CACHE_SECONDS.
+SECRET_CACHE_SECONDS = 30
+_stores: dict[uuid.UUID, tuple[float, Store]] = {}
+
+
+def _store_for_webhook(store_id: uuid.UUID) -> Store | None:
+    now = time.monotonic()
+    hit = _stores.get(store_id)
+    if hit and now - hit[0] < SECRET_CACHE_SECONDS:
+        return hit[1]
+    store = Store.objects.filter(pk=store_id).only("id", "stripe_webhook_secret").first()
+    if store is not None:
+        if len(_stores) > 10_000:
+            _stores.clear()
+        _stores[store_id] = (now, store)
+    return store
+
+
 def _reject(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
@@ -27,7 +47,7 @@ def stripe_webhook(request: HttpRequest, store_id: str) -> JsonResponse:
         store_uuid = uuid.UUID(store_id)
     except ValueError:
         return _reject(404, "unknown_store", "No store has this webhook address.")
-    store = Store.objects.filter(pk=store_uuid).only("id", "stripe_webhook_secret").first()
+    store = _store_for_webhook(store_uuid)
     if store is None:
         return _reject(404, "unknown_store", "No store has this webhook address.")
     if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY:
