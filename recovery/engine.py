@@ -33,7 +33,11 @@ OUR_SOURCES = [
 RECONCILE_DELAY = dt.timedelta(minutes=5)
 MIN_TOUCH_GAP = dt.timedelta(hours=48)
 MAX_EMAILS = 4
+TOUCH_WINDOW = dt.timedelta(days=14)  # 5+ emails in 14 days reads as harassment
 CLAIM_LEASE = dt.timedelta(minutes=10)
+# How late a pass may act on a retry slot chosen earlier. Passes run every minute (or
+# hour) and never exactly on the slot; later than this, a new slot is chosen instead.
+DUE_GRACE = dt.timedelta(hours=1)
 
 
 class Purpose:
@@ -119,8 +123,15 @@ def _may_retry_same_card(case: RecoveryCase) -> bool:
 
 
 def plan_retry(
-    case: RecoveryCase, *, now: dt.datetime, policy: RetryPolicy, rng: random.Random
+    case: RecoveryCase,
+    *,
+    now: dt.datetime,
+    policy: RetryPolicy,
+    rng: random.Random,
+    due: dt.datetime | None = None,
 ) -> tuple[dt.datetime | None, str]:
+    """When to retry next, and why. `due`: the slot chosen earlier that a pass is now
+    acting on; it is kept if every rule still allows a retry at `now`."""
     if case.track == Track.FRAUD or case.escalated and case.dunning_paused:
         return None, "with a person: no automated retries"
     if not _may_retry_same_card(case):
@@ -160,6 +171,10 @@ def plan_retry(
         not_before = max(not_before, case.window_start + dt.timedelta(hours=1))
     elif case.last_attempt_at:
         not_before = max(not_before, case.last_attempt_at + dt.timedelta(hours=1))
+    if due is not None and due <= now < due + DUE_GRACE and not_before <= now:
+        # The pass acting on a chosen slot comes a little after it: choosing again would
+        # only find later slots and put the retry off for ever.
+        return now, case.retry_reason or f"retry {done + 1} of {allowed}"
     options = timing.candidates(
         now=now,
         failed_at=case.window_start,
@@ -168,6 +183,7 @@ def plan_retry(
         tz=case.customer.time_zone or case.store.timezone,
         group=group,
         first=done == 0,
+        first_within=dt.timedelta(hours=policy.first_retry_hours),
     )
     if stripe_next:
         options = [o for o in options if abs(o - stripe_next) >= budgets.STRIPE_CLEARANCE]
@@ -187,21 +203,38 @@ def plan_retry(
     return choice.at, f"retry {done + 1} of {allowed}: {choice.reason}"
 
 
-def plan_message(case: RecoveryCase, *, now: dt.datetime) -> tuple[dt.datetime | None, str]:
+def plan_message(
+    case: RecoveryCase, *, now: dt.datetime, retries_used_up: bool = False
+) -> tuple[dt.datetime | None, str]:
+    """The next message and its purpose. retries_used_up: a soft case has no retries
+    left, so only a new card can pay; it is asked for as on the card-update track."""
     if case.dunning_paused or case.track == Track.FRAUD:
         return None, ""
+    touches = list(case.events.filter(kind="message_due").order_by("at").values_list("at", "data"))
+    last_touch = touches[-1][0] if touches else None
+    earliest = (last_touch + MIN_TOUCH_GAP) if last_touch else now
+    if (
+        case.track == Track.SOFT
+        and retries_used_up
+        and not any(data.get("purpose") == Purpose.CARD_UPDATE for _, data in touches)
+    ):
+        # The retries ran out: only a new card can pay now, so ask for one even if the
+        # reminders are used up, but never more than MAX_EMAILS in any TOUCH_WINDOW.
+        at = max(now, earliest)
+        if len(touches) >= MAX_EMAILS:
+            at = max(at, touches[-MAX_EMAILS][0] + TOUCH_WINDOW)
+        return at, Purpose.CARD_UPDATE
     stage = case.dunning_stage
     if stage >= MAX_EMAILS:
         return None, ""
-    last_touch = (
-        case.events.filter(kind="message_due").order_by("-at").values_list("at", flat=True).first()
+    needs_card = case.track in (Track.CARD_UPDATE, Track.HARD) or (
+        case.track == Track.SOFT and retries_used_up
     )
-    earliest = (last_touch + MIN_TOUCH_GAP) if last_touch else now
     if stage == 0:
-        if case.track in (Track.CARD_UPDATE, Track.HARD, Track.AUTHENTICATION):
-            return max(
-                now, earliest
-            ), Purpose.AUTHENTICATION if case.track == Track.AUTHENTICATION else Purpose.CARD_UPDATE
+        if case.track == Track.AUTHENTICATION:
+            return max(now, earliest), Purpose.AUTHENTICATION
+        if needs_card:
+            return max(now, earliest), Purpose.CARD_UPDATE
         # Soft: technical recovery first: after the first retry failed, or 24 h.
         first_failed = case.attempts.filter(
             source__in=OUR_SOURCES, outcome=PaymentAttempt.Outcome.FAILED
@@ -218,25 +251,35 @@ def plan_message(case: RecoveryCase, *, now: dt.datetime) -> tuple[dt.datetime |
         if stage == 1 and (case.order_id or case.subscription_id)
         else Purpose.SOFT_REMINDER
     )
-    if case.track in (Track.CARD_UPDATE, Track.HARD):
+    if needs_card:
         purpose = Purpose.CARD_UPDATE
     if case.track == Track.AUTHENTICATION:
         purpose = Purpose.AUTHENTICATION
     return max(earliest, now + dt.timedelta(hours=72) if not last_touch else earliest), purpose
 
 
-def case_plan(case: RecoveryCase, *, now: dt.datetime, record: bool = True) -> RecoveryCase:
-    """Recompute the case's plan and its next action; store it. Returns the case."""
+def case_plan(
+    case: RecoveryCase, *, now: dt.datetime, record: bool = True, acting: bool = False
+) -> RecoveryCase:
+    """Recompute the case's plan and its next action; store it. Returns the case.
+
+    acting: the scheduler is about to act on the planned retry; keep its slot if it is
+    due and still allowed."""
     if not case.is_open:
         return case
     policy = _policy(case)
     rng = random.Random(f"{case.pk}:{case.attempt_count}:{case.dunning_stage}")
-    retry_at, retry_reason = plan_retry(case, now=now, policy=policy, rng=rng)
+    retry_at, retry_reason = plan_retry(
+        case, now=now, policy=policy, rng=rng, due=case.retry_at if acting else None
+    )
     if case.step_down_at is None:
         case.step_down_at = (
             case.window_start + (case.window_end - case.window_start) * policy.grace_fraction
         )
-    message_at, purpose = plan_message(case, now=now)
+    retries_used_up = (
+        case.track == Track.SOFT and _our_retries(case) >= retry_allowance(case, policy)[0]
+    )
+    message_at, purpose = plan_message(case, now=now, retries_used_up=retries_used_up)
     steps = [(case.window_end, RecoveryCase.NextAction.CLOSE, "recovery window ends")]
     if case.inflight_key:
         steps.append(
@@ -346,6 +389,10 @@ def case_attempt_seen(
 
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
     from .services import case_event_record
+
+    # Nothing stays scheduled on a closed case.
+    RecoveryCase.objects.filter(pk=case.pk).update(retry_at=None, message_at=None)
+    case.retry_at = case.message_at = None
 
     sub = case.subscription
     if case.status == RecoveryCase.Status.RECOVERED:
@@ -593,7 +640,7 @@ def attempt_resolve(
     from .services import case_event_record, recovery_case_close, recovery_case_open
 
     case = (
-        RecoveryCase.objects.select_for_update()
+        RecoveryCase.objects.select_for_update(of=("self",))
         .select_related("customer", "store", "invoice")
         .get(pk=case.pk)
     )
@@ -624,20 +671,29 @@ def attempt_resolve(
         fields["card_brand"] = decline.card_brand
     if decline.card_fingerprint and not attempt.card_fingerprint:
         fields["card_fingerprint"] = decline.card_fingerprint
-    if (
+    if outcome == PaymentAttempt.Outcome.NOT_SENT:
+        # Nothing reached the card: keep no decline details that belong to another attempt.
+        fields = {"outcome": outcome, "resolved_at": fields["resolved_at"]}
+    elif (
         fields.get("charge_id")
         and PaymentAttempt.objects.filter(store_id=case.store_id, charge_id=fields["charge_id"])
         .exclude(pk=attempt.pk)
         .exists()
     ):
-        # Stripe's event for this very charge arrived first: keep the charge on one row.
-        PaymentAttempt.objects.filter(
-            store_id=case.store_id, charge_id=fields["charge_id"]
-        ).exclude(pk=attempt.pk).update(
-            charge_id="",
-            reason="duplicate report of a Recoup attempt",
-            outcome=PaymentAttempt.Outcome.NOT_SENT,
-        )
+        # Another row already holds this charge (recorded history is never rewritten).
+        fields.pop("charge_id")
+    if (
+        case.invoice_id
+        and attempt.invoice_attempt_number
+        and outcome != PaymentAttempt.Outcome.NOT_SENT
+    ):
+        # Stripe counted this attempt on the invoice; keep our count in step so a later
+        # read-back compares against the right number.
+        from subscriptions.models import Invoice
+
+        Invoice.objects.filter(
+            pk=case.invoice_id, attempt_count__lt=attempt.invoice_attempt_number
+        ).update(attempt_count=attempt.invoice_attempt_number)
     PaymentAttempt.objects.filter(pk=attempt.pk, outcome=PaymentAttempt.Outcome.UNKNOWN).update(
         **fields
     )
@@ -748,7 +804,13 @@ def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:
     elif read.status == "processing":
         RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=now + RECONCILE_DELAY)
         return
-    elif read.decline.has_code:
+    elif read.decline.has_code and not (
+        read.decline.charge_id
+        and PaymentAttempt.objects.filter(store_id=case.store_id, charge_id=read.decline.charge_id)
+        .exclude(pk=attempt.pk)
+        .exists()
+    ):
+        # A decline we have not seen before: our attempt reached the card.
         outcome = PaymentAttempt.Outcome.FAILED
     else:
         outcome = PaymentAttempt.Outcome.NOT_SENT
@@ -813,7 +875,7 @@ def case_process_due(case: RecoveryCase, *, now: dt.datetime, gateway) -> str:
     action = case.next_action
     if action == RecoveryCase.NextAction.RETRY:
         # Re-check budgets at the moment of acting: other sources may have used them.
-        case_plan(case, now=now, record=False)
+        case_plan(case, now=now, record=False, acting=True)
         if case.retry_at and case.retry_at <= now:
             case_retry(case, now=now, gateway=gateway)
             return "retried"
@@ -830,3 +892,24 @@ def case_process_due(case: RecoveryCase, *, now: dt.datetime, gateway) -> str:
         return "stepped_down"
     case_plan(case, now=now)
     return "replanned"
+
+
+def case_settle_inflight_success(*, case: RecoveryCase, at: dt.datetime, amount: int = 0) -> bool:
+    """Stripe reports the payment before our read-back: the attempt in flight succeeded."""
+    if not case.inflight_key:
+        return False
+    attempt = case.attempts.filter(
+        idempotency_key=case.inflight_key, outcome=PaymentAttempt.Outcome.UNKNOWN
+    ).first()
+    if attempt is None:
+        return False
+    attempt_resolve(
+        case=case,
+        attempt=attempt,
+        outcome=PaymentAttempt.Outcome.SUCCEEDED,
+        decline=DeclineInfo(),
+        at=at,
+        amount=amount,
+        message="confirmed by Stripe's event",
+    )
+    return True

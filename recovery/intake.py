@@ -296,6 +296,10 @@ def _invoice_paid(event: StripeEvent, data: dict) -> str:
     case = RecoveryCase.objects.filter(invoice=invoice).first()
     if case is None:
         return "processed: paid without a failure"
+    if case.is_open and engine.case_settle_inflight_success(
+        case=case, at=at, amount=minor(data.get("amount_paid"))
+    ):
+        return "processed: our retry in flight succeeded"
     if case.is_open:
         via = recovered_via_for_success(case=case, at=at)
         if via == RecoveryCase.RecoveredVia.STRIPE_RETRY:
@@ -491,6 +495,10 @@ def _payment_intent_succeeded(event: StripeEvent, data: dict) -> str:
         order_payment_succeeded(order=order, at=at)
     if case is None:
         return "processed: no open case for this payment"
+    if case.is_open and engine.case_settle_inflight_success(
+        case=case, at=at, amount=minor(data.get("amount_received"))
+    ):
+        return "processed: our retry in flight succeeded"
     if case.is_open:
         via = recovered_via_for_success(case=case, at=at)
         recovery_case_close(

@@ -23,6 +23,11 @@ from recovery.stripe_payloads import (
 from .base import ChargeResult, ReadBack
 
 TIMEOUT_SECONDS = 20
+# Error codes of a payment the customer must confirm on-session (3-D Secure). Paying an
+# invoice answers with the second when the invoice's PaymentIntent needs that action.
+CUSTOMER_ACTION_CODES = frozenset(
+    {"authentication_required", "invoice_payment_intent_requires_action"}
+)
 
 
 def stripe_client(api_key: str, *, timeout: float = TIMEOUT_SECONDS) -> stripe.StripeClient:
@@ -42,12 +47,13 @@ def _error_result(exc: stripe.StripeError) -> ChargeResult:
         pi = body.get("payment_intent")
         if isinstance(pi, dict):
             decline.merge(decline_from_payment_intent(pi))
-        outcome = (
-            "requires_action"
-            if decline.failure_code == "authentication_required"
-            or (decline.decline_code == "authentication_required")
-            else "failed"
+        # Only the customer, on-session, can finish these: never a decline to retry.
+        needs_customer = (
+            decline.failure_code in CUSTOMER_ACTION_CODES
+            or decline.decline_code == "authentication_required"
+            or (isinstance(pi, dict) and pi.get("status") == "requires_action")
         )
+        outcome = "requires_action" if needs_customer else "failed"
         return ChargeResult(outcome=outcome, decline=decline, message=str(exc.user_message or exc))
     if isinstance(exc, stripe.RateLimitError):
         return ChargeResult(
