@@ -130,6 +130,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Failed-payment recovery: cases, customers, access state.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "CaseStatusEnum": "recovery.models.RecoveryCase.Status",
+        "OrderStatusEnum": "orders.models.Order.Status",
+    },
 }
 
 # Stripe: optional other base address for the API (a local sandbox or a test server).
