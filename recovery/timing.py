@@ -81,8 +81,12 @@ def candidates(
     tz: str,
     group: str,
     first: bool,
+    first_within: dt.timedelta = dt.timedelta(hours=4),
 ) -> list[dt.datetime]:
-    """Allowed retry times: local daytime, within [not_before, until]."""
+    """Allowed retry times: local daytime, within [not_before, until].
+
+    The first retry comes at the earliest allowed slot or within `first_within` of it;
+    later retries for insufficient funds only on payday slots, while there are any."""
     zone = _zone(tz)
     start = max(now, not_before)
     out: list[dt.datetime] = []
@@ -99,8 +103,11 @@ def candidates(
     out = sorted({c for c in out if start <= c <= until})
     if first:
         # The first retry comes soon: hours, not days.
-        soon = [c for c in out if c - failed_at <= dt.timedelta(hours=30)]
-        out = soon or out[:1]
+        return [c for c in out if c - out[0] <= first_within]
+    if group == "insufficient_funds":
+        # Money arrives on paydays; other days only if no payday is left in the window.
+        paydays = [c for c in out if is_payday(c.astimezone(zone))]
+        out = paydays or out
     return out
 
 
