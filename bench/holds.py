@@ -118,7 +118,7 @@ def _sampler(db_url: str, sku_id: int, start, stop, out) -> None:
             samples += 1
             max_promised = max(max_promised, promised)
             oversells += promised > on_hand
-            time.sleep(0.002)
+            time.sleep(0.01)
     out.put({"samples": samples, "oversells": oversells, "max_promised": max_promised})
 
 

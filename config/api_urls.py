@@ -1,5 +1,6 @@
 from django.urls import path
 
+from orders import api as orders_api
 from recovery import api as recovery_api
 from subscriptions import api as subscriptions_api
 
@@ -11,4 +12,7 @@ urlpatterns = [
         subscriptions_api.CustomerAccessView.as_view(),
         name="api-customer-access",
     ),
+    path("orders/", orders_api.OrderUpsertView.as_view(), name="api-order-upsert"),
+    path("orders/<str:number>/", orders_api.OrderDetailView.as_view(), name="api-order-detail"),
+    path("inventory/", orders_api.InventoryView.as_view(), name="api-inventory"),
 ]

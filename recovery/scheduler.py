@@ -32,6 +32,7 @@ class PassReport:
     actions: dict = field(default_factory=dict)
     events_retried: int = 0
     expiry_warnings: int = 0
+    holds_released: int = 0
 
     def count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
@@ -99,6 +100,9 @@ def run_due(
             finally:
                 case_release(case_id=case.pk)
     report.expiry_warnings = predunning_pass(now=now)
+    from orders.services import inventory_holds_expire
+
+    report.holds_released = inventory_holds_expire(now=now)
     return report
 
 
