@@ -275,7 +275,8 @@ def test_do_not_honor_gets_two_retries_then_card_update_request(webhooks, store,
     asks = [at for at, purpose in sent if purpose == "card_update_request"]
     assert asks, sent
     # Asked once the second retry failed, at the next touch the 48 h spacing allows.
-    assert attempts[1].attempted_at < asks[0] <= attempts[1].attempted_at + 2 * DAY + HOUR
+    # The request may go out in the same pass that saw the second decline.
+    assert attempts[1].attempted_at <= asks[0] <= attempts[1].attempted_at + 2 * DAY + HOUR
     assert all(purpose != "card_update_request" for at, purpose in sent if at < asks[0])
 
 
