@@ -134,7 +134,7 @@ def stripe_event_process(*, event_pk: int) -> str:
     """
     try:
         with transaction.atomic():
-            event = StripeEvent.objects.select_for_update().select_related("store").get(pk=event_pk)
+            event = StripeEvent.objects.select_for_update(of=("self",)).select_related("store").get(pk=event_pk)
             if event.outcome in (StripeEvent.Outcome.PROCESSED, StripeEvent.Outcome.IGNORED):
                 return event.outcome
             handler = HANDLERS.get(event.type)

@@ -24,7 +24,6 @@ from orders.services import (
 from recovery import engine
 from recovery.models import RecoveryCase
 from recovery.scheduler import run_due
-from recovery.services import recovery_case_close
 from tests import stripe_factory as sf
 
 from .conftest import hold_of
@@ -337,9 +336,10 @@ def test_holds_of_a_cancelled_case_are_released(shelf, order_for, fail_payment):
     fail_payment(order, decline_code="expired_card")
     case = RecoveryCase.objects.get()
 
-    recovery_case_close(case=case, status=RecoveryCase.Status.CANCELLED, reason="voided")
+    # Closed by whatever path, without telling orders (the sweep is the safety net).
+    RecoveryCase.objects.filter(pk=case.pk).update(status=RecoveryCase.Status.CANCELLED)
 
-    assert hold_of(order).status == "held"  # until the sweep, or the engine's hook, runs
+    assert hold_of(order).status == "held"
     assert inventory_holds_expire(now=timezone.now()) == 1
     hold = hold_of(order)
     assert hold.status == "released" and not hold.released_early
@@ -350,8 +350,8 @@ def test_releasing_a_closed_cases_holds_directly(shelf, order_for, fail_payment)
     shelf("MUG", on_hand=10, low_stock_threshold=0)
     order = order_for("1001", MUG=2)
     fail_payment(order, decline_code="expired_card")
+    RecoveryCase.objects.filter(pk=RecoveryCase.objects.get().pk).update(status="cancelled")
     case = RecoveryCase.objects.get()
-    recovery_case_close(case=case, status=RecoveryCase.Status.CANCELLED, reason="voided")
 
     assert inventory_holds_release_for_case(case=case, at=timezone.now()) == 1
     assert inventory_holds_release_for_case(case=case, at=timezone.now()) == 0
