@@ -222,6 +222,7 @@ def _wipe() -> None:
 # ---------------------------------------------------------------- the worker (child)
 
 _IN_LIST = re.compile(r"IN \((?:%s, )*%s\)")
+_SAVEPOINT = re.compile(r'"s\d+_x\d+"')  # Django names each savepoint uniquely
 
 
 def _worker() -> int:
@@ -246,7 +247,7 @@ def _worker() -> int:
         return "?"
 
     def wrapper(execute, sql, params, many, context):
-        key = _IN_LIST.sub("IN (...)", sql)
+        key = _SAVEPOINT.sub('"s…"', _IN_LIST.sub("IN (...)", sql))
         counts[key] += 1
         callers[caller()] += 1
         t = time.perf_counter()
@@ -255,8 +256,23 @@ def _worker() -> int:
         finally:
             seconds[key] += time.perf_counter() - t
 
+    # Resident memory as the pass goes on: read at each claim of a new batch.
+    from recovery import scheduler
+
+    page_kb = os.sysconf("SC_PAGE_SIZE") / 1024
+    claimed_so_far = [0]
+    rss_curve: list[tuple[int, float]] = []
+    original_claim = scheduler.cases_claim
+
+    def claim_and_measure(**kwargs):
+        with open("/proc/self/statm") as fh:
+            rss_curve.append((claimed_so_far[0], int(fh.read().split()[1]) * page_kb / 1024))
+        ids = original_claim(**kwargs)
+        claimed_so_far[0] += len(ids)
+        return ids
+
+    scheduler.cases_claim = claim_and_measure
     connection.ensure_connection()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("ready", flush=True)
     sys.stdin.readline()  # the parent starts every worker at once
     profiler = None
@@ -272,6 +288,12 @@ def _worker() -> int:
         if profiler:
             profiler.disable()
     elapsed = time.perf_counter() - started
+    # Peak resident memory of this process: VmHWM. (ru_maxrss is printed too, but Linux
+    # carries the parent's peak over fork+exec into it, so it shows the seeding parent.)
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as fh:
+        hwm = next(line for line in fh if line.startswith("VmHWM:"))
+    peak_mb = int(hwm.split()[1]) / 1024
     if profiler:
         import io
         import pstats
@@ -287,10 +309,12 @@ def _worker() -> int:
                 "seconds": elapsed,
                 "queries": sum(counts.values()),
                 "db_seconds": sum(seconds.values()),
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "rss_ready_mb": rss_before / 1024,
+                "rss_mb": peak_mb,
+                "ru_maxrss_mb": maxrss_mb,
                 "top": [[sql, counts[sql], seconds[sql]] for sql, _ in counts.most_common()],
                 "callers": callers.most_common(),
+                "distinct_statements": len(counts),
+                "rss_curve": rss_curve,
             }
         ),
         flush=True,
@@ -311,6 +335,7 @@ class _WaitSampler:
         self.url, self.dbname, self.every = url, dbname, every
         self.samples = 0
         self.states: Counter = Counter()
+        self.lock_queries: Counter = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -320,15 +345,17 @@ class _WaitSampler:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(
-                    "SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, '') "
-                    "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-                    "AND backend_type = 'client backend'",
+                    "SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), "
+                    "left(query, 60) FROM pg_stat_activity WHERE datname = %s "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
                     [self.dbname],
                 ).fetchall()
-                for state, wtype, wevent in rows:
+                for state, wtype, wevent, query in rows:
                     self.samples += 1
                     if state == "active":
                         self.states[f"active {wtype}:{wevent}" if wtype else "active (on CPU)"] += 1
+                        if wtype == "Lock":
+                            self.lock_queries[query] += 1
                     else:
                         self.states[state] += 1
                 self._stop.wait(self.every)
@@ -344,9 +371,14 @@ class _WaitSampler:
     def summary(self) -> str:
         if not self.samples:
             return "no samples"
-        return ", ".join(
+        text = ", ".join(
             f"{name} {n / self.samples * 100:.0f}%" for name, n in self.states.most_common(6)
         )
+        if self.lock_queries:
+            text += "; waiting on a lock in: " + "; ".join(
+                f"{q!r} ({n})" for q, n in self.lock_queries.most_common(3)
+            )
+        return text
 
 
 def _run_workers(env: dict, workers: int) -> tuple[list[dict], float]:
@@ -387,10 +419,20 @@ def _run_workers(env: dict, workers: int) -> tuple[list[dict], float]:
 def _line(r: dict) -> str:
     rate = r["claimed"] / r["seconds"] if r["seconds"] else 0.0
     qpc = r["queries"] / r["claimed"] if r["claimed"] else 0.0
+    curve = r.get("rss_curve") or []
+    marks = []
+    for frac in (0.1, 0.5, 1.0):
+        if curve:
+            n, mb = curve[min(len(curve) - 1, int(frac * (len(curve) - 1)))]
+            marks.append(f"{mb:.0f} MB after {n:,}")
+    growth = ("; RSS " + ", ".join(marks)) if marks else ""
     return (
         f"{r['claimed']:>7,} cases in {r['seconds']:6.2f} s = {rate:7,.0f} cases/s; "
-        f"{qpc:5.1f} queries/case ({r['db_seconds'] / r['seconds'] * 100:.0f}% of the time "
-        f"in the database); peak RSS {r['rss_mb']:.0f} MB; {dict(sorted(r['actions'].items()))}"
+        f"{qpc:5.1f} queries/case ({r.get('distinct_statements', 0)} distinct; "
+        f"{r['db_seconds'] / r['seconds'] * 100:.0f}% of the time "
+        f"in the database); peak RSS {r['rss_mb']:.0f} MB (VmHWM; ru_maxrss "
+        f"{r['ru_maxrss_mb']:.0f} MB){growth}; "
+        f"{dict(sorted(r['actions'].items()))}"
     )
 
 
@@ -505,7 +547,11 @@ def main() -> int:
             total_rate = claimed / wall if wall else 0.0
             phases[workers] = (results, wall, total_rate)
             label = "1 worker" if workers == 1 else f"{workers} workers in parallel"
-            print(f"\n{label} (seeded {args.cases:,} cases in {seed_s:.1f} s):")
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(
+                f"\n{label} (seeded {args.cases:,} cases in {seed_s:.1f} s; "
+                f"machine load average after the run {load}):"
+            )
             for k, r in enumerate(results, 1):
                 print(f"  worker {k}: {_line(r)}")
             print(

@@ -149,9 +149,6 @@ class Cohort:
             [self.start + dt.timedelta(days=self.days)] + [f.window_end for f in self.failures]
         )
 
-    def events_for(self, customer: int) -> list[CardEvent]:
-        return [e for e in self.card_events if e.customer == customer]
-
 
 def default_window_days() -> int:
     from .models import RetryPolicy
@@ -674,7 +671,11 @@ def _recoup_inside(cohort: Cohort, traveller, *, log=None, errors: _ErrorLog):
         f = by_invoice[row["invoice__stripe_id"]]
         status = {"recovered": "recovered", "open": "open"}.get(row["status"], "lost")
         outcomes[f.index] = (status, row["closed_at"], row["recovered_via"])
-    messages = CaseEvent.objects.filter(store_id=store.pk, kind="message_due").count()
+    messages = (
+        CaseEvent.objects.filter(store_id=store.pk, kind="message_due")
+        .exclude(data__purpose=engine.Purpose.RECOVERED)
+        .count()
+    )
     extra = {
         "messages": messages,
         "scheduler_passes": passes,
@@ -775,7 +776,13 @@ def _summarise(cohort, strategy, attempts, outcomes, runtime) -> StrategyResult:
         "via_customer": via.get("customer", 0),
         "messages": None,
     }
-    return StrategyResult(strategy, metrics, runtime)
+    result = StrategyResult(strategy, metrics, runtime)
+    if still_open:
+        result.notes.append(
+            f"{still_open} cases were still open with nothing scheduled when time ran out "
+            "(counted as not recovered)"
+        )
+    return result
 
 
 # ---------------------------------------------------------------- output
@@ -797,7 +804,7 @@ ROWS = [
     ("card_update_retries", "same-card retries, card-update/auth", "{:d}"),
     ("budget_violations", "network-budget violations", "{:d}"),
     ("budget_violation_cards", "  cards over a network limit", "{:d}"),
-    ("messages", "customer messages due", "{:d}"),
+    ("messages", "dunning messages due (no thank-yous)", "{:d}"),
     ("runtime", "runtime", "{:.1f} s"),
 ]
 
