@@ -84,6 +84,14 @@ class StripeGateway:
             raise ValueError("This store has no Stripe secret key; add one in settings.")
         self.client = stripe_client(api_key, timeout=timeout)
 
+    @staticmethod
+    def _off_session(method, object_id: str, payment_method: str, idempotency_key: str) -> dict:
+        """One off-session charge call with our idempotency key; the object as a dict."""
+        params: dict = {"off_session": True}
+        if payment_method:
+            params["payment_method"] = payment_method
+        return method(object_id, params, {"idempotency_key": idempotency_key}).to_dict()
+
     def invoice_pay(
         self,
         *,
@@ -93,16 +101,12 @@ class StripeGateway:
         amount: int = 0,
         hint=None,
     ) -> ChargeResult:
-        params: dict = {"off_session": True}
-        if payment_method:
-            params["payment_method"] = payment_method
         try:
-            invoice = self.client.v1.invoices.pay(
-                invoice_id, params, {"idempotency_key": idempotency_key}
+            data = self._off_session(
+                self.client.v1.invoices.pay, invoice_id, payment_method, idempotency_key
             )
         except stripe.StripeError as exc:
             return _error_result(exc)
-        data = invoice.to_dict()
         if data.get("status") == "paid":
             return ChargeResult(
                 outcome="succeeded",
@@ -124,16 +128,15 @@ class StripeGateway:
         amount: int = 0,
         hint=None,
     ) -> ChargeResult:
-        params: dict = {"off_session": True}
-        if payment_method:
-            params["payment_method"] = payment_method
         try:
-            pi = self.client.v1.payment_intents.confirm(
-                payment_intent_id, params, {"idempotency_key": idempotency_key}
+            data = self._off_session(
+                self.client.v1.payment_intents.confirm,
+                payment_intent_id,
+                payment_method,
+                idempotency_key,
             )
         except stripe.StripeError as exc:
             return _error_result(exc)
-        data = pi.to_dict()
         status = data.get("status")
         decline = decline_from_payment_intent(data)
         if status == "succeeded":
