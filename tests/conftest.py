@@ -121,3 +121,51 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             "CI must run the suite on PostgreSQL: set DATABASE_URL=postgres://…"
         )
+
+
+# ------------------------------------------------------------------ real browser
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright. Skips with a reason when either is missing
+    locally; in CI a missing browser is a failure, never a skip."""
+    import os
+    import shutil
+
+    executable = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - dev extra not installed
+        sync_playwright = None
+    if executable is None or sync_playwright is None:
+        reason = "needs Debian's chromium and playwright (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # Playwright's sync API runs an event loop; Django refuses ORM calls from a thread
+    # with a running loop unless told this is deliberate (tests only).
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (cookies, storage) per test, desktop width."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
