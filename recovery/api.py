@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.db.models import Prefetch
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
 from common.errors import ApplicationError
+from orders.selectors import case_order_summary
 
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors import case_list
@@ -85,15 +87,31 @@ class CaseEventSerializer(serializers.ModelSerializer):
 class CaseDetailSerializer(CaseSerializer):
     attempts = AttemptSerializer(many=True)
     events = CaseEventSerializer(many=True)
+    order_detail = serializers.SerializerMethodField(
+        help_text="The order behind the case: its lines, the hold on each line's stock "
+        "and why, and what the customer was told about it."
+    )
 
     class Meta(CaseSerializer.Meta):
         fields = [
             *CaseSerializer.Meta.fields,
             "window_start",
             "dunning_stage",
+            "order_detail",
             "attempts",
             "events",
         ]
+
+    def get_order_detail(self, case: RecoveryCase) -> dict | None:
+        summary = case_order_summary(case=case, now=timezone.now())
+        if summary is None:
+            return None
+        summary["customer_told"] = [
+            {"at": e.at, "kind": e.kind, "message": e.message}
+            for e in case.events.all()
+            if (e.data or {}).get("notify_customer")
+        ]
+        return summary
 
 
 @extend_schema(

@@ -432,6 +432,11 @@ def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
             from orders.services import order_payment_lost
 
             order_payment_lost(order=case.order, at=at)
+    elif case.status == RecoveryCase.Status.CANCELLED and case.order_id:
+        # Cancelled by an operator: the stock goes back at once; the order is theirs to decide.
+        from orders.services import inventory_holds_release_for_case
+
+        inventory_holds_release_for_case(case=case, at=at)
 
 
 def case_route_to_person(*, case: RecoveryCase, at: dt.datetime, track: str, reason: str) -> None:
@@ -776,6 +781,12 @@ def attempt_resolve(
         actor=actor,
         message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
     )
+    if case.order_id:
+        # Decide each line's hold again against the new plan (held through the next retry
+        # while stock is ample; a brief hold is never lengthened).
+        from orders.services import order_payment_failed
+
+        order_payment_failed(order=case.order, case=case, at=at)
 
 
 def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:

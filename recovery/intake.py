@@ -134,7 +134,11 @@ def stripe_event_process(*, event_pk: int) -> str:
     """
     try:
         with transaction.atomic():
-            event = StripeEvent.objects.select_for_update(of=("self",)).select_related("store").get(pk=event_pk)
+            event = (
+                StripeEvent.objects.select_for_update(of=("self",))
+                .select_related("store")
+                .get(pk=event_pk)
+            )
             if event.outcome in (StripeEvent.Outcome.PROCESSED, StripeEvent.Outcome.IGNORED):
                 return event.outcome
             handler = HANDLERS.get(event.type)
@@ -244,11 +248,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         at=at,
         invoice=invoice,
         subscription=subscription,
-        order=Order.objects.filter(
-            store=event.store, subscription=subscription, payment_status=Order.PaymentStatus.PENDING
-        ).first()
-        if subscription
-        else None,
+        order=_renewal_order(event.store, subscription, data),
         payment_intent_ids=invoice_payment_intent_ids(data),
     )
     attempt, created = payment_attempt_record(
@@ -268,6 +268,11 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
     if subscription is not None:
         subs.subscription_mark_past_due(subscription=subscription, at=at)
+    if case.order_id:
+        # The renewal order waits for the money: pause its shipment, hold its stock.
+        from orders.services import order_payment_failed
+
+        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
     return "processed"
 
 
@@ -361,6 +366,28 @@ def _invoice_uncollectible(event: StripeEvent, data: dict) -> str:
             at=_at(event),
         )
     return "processed"
+
+
+def _renewal_order(store: Store, subscription, data: dict) -> Order | None:
+    """The order a failed invoice pays for: named in the invoice's metadata, or the
+    subscription's renewal order still waiting for its payment."""
+    ref = str(obj(data.get("metadata")).get("order_id") or "")
+    if ref:
+        order = Order.objects.filter(store=store, number=ref).first()
+        if order is not None:
+            return order
+    if subscription is None:
+        return None
+    return (
+        Order.objects.filter(
+            store=store,
+            subscription=subscription,
+            payment_status__in=(Order.PaymentStatus.PENDING, Order.PaymentStatus.FAILED),
+        )
+        .exclude(status=Order.Status.CANCELLED)
+        .order_by("-created_at", "-pk")
+        .first()
+    )
 
 
 def _order_for_payment_intent(store: Store, data: dict) -> Order | None:
