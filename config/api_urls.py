@@ -1,8 +1,10 @@
 from django.urls import path
 
+from messaging import api as messaging_api
 from orders import api as orders_api
 from recovery import api as recovery_api
 from subscriptions import api as subscriptions_api
+from support import api as support_api
 
 urlpatterns = [
     path("cases/", recovery_api.CaseListView.as_view(), name="api-case-list"),
@@ -11,6 +13,16 @@ urlpatterns = [
         "customers/<str:stripe_customer_id>/access",
         subscriptions_api.CustomerAccessView.as_view(),
         name="api-customer-access",
+    ),
+    path(
+        "customers/<str:stripe_customer_id>/banner",
+        messaging_api.CustomerBannerView.as_view(),
+        name="api-customer-banner",
+    ),
+    path(
+        "customers/<str:stripe_customer_id>/signals",
+        support_api.CustomerSignalsView.as_view(),
+        name="api-customer-signals",
     ),
     path("orders/", orders_api.OrderUpsertView.as_view(), name="api-order-upsert"),
     path("orders/<str:number>/", orders_api.OrderDetailView.as_view(), name="api-order-detail"),

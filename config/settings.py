@@ -185,3 +185,34 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- messaging (customer email/SMS, provider webhooks, the /pay/ page)
+# Email: Postmark through postmarker's Django backend when POSTMARK_SERVER_TOKEN is set
+# (and EMAIL_BACKEND is not), otherwise the EMAIL_BACKEND above (console by default).
+POSTMARK_SERVER_TOKEN = env.str("POSTMARK_SERVER_TOKEN", default="")
+POSTMARK_MESSAGE_STREAM = env.str("POSTMARK_MESSAGE_STREAM", default="outbound")
+POSTMARK_API_BASE = env.str("POSTMARK_API_BASE", default="")  # another address (tests)
+POSTMARK_WEBHOOK_SECRET = env.str("POSTMARK_WEBHOOK_SECRET", default="")
+POSTMARK = {
+    "TOKEN": POSTMARK_SERVER_TOKEN or None,
+    "TEST_MODE": env.bool("POSTMARK_TEST_MODE", default=False),
+    "TRACK_OPENS": env.bool("POSTMARK_TRACK_OPENS", default=True),
+}
+if POSTMARK_SERVER_TOKEN and not env.str("EMAIL_BACKEND", default=""):
+    EMAIL_BACKEND = "messaging.email.PostmarkEmailBackend"
+# SMS: messaging.sms.console (default), .locmem (tests) or .twilio.
+SMS_BACKEND = env.str("SMS_BACKEND", default="messaging.sms.console.SmsBackend")
+TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env.str("TWILIO_AUTH_TOKEN", default="")
+TWILIO_FROM = env.str("TWILIO_FROM", default="")
+TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
+TWILIO_API_BASE = env.str("TWILIO_API_BASE", default="")  # another address (tests)
+# Limits per recovery case, the gap between two messages on a channel, SMS quiet hours.
+MESSAGING_MAX_EMAILS_PER_CASE = env.int("MESSAGING_MAX_EMAILS_PER_CASE", default=4)
+MESSAGING_MAX_SMS_PER_CASE = env.int("MESSAGING_MAX_SMS_PER_CASE", default=2)
+MESSAGING_MIN_HOURS_BETWEEN = env.int("MESSAGING_MIN_HOURS_BETWEEN", default=48)
+MESSAGING_SMS_QUIET_HOURS = tuple(env.list("MESSAGING_SMS_QUIET_HOURS", cast=int, default=[21, 8]))
+# Pay page: Stripe's publishable key when a store has none of its own; the request
+# header holding the client address behind a proxy (e.g. HTTP_X_REAL_IP), for rate limits.
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+PAY_CLIENT_IP_HEADER = env.str("PAY_CLIENT_IP_HEADER", default="")

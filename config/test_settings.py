@@ -14,3 +14,10 @@ from .settings import Q_CLUSTER  # noqa: E402
 Q_CLUSTER["sync"] = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# --- messaging
+SMS_BACKEND = "messaging.sms.locmem.SmsBackend"
+POSTMARK_WEBHOOK_SECRET = "test-postmark-webhook-secret"
+TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+TWILIO_AUTH_TOKEN = "test-twilio-auth-token"
+TWILIO_FROM = "+15005550006"

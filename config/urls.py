@@ -14,10 +14,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("webhooks/stripe/<str:store_id>/", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("config.api_urls")),
+    path("", include("messaging.urls")),  # /pay/<token>/ and Twilio/Postmark webhooks
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
         name="schema",
     ),
     path("healthz", healthz),
+    path("", include("stores.urls")),  # the dashboard: /, /accounts/…, /s/<store_id>/…
 ]

@@ -103,6 +103,9 @@ def run_due(
     from orders.services import inventory_holds_expire
 
     report.holds_released = inventory_holds_expire(now=now)
+    from messaging.services import messages_send_scheduled
+
+    report.messages_sent = messages_send_scheduled(now=now)
     return report
 
 

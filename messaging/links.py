@@ -1,0 +1,128 @@
+"""Signed card-update links: /pay/<token>/.
+
+A token is Django's signing (its own salt, so no other signed value of the project can
+stand in for it) over [store id, customer id, case id or 0, the customer's link version].
+It is refused when the signature is wrong, after 14 days, after the case's window ends,
+when the customer's `link_version` was bumped (revoking every link sent so far), and
+when the customer or case does not belong to the store it names.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+from recovery.models import RecoveryCase
+from stores.models import Store
+from subscriptions.models import Customer
+
+SALT = "recoup.messaging.pay-link.v1"
+MAX_AGE = dt.timedelta(days=14)
+
+
+@dataclass
+class PayLink:
+    store: Store
+    customer: Customer
+    case: RecoveryCase | None
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    token: str
+
+
+class LinkRefused(Exception):
+    """reason: tampered | expired | revoked | unknown. `customer` is set when the token
+    was genuinely ours (expired or revoked), so a fresh link can go to the contact on file."""
+
+    def __init__(self, reason: str, *, customer: Customer | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.customer = customer
+
+
+def pay_token_make(*, customer: Customer, case: RecoveryCase | None = None) -> str:
+    payload = [customer.store_id.hex, customer.pk, case.pk if case else 0, customer.link_version]
+    return signing.dumps(payload, salt=SALT, compress=True)
+
+
+def pay_url(*, customer: Customer, case: RecoveryCase | None = None) -> str:
+    token = pay_token_make(customer=customer, case=case)
+    return settings.SITE_URL.rstrip("/") + reverse("pay", args=[token])
+
+
+def token_fingerprint(token: str) -> str:
+    """A short, non-reversible name for a token (rate-limit keys, logs)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def _records(payload) -> tuple[Store, Customer, RecoveryCase | None] | None:
+    try:
+        store_hex, customer_pk, case_pk, version = payload
+        customer = Customer.objects.select_related("store", "default_payment_method").get(
+            pk=int(customer_pk), store_id=str(store_hex)
+        )
+    except (ValueError, TypeError, Customer.DoesNotExist, Exception):
+        return None
+    case = None
+    if case_pk:
+        case = (
+            RecoveryCase.objects.select_related("invoice", "subscription", "order")
+            .filter(pk=int(case_pk), customer=customer, store_id=customer.store_id)
+            .first()
+        )
+        if case is None:
+            return None
+    return customer.store, customer, case
+
+
+def pay_link_resolve(*, token: str, now: dt.datetime) -> PayLink:
+    """The link a token stands for, or LinkRefused with the reason."""
+    try:
+        payload = signing.loads(token, salt=SALT, max_age=MAX_AGE)
+        expired = False
+    except signing.SignatureExpired:
+        payload, expired = signing.loads(token, salt=SALT), True
+    except signing.BadSignature as exc:
+        raise LinkRefused("tampered") from exc
+    found = _records(payload)
+    if found is None:
+        raise LinkRefused("unknown")
+    store, customer, case = found
+    issued = dt.datetime.fromtimestamp(signing.b62_decode(token.split(":")[-2]), tz=dt.UTC)
+    expires = issued + MAX_AGE
+    if case is not None and case.status != RecoveryCase.Status.RECOVERED:
+        # A recovered case's link keeps working (to say "all paid"); others end with
+        # the recovery window.
+        expires = min(expires, case.window_end)
+    if int(payload[3]) != customer.link_version:
+        raise LinkRefused("revoked", customer=customer)
+    if expired or now >= expires:
+        raise LinkRefused("expired", customer=customer)
+    return PayLink(
+        store=store, customer=customer, case=case, issued_at=issued, expires_at=expires, token=token
+    )
+
+
+def pay_token_peek(token: str) -> Customer | None:
+    """Whom a token that failed its signature check claims to be for, unverified.
+
+    Only used to offer a fresh link to the contact *on file* for that customer, with the
+    same answer whether or not anyone was found; never to show or change anything."""
+    try:
+        data = token.split(":")[0]
+        compressed = data.startswith(".")
+        raw = base64.urlsafe_b64decode((data[1:] if compressed else data) + "==")
+        if compressed:
+            raw = zlib.decompress(raw)
+        found = _records(json.loads(raw))
+    except Exception:
+        return None
+    return found[1] if found else None
