@@ -186,6 +186,24 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# --- dashboard
+# The merchant dashboard (analytics, cases, the escalation queue, settings).
+INSTALLED_APPS += ["support"]  # the escalation queue and churn signals
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+# Login rate limit: failed attempts per username and per client address in a window.
+LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
+LOGIN_RATE_WINDOW_SECONDS = env.int("LOGIN_RATE_WINDOW_SECONDS", default=900)
+# The limiter counts in the cache: shared through Redis when several machines serve the
+# dashboard, per process otherwise.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+SESSION_COOKIE_HTTPONLY = True
+
 # --- messaging (customer email/SMS, provider webhooks, the /pay/ page)
 # Email: Postmark through postmarker's Django backend when POSTMARK_SERVER_TOKEN is set
 # (and EMAIL_BACKEND is not), otherwise the EMAIL_BACKEND above (console by default).

@@ -1,0 +1,504 @@
+"""Recovery analytics for one store and period, from SQL aggregates only.
+
+Definitions (DOMAIN.md, "Measures"), as computed here:
+- the *cohort* of a period is the failed payments (cases) opened in it;
+- recovery rate = recovered ÷ (recovered + lost) of the cohort: only cases whose
+  recovery has ended count; cases still in progress are shown apart, and cancelled ones
+  (voided invoices, forgiven by the merchant) are neither won nor lost;
+- recovered revenue, recovered MRR, median days to recovery and attempts per recovery
+  are over the cases *recovered* in the period (closed_at in it), whenever they failed;
+- revenue at risk = the amount of the cases open now;
+- involuntary churn rate = subscriptions whose case was lost in the period ÷
+  subscriptions active during it (created before its end, not cancelled before it began);
+- pre-dunning save rate = expiry warnings of the period whose card was replaced before
+  it failed ÷ warnings sent in it.
+Money sums are in the store's currency (cases in other currencies are counted, not summed).
+
+Each figure is computed for the period and the one before it in the same statement
+(conditional aggregates), so a page costs a fixed number of queries at any data size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from django.apps import apps
+from django.db import connection
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    F,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, TruncDate
+
+from recovery.models import ExpiryWarning, RecoveryCase, Track
+from stores.models import Store
+from subscriptions.models import Subscription
+
+from .metrics import DurationSeconds, Median
+
+S = RecoveryCase.Status
+DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Period:
+    start: dt.datetime
+    end: dt.datetime  # exclusive
+
+    @property
+    def days(self) -> int:
+        return round((self.end - self.start) / DAY)
+
+    @property
+    def previous(self) -> Period:
+        return Period(self.start - (self.end - self.start), self.start)
+
+    @property
+    def last_day(self) -> dt.date:
+        return (self.end - DAY).date()
+
+
+def period_for(
+    *,
+    store: Store,
+    now: dt.datetime,
+    days: int | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> Period:
+    """Whole days in the store's time zone. Default: the last 30 days, today included."""
+    tz = store.tzinfo
+    today = now.astimezone(tz).date()
+    if start and end and start <= end:
+        first, last = start, min(end, today)
+        first = min(first, last)
+    else:
+        n = days if days and 1 <= days <= 366 else 30
+        last = today
+        first = last - dt.timedelta(days=n - 1)
+    return Period(
+        dt.datetime.combine(first, dt.time(), tzinfo=tz),
+        dt.datetime.combine(last + DAY, dt.time(), tzinfo=tz),
+    )
+
+
+def ratio(num, den) -> float | None:
+    return (num / den) if den else None
+
+
+@dataclass
+class Figures:
+    """One period's headline figures."""
+
+    failed: int = 0
+    failed_amount: int = 0
+    recovered: int = 0
+    lost: int = 0
+    in_progress: int = 0
+    cancelled: int = 0
+    recovery_rate: float | None = None
+    recovered_revenue: int = 0
+    recoveries_closed: int = 0
+    recovered_mrr: int = 0
+    churned_subscriptions: int = 0
+    active_subscriptions: int = 0
+    involuntary_churn_rate: float | None = None
+    warnings_sent: int = 0
+    warnings_saved: int = 0
+    predunning_save_rate: float | None = None
+    median_days_to_recovery: float | None = None
+    attempts_per_recovery: float | None = None
+
+
+@dataclass
+class Home:
+    period: Period
+    figures: Figures
+    previous: Figures
+    at_risk_amount: int = 0
+    at_risk_cases: int = 0
+    at_risk_with_person: int = 0
+    by_track: list[dict] = field(default_factory=list)
+    by_decline: list[dict] = field(default_factory=list)
+    by_source: list[dict] = field(default_factory=list)
+    by_channel: list[dict] = field(default_factory=list)
+    by_product: list[dict] = field(default_factory=list)
+    trend: list[dict] = field(default_factory=list)
+    channel_available: bool = True
+
+
+def _pair(name: str, agg, cur: Q, prev: Q, **kw) -> dict:
+    """The same aggregate for the current and the previous period."""
+    return {f"c_{name}": agg(filter=cur, **kw), f"p_{name}": agg(filter=prev, **kw)}
+
+
+def _count(expr="pk"):
+    return lambda filter, **kw: Count(expr, filter=filter, **kw)
+
+
+def _sum(expr):
+    return lambda filter, **kw: Sum(expr, filter=filter, **kw)
+
+
+def _median_days(filter, **kw):
+    return Median(Case(When(filter, then=DurationSeconds(F("closed_at"), F("opened_at")))))
+
+
+def cohort_figures(*, store: Store, period: Period) -> dict:
+    """Counts and amounts of the failed payments of the period and the one before."""
+    prev = period.previous
+    cur_q, prev_q = Q(opened_at__gte=period.start), Q(opened_at__lt=period.start)
+    money = Q(currency=store.currency)
+    out: dict = {}
+    for name, agg, extra in (
+        ("failed", _count(), Q()),
+        ("failed_amount", _sum("amount"), money),
+        ("recovered", _count(), Q(status=S.RECOVERED)),
+        ("lost", _count(), Q(status=S.LOST)),
+        ("open", _count(), Q(status=S.OPEN)),
+        ("cancelled", _count(), Q(status=S.CANCELLED)),
+    ):
+        out |= _pair(name, agg, cur_q & extra, prev_q & extra)
+    # Index: recovery case_store_opened_idx (store, opened_at) — see analytics README note.
+    return RecoveryCase.objects.filter(
+        store=store, opened_at__gte=prev.start, opened_at__lt=period.end
+    ).aggregate(**out)
+
+
+def closed_figures(*, store: Store, period: Period) -> dict:
+    """What was recovered or lost in the period (by closing time), and the one before."""
+    prev = period.previous
+    cur_q, prev_q = Q(closed_at__gte=period.start), Q(closed_at__lt=period.start)
+    rec, lost = Q(status=S.RECOVERED), Q(status=S.LOST)
+    out: dict = {}
+    for name, agg, extra in (
+        ("recovered_revenue", _sum("recovered_amount"), rec & Q(currency=store.currency)),
+        ("recoveries", _count(), rec),
+        ("attempts", _sum("attempt_count"), rec),
+        ("median_seconds", _median_days, rec),
+        (
+            "churned_subscriptions",
+            lambda filter, **kw: Count("subscription_id", filter=filter, distinct=True),
+            lost & Q(subscription__isnull=False),
+        ),
+    ):
+        out |= _pair(name, agg, cur_q & extra, prev_q & extra)
+    # Index: recovery case_store_closed_idx (store, closed_at) WHERE closed_at IS NOT NULL.
+    return RecoveryCase.objects.filter(
+        store=store, closed_at__gte=prev.start, closed_at__lt=period.end
+    ).aggregate(**out)
+
+
+def subscription_figures(*, store: Store, period: Period) -> dict:
+    """Recovered MRR (each subscription once) and subscriptions active, both periods."""
+    prev = period.previous
+
+    def recovered_subs(p: Period):
+        return RecoveryCase.objects.filter(
+            store=store,
+            status=S.RECOVERED,
+            closed_at__gte=p.start,
+            closed_at__lt=p.end,
+            subscription__isnull=False,
+        ).values("subscription_id")
+
+    def active(p: Period) -> Q:
+        return Q(created_at__lt=p.end) & (Q(canceled_at__isnull=True) | Q(canceled_at__gte=p.start))
+
+    money = Q(currency=store.currency)
+    return Subscription.objects.filter(store=store).aggregate(
+        c_recovered_mrr=Sum("mrr", filter=Q(pk__in=recovered_subs(period)) & money),
+        p_recovered_mrr=Sum("mrr", filter=Q(pk__in=recovered_subs(prev)) & money),
+        c_active=Count("pk", filter=active(period)),
+        p_active=Count("pk", filter=active(prev)),
+    )
+
+
+def predunning_figures(*, store: Store, period: Period) -> dict:
+    prev = period.previous
+    cur_q, prev_q = Q(warned_at__gte=period.start), Q(warned_at__lt=period.start)
+    saved = Q(saved_at__isnull=False)
+    return ExpiryWarning.objects.filter(
+        store=store, warned_at__gte=prev.start, warned_at__lt=period.end
+    ).aggregate(
+        c_sent=Count("pk", filter=cur_q),
+        p_sent=Count("pk", filter=prev_q),
+        c_saved=Count("pk", filter=cur_q & saved),
+        p_saved=Count("pk", filter=prev_q & saved),
+    )
+
+
+def at_risk_now(*, store: Store) -> dict:
+    # Index: recovery case_store_status_idx (store, status, -opened_at).
+    return RecoveryCase.objects.filter(store=store, status=S.OPEN).aggregate(
+        amount=Sum("amount", filter=Q(currency=store.currency)),
+        cases=Count("pk"),
+        with_person=Count("pk", filter=Q(escalated=True, dunning_paused=True)),
+    )
+
+
+def _figures(prefix: str, cohort: dict, closed: dict, subs: dict, pre: dict) -> Figures:
+    g = lambda d, k: d.get(f"{prefix}_{k}") or 0  # noqa: E731
+    f = Figures(
+        failed=g(cohort, "failed"),
+        failed_amount=g(cohort, "failed_amount"),
+        recovered=g(cohort, "recovered"),
+        lost=g(cohort, "lost"),
+        in_progress=g(cohort, "open"),
+        cancelled=g(cohort, "cancelled"),
+        recovered_revenue=g(closed, "recovered_revenue"),
+        recoveries_closed=g(closed, "recoveries"),
+        recovered_mrr=g(subs, "recovered_mrr"),
+        churned_subscriptions=g(closed, "churned_subscriptions"),
+        active_subscriptions=g(subs, "active"),
+        warnings_sent=g(pre, "sent"),
+        warnings_saved=g(pre, "saved"),
+    )
+    f.recovery_rate = ratio(f.recovered, f.recovered + f.lost)
+    f.involuntary_churn_rate = ratio(f.churned_subscriptions, f.active_subscriptions)
+    f.predunning_save_rate = ratio(f.warnings_saved, f.warnings_sent)
+    median = closed.get(f"{prefix}_median_seconds")
+    f.median_days_to_recovery = median / 86400 if median is not None else None
+    f.attempts_per_recovery = ratio(g(closed, "attempts"), f.recoveries_closed)
+    return f
+
+
+# ------------------------------------------------------------------ breakdowns
+
+
+def _outcome_columns(money: Q) -> dict:
+    return {
+        "failed": Count("pk"),
+        "failed_amount": Coalesce(Sum("amount", filter=money), 0),
+        "recovered": Count("pk", filter=Q(status=S.RECOVERED)),
+        "recovered_amount": Coalesce(Sum("recovered_amount", filter=money), 0),
+        "lost": Count("pk", filter=Q(status=S.LOST)),
+        "in_progress": Count("pk", filter=Q(status=S.OPEN)),
+    }
+
+
+def _with_rate(row: dict) -> dict:
+    row["rate"] = ratio(row["recovered"], row["recovered"] + row["lost"])
+    return row
+
+
+def cohort(*, store: Store, period: Period):
+    return RecoveryCase.objects.filter(
+        store=store, opened_at__gte=period.start, opened_at__lt=period.end
+    )
+
+
+def by_track_and_decline(*, store: Store, period: Period) -> tuple[list[dict], list[dict]]:
+    """Both tables from one grouped query (track × decline code)."""
+    rows = list(
+        cohort(store=store, period=period)
+        .values("track", "decline_code")
+        .annotate(**_outcome_columns(Q(currency=store.currency)))
+        .order_by()
+    )
+    labels = dict(Track.choices)
+    tracks: dict[str, dict] = {}
+    declines: dict[str, dict] = {}
+    keys = ("failed", "failed_amount", "recovered", "recovered_amount", "lost", "in_progress")
+    for row in rows:
+        t = tracks.setdefault(
+            row["track"], {"key": row["track"], "label": labels.get(row["track"], row["track"])}
+        )
+        d = declines.setdefault(
+            row["decline_code"] or "",
+            {"key": row["decline_code"] or "", "label": row["decline_code"] or "(no code)"},
+        )
+        for k in keys:
+            t[k] = t.get(k, 0) + row[k]
+            d[k] = d.get(k, 0) + row[k]
+    order = lambda r: (-r["failed_amount"], -r["failed"], r["label"])  # noqa: E731
+    return (
+        sorted((_with_rate(t) for t in tracks.values()), key=order),
+        sorted((_with_rate(d) for d in declines.values()), key=order),
+    )
+
+
+SOURCE_LABELS = {
+    RecoveryCase.RecoveredVia.RECOUP_RETRY: "Recoup retry",
+    RecoveryCase.RecoveredVia.STRIPE_RETRY: "Stripe retry",
+    RecoveryCase.RecoveredVia.CUSTOMER: "Card update by the customer",
+    RecoveryCase.RecoveredVia.CARD_UPDATER: "Card updater",
+    RecoveryCase.RecoveredVia.AGENT: "Agent",
+    RecoveryCase.RecoveredVia.OUTSIDE: "Paid outside Stripe",
+}
+
+
+def by_source(*, store: Store, period: Period) -> list[dict]:
+    rows = (
+        RecoveryCase.objects.filter(
+            store=store, status=S.RECOVERED, closed_at__gte=period.start, closed_at__lt=period.end
+        )
+        .values("recovered_via")
+        .annotate(
+            recovered=Count("pk"),
+            recovered_amount=Coalesce(
+                Sum("recovered_amount", filter=Q(currency=store.currency)), 0
+            ),
+            attempts=Coalesce(Sum("attempt_count"), 0),
+        )
+        .order_by()
+    )
+    out = []
+    total = 0
+    for row in rows:
+        total += row["recovered"]
+        out.append(
+            {
+                "key": row["recovered_via"],
+                "label": SOURCE_LABELS.get(row["recovered_via"], row["recovered_via"] or "Other"),
+                "recovered": row["recovered"],
+                "recovered_amount": row["recovered_amount"],
+                "attempts_per_recovery": ratio(row["attempts"], row["recovered"]),
+            }
+        )
+    for row in out:
+        row["share"] = ratio(row["recovered"], total)
+    return sorted(out, key=lambda r: (-r["recovered_amount"], r["label"]))
+
+
+def message_model():
+    """messaging.Message when its table exists (the messaging app may not be migrated)."""
+    try:
+        model = apps.get_model("messaging", "Message")
+    except LookupError:
+        return None
+    return model if _table_exists(model._meta.db_table) else None
+
+
+_tables: dict[str, bool] = {}
+
+
+def _table_exists(name: str) -> bool:
+    key = f"{connection.settings_dict['NAME']}:{name}"
+    if key not in _tables:
+        _tables[key] = name in connection.introspection.table_names()
+    return _tables[key]
+
+
+def by_channel(*, store: Store, period: Period) -> list[dict] | None:
+    """Recoveries of the period by the channel of the last message sent before them."""
+    Message = message_model()
+    if Message is None:
+        return None
+    last_channel = (
+        Message.objects.filter(
+            case=OuterRef("pk"), sent_at__isnull=False, sent_at__lte=OuterRef("closed_at")
+        )
+        .order_by("-sent_at")
+        .values("channel")[:1]
+    )
+    rows = (
+        RecoveryCase.objects.filter(
+            store=store, status=S.RECOVERED, closed_at__gte=period.start, closed_at__lt=period.end
+        )
+        .annotate(channel=Coalesce(Subquery(last_channel, output_field=CharField()), Value("")))
+        .values("channel")
+        .annotate(
+            recovered=Count("pk"),
+            recovered_amount=Coalesce(
+                Sum("recovered_amount", filter=Q(currency=store.currency)), 0
+            ),
+        )
+        .order_by()
+    )
+    labels = {"email": "Email", "sms": "SMS", "": "No message before it (technical recovery)"}
+    total = sum(r["recovered"] for r in rows)
+    return sorted(
+        (
+            {
+                "key": r["channel"],
+                "label": labels.get(r["channel"], r["channel"]),
+                "recovered": r["recovered"],
+                "recovered_amount": r["recovered_amount"],
+                "share": ratio(r["recovered"], total),
+            }
+            for r in rows
+        ),
+        key=lambda r: (-r["recovered"], r["label"]),
+    )
+
+
+def by_product(*, store: Store, period: Period) -> list[dict]:
+    rows = (
+        cohort(store=store, period=period)
+        .annotate(
+            product=Case(
+                When(kind=RecoveryCase.Kind.PAYMENT, then=Value("One-off orders")),
+                default=Coalesce(
+                    F("subscription__product_name"), Value(""), output_field=CharField()
+                ),
+                output_field=CharField(),
+            )
+        )
+        .values("product")
+        .annotate(**_outcome_columns(Q(currency=store.currency)))
+        .order_by()
+    )
+    out = [_with_rate({"key": r["product"], "label": r["product"] or "(no product)", **r}) for r in rows]
+    return sorted(out, key=lambda r: (-r["failed_amount"], r["label"]))
+
+
+def trend(*, store: Store, period: Period) -> list[dict]:
+    """Per day of failure: failed and recovered amounts of that day's cohort, its rate."""
+    rows = {
+        r["day"]: r
+        for r in cohort(store=store, period=period)
+        .annotate(day=TruncDate("opened_at", tzinfo=store.tzinfo))
+        .values("day")
+        .annotate(**_outcome_columns(Q(currency=store.currency)))
+        .order_by()
+    }
+    out = []
+    day = period.start.date()
+    while day <= period.last_day:
+        r = rows.get(day) or {
+            "failed": 0,
+            "failed_amount": 0,
+            "recovered": 0,
+            "recovered_amount": 0,
+            "lost": 0,
+            "in_progress": 0,
+        }
+        out.append(_with_rate({"day": day, **{k: r[k] for k in r if k != "day"}}))
+        day += DAY
+    return out
+
+
+def home(*, store: Store, period: Period) -> Home:
+    """Everything the home page shows: 10 queries, whatever the data size."""
+    cohort_agg = cohort_figures(store=store, period=period)
+    closed_agg = closed_figures(store=store, period=period)
+    subs_agg = subscription_figures(store=store, period=period)
+    pre_agg = predunning_figures(store=store, period=period)
+    risk = at_risk_now(store=store)
+    tracks, declines = by_track_and_decline(store=store, period=period)
+    channels = by_channel(store=store, period=period)
+    return Home(
+        period=period,
+        figures=_figures("c", cohort_agg, closed_agg, subs_agg, pre_agg),
+        previous=_figures("p", cohort_agg, closed_agg, subs_agg, pre_agg),
+        at_risk_amount=risk["amount"] or 0,
+        at_risk_cases=risk["cases"] or 0,
+        at_risk_with_person=risk["with_person"] or 0,
+        by_track=tracks,
+        by_decline=declines,
+        by_source=by_source(store=store, period=period),
+        by_channel=channels or [],
+        channel_available=channels is not None,
+        by_product=by_product(store=store, period=period),
+        trend=trend(store=store, period=period),
+    )

@@ -1,0 +1,165 @@
+"""The home page's tables, as data: one definition for the page and for its CSV export."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+from django.http import HttpResponse
+
+from .selectors import Figures, Home
+
+
+@dataclass
+class Column:
+    key: str
+    title: str
+    kind: str = "int"  # int | money | rate | days | float | text | date
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[dict]
+    note: str = ""
+
+
+OUTCOME_COLUMNS = [
+    Column("failed", "Failed"),
+    Column("failed_amount", "Failed amount", "money"),
+    Column("recovered", "Recovered"),
+    Column("recovered_amount", "Recovered amount", "money"),
+    Column("lost", "Lost"),
+    Column("in_progress", "In progress"),
+    Column("rate", "Recovery rate", "rate"),
+]
+
+SUMMARY_ROWS = [
+    ("recovery_rate", "Recovery rate", "rate"),
+    ("recovered", "Failed payments recovered (cohort)", "int"),
+    ("lost", "Failed payments lost (cohort)", "int"),
+    ("in_progress", "Still in progress (not counted)", "int"),
+    ("failed", "Failed payments", "int"),
+    ("failed_amount", "Failed amount", "money"),
+    ("recovered_revenue", "Recovered revenue", "money"),
+    ("recovered_mrr", "Recovered MRR", "money"),
+    ("involuntary_churn_rate", "Involuntary churn rate", "rate"),
+    ("predunning_save_rate", "Pre-dunning save rate", "rate"),
+    ("median_days_to_recovery", "Median days to recovery", "days"),
+    ("attempts_per_recovery", "Attempts per recovery", "float"),
+]
+
+
+def _summary(cur: Figures, prev: Figures) -> list[dict]:
+    return [
+        {
+            "key": key,
+            "label": label,
+            "kind": kind,
+            "current": getattr(cur, key),
+            "previous": getattr(prev, key),
+        }
+        for key, label, kind in SUMMARY_ROWS
+    ]
+
+
+def home_tables(h: Home) -> dict[str, Table]:
+    tables = [
+        Table(
+            "summary",
+            "Summary",
+            [
+                Column("label", "Metric", "text"),
+                Column("current", "This period", "cell"),
+                Column("previous", "Previous period", "cell"),
+            ],
+            _summary(h.figures, h.previous),
+        ),
+        Table(
+            "by_track",
+            "By track",
+            [Column("label", "Track", "text"), *OUTCOME_COLUMNS],
+            h.by_track,
+            "Failed payments of the period by how Recoup classified the decline.",
+        ),
+        Table(
+            "by_decline",
+            "By decline code",
+            [Column("label", "Decline code", "text"), *OUTCOME_COLUMNS],
+            h.by_decline,
+        ),
+        Table(
+            "by_source",
+            "By recovery source",
+            [
+                Column("label", "Source", "text"),
+                Column("recovered", "Recovered"),
+                Column("recovered_amount", "Amount", "money"),
+                Column("share", "Share", "rate"),
+                Column("attempts_per_recovery", "Attempts per recovery", "float"),
+            ],
+            h.by_source,
+            "Payments recovered in the period, by what brought the money back.",
+        ),
+        Table(
+            "by_channel",
+            "By channel that preceded recovery",
+            [
+                Column("label", "Last message before recovery", "text"),
+                Column("recovered", "Recovered"),
+                Column("recovered_amount", "Amount", "money"),
+                Column("share", "Share", "rate"),
+            ],
+            h.by_channel,
+            "" if h.channel_available else "Messaging is not set up yet.",
+        ),
+        Table(
+            "by_product",
+            "By product",
+            [Column("label", "Product", "text"), *OUTCOME_COLUMNS],
+            h.by_product,
+        ),
+        Table(
+            "trend",
+            "Daily",
+            [Column("day", "Day of failure", "date"), *OUTCOME_COLUMNS],
+            h.trend,
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+def _csv_value(value, kind: str, row: dict | None = None):
+    if value is None:
+        return ""
+    if kind == "cell":
+        kind = row["kind"] if row else "text"
+    if kind == "money":
+        return f"{value / 100:.2f}"
+    if kind == "rate":
+        return f"{value * 100:.1f}"
+    if kind in ("days", "float"):
+        return f"{value:.2f}"
+    if kind == "date":
+        return value.isoformat()
+    return value
+
+
+def csv_response(table: Table, *, filename: str, currency: str) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    headers = []
+    for col in table.columns:
+        title = col.title
+        if col.kind == "money":
+            title += f" ({currency.upper()})"
+        elif col.kind == "rate":
+            title += " (%)"
+        headers.append(title)
+    writer.writerow(headers)
+    for row in table.rows:
+        writer.writerow([_csv_value(row.get(col.key), col.kind, row) for col in table.columns])
+    return response

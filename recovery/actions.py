@@ -1,0 +1,256 @@
+"""What a person can do to a case from the dashboard: retry now, pause or resume dunning,
+extend the window, cancel, mark paid outside Stripe.
+
+Each action checks the case is open, changes it through the engine and services (one
+way to write), and leaves an event on the timeline naming the person. Writes happen in
+`transaction.atomic` with the case row locked; a retry's network call happens outside
+any transaction (engine.case_retry claims the case, calls the gateway, records the
+truth).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from common.errors import ApplicationError
+
+from . import budgets, engine
+from .gateways import gateway_for
+from .models import PaymentAttempt, RecoveryCase, Track
+from .services import case_event_record, recovery_case_close
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOW_DAYS = 90  # the longest a recovery window may ever run, from its start
+MAX_EXTEND_DAYS = 30
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    ok: bool
+    message: str
+
+
+def _locked(case: RecoveryCase) -> RecoveryCase:
+    """The case row, locked for this transaction, with what planning reads."""
+    return (
+        RecoveryCase.objects.select_for_update(of=("self",))
+        .select_related("store", "customer", "customer__default_payment_method", "invoice")
+        .get(pk=case.pk)
+    )
+
+
+def _require_open(case: RecoveryCase) -> None:
+    if not case.is_open:
+        raise ApplicationError(f"This case is already {case.status}; nothing to change.")
+
+
+def case_retry_refusal(*, case: RecoveryCase, at: dt.datetime) -> str:
+    """Why a retry may not be sent now ("" when it may). Read-only: the same rules the
+    scheduler applies (track, card, network budgets, Stripe's own retry)."""
+    if not case.is_open:
+        return f"the case is {case.status}"
+    if case.inflight_key:
+        return "a retry is already on its way; its outcome is being read back"
+    if case.track == Track.FRAUD:
+        return "fraud or dispute risk: this case is never retried automatically or by hand"
+    if not engine._may_retry_same_card(case):
+        return (
+            f"{case.get_track_display()}: the same card will not be retried; "
+            "wait for the customer to update their payment method"
+        )
+    brand, fingerprint, pm_id = engine._card_for(case)
+    verdict = budgets.budget_check(
+        store_id=case.store_id,
+        brand=brand,
+        fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        customer_id=case.customer_id,
+        at=at,
+        since_card_change=case.card_changed_at,
+        stripe_next_attempt=case.invoice.next_payment_attempt if case.invoice_id else None,
+    )
+    return "" if verdict.allowed else verdict.reason
+
+
+def case_retry_now(*, case: RecoveryCase, actor: str, at: dt.datetime, gateway=None) -> ActionResult:
+    """One retry now, by a person, within the network budgets. Never inside a transaction:
+    the engine records the attempt, calls the gateway and records the outcome."""
+    case = (
+        RecoveryCase.objects.select_related(
+            "store", "customer", "customer__default_payment_method", "invoice"
+        )
+        .filter(pk=case.pk)
+        .first()
+    )
+    refusal = case_retry_refusal(case=case, at=at)
+    if refusal:
+        case_event_record(
+            case=case,
+            kind="retry_refused",
+            at=at,
+            actor=actor,
+            message=f"Retry now refused: {refusal}",
+        )
+        return ActionResult(False, f"Not retried: {refusal}.")
+    attempt = engine.case_retry(
+        case,
+        now=at,
+        gateway=gateway or gateway_for(case.store),
+        source=PaymentAttempt.Source.AGENT,
+        actor=actor,
+        reason=f"retry now, asked for by {actor}",
+    )
+    if attempt is None:
+        return ActionResult(False, "Not retried: another retry of this case is on its way.")
+    attempt.refresh_from_db()
+    if attempt.outcome == PaymentAttempt.Outcome.SUCCEEDED:
+        return ActionResult(True, "The retry succeeded: the case is recovered.")
+    if attempt.outcome == PaymentAttempt.Outcome.UNKNOWN:
+        return ActionResult(
+            False, "The payment provider did not answer; Recoup reads the outcome back shortly."
+        )
+    if attempt.outcome == PaymentAttempt.Outcome.NOT_SENT:
+        return ActionResult(False, "The retry was not sent; see the timeline for why.")
+    code = attempt.decline_code or attempt.failure_code or "no code"
+    return ActionResult(False, f"The retry was declined ({code}).")
+
+
+@transaction.atomic
+def case_dunning_pause(*, case: RecoveryCase, actor: str, at: dt.datetime, why: str = "") -> bool:
+    """Stop automated retries and messages for this case. False if already paused."""
+    case = _locked(case)
+    _require_open(case)
+    if case.dunning_paused:
+        return False
+    case.dunning_paused = True
+    RecoveryCase.objects.filter(pk=case.pk).update(dunning_paused=True)
+    engine.case_plan(case, now=at, record=False)
+    case_event_record(
+        case=case,
+        kind="dunning_paused",
+        at=at,
+        actor=actor,
+        message=f"Automated retries and messages paused by {actor}" + (f": {why}" if why else ""),
+    )
+    return True
+
+
+@transaction.atomic
+def case_dunning_resume(*, case: RecoveryCase, actor: str, at: dt.datetime, why: str = "") -> bool:
+    """Let the engine retry and message again. False if it was not paused."""
+    case = _locked(case)
+    _require_open(case)
+    if case.track == Track.FRAUD:
+        raise ApplicationError(
+            "Fraud and dispute cases are never dunned: retrying a payment the customer "
+            "disputes invites a chargeback."
+        )
+    if not case.dunning_paused:
+        return False
+    case.dunning_paused = False
+    RecoveryCase.objects.filter(pk=case.pk).update(dunning_paused=False)
+    engine.case_plan(case, now=at)
+    case_event_record(
+        case=case,
+        kind="dunning_resumed",
+        at=at,
+        actor=actor,
+        message=f"Automated retries and messages resumed by {actor}" + (f": {why}" if why else ""),
+    )
+    return True
+
+
+@transaction.atomic
+def case_window_extend(
+    *, case: RecoveryCase, actor: str, at: dt.datetime, days: int, why: str = ""
+) -> dt.datetime:
+    """Give the case more time before it is closed as lost. Returns the new window end."""
+    case = _locked(case)
+    _require_open(case)
+    if not 1 <= days <= MAX_EXTEND_DAYS:
+        raise ApplicationError(f"Extend by 1 to {MAX_EXTEND_DAYS} days.")
+    new_end = max(case.window_end, at) + dt.timedelta(days=days)
+    if new_end - case.window_start > dt.timedelta(days=MAX_WINDOW_DAYS):
+        raise ApplicationError(
+            f"A recovery window can run at most {MAX_WINDOW_DAYS} days from the failure; "
+            f"this one would end {new_end:%b %-d}."
+        )
+    old_end = case.window_end
+    case.window_end = new_end
+    RecoveryCase.objects.filter(pk=case.pk).update(window_end=new_end)
+    engine.case_plan(case, now=at, record=False)
+    case_event_record(
+        case=case,
+        kind="window_extended",
+        at=at,
+        actor=actor,
+        message=f"Window extended by {days} days by {actor}: ends {new_end:%Y-%m-%d %H:%M} UTC"
+        + (f" ({why})" if why else ""),
+        data={"from": old_end.isoformat(), "to": new_end.isoformat()},
+    )
+    return new_end
+
+
+def case_cancel(*, case: RecoveryCase, actor: str, at: dt.datetime, why: str) -> bool:
+    """Stop recovering this payment (e.g. the merchant forgave it). Nothing more is sent."""
+    _require_open(case)
+    why = (why or "").strip() or "no reason given"
+    return recovery_case_close(
+        case=case,
+        status=RecoveryCase.Status.CANCELLED,
+        reason=f"cancelled by {actor}: {why}",
+        at=at,
+        actor=actor,
+    )
+
+
+def case_mark_paid_outside(
+    *, case: RecoveryCase, actor: str, at: dt.datetime, note: str = ""
+) -> bool:
+    """The customer paid another way (bank transfer, cash). For a Stripe invoice, Stripe is
+    told first (`paid_out_of_band`) so that it stops retrying too; then the case closes as
+    recovered outside Stripe."""
+    case = RecoveryCase.objects.select_related("store", "invoice").get(pk=case.pk)
+    _require_open(case)
+    from stores.models import Store
+
+    if case.invoice_id and case.store.gateway == Store.Gateway.STRIPE:
+        _stripe_invoice_paid_out_of_band(case)  # network: outside any transaction
+    with transaction.atomic():
+        closed = recovery_case_close(
+            case=case,
+            status=RecoveryCase.Status.RECOVERED,
+            reason=f"marked paid outside Stripe by {actor}" + (f": {note}" if note else ""),
+            at=at,
+            via=RecoveryCase.RecoveredVia.OUTSIDE,
+            amount=case.amount,
+            actor=actor,
+        )
+        if closed and case.invoice_id:
+            from subscriptions.services import invoice_mark
+
+            invoice_mark(invoice=case.invoice, status="paid", at=at, amount_paid=case.amount)
+    return closed
+
+
+def _stripe_invoice_paid_out_of_band(case: RecoveryCase) -> None:
+    import stripe
+
+    from .gateways.stripe import stripe_client
+
+    try:
+        stripe_client(case.store.stripe_secret_key).v1.invoices.pay(
+            case.invoice.stripe_id,
+            {"paid_out_of_band": True},
+            {"idempotency_key": f"recoup-case-{case.pk}-paid-out-of-band"},
+        )
+    except stripe.StripeError as exc:
+        message = getattr(exc, "user_message", None) or str(exc)
+        raise ApplicationError(
+            f"Stripe refused to mark invoice {case.invoice.stripe_id} paid: {message}"
+        ) from exc

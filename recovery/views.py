@@ -1,0 +1,237 @@
+"""Dashboard pages for cases: the filterable list, the case page and its actions.
+
+Every query is scoped to `access.store` (stores.access); every action is a POST through
+a service in recovery.actions or support.services, recorded on the case's timeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.db.models import Prefetch, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from common.errors import ApplicationError
+from stores.access import Access, dashboard_view, render_page
+
+from . import actions
+from .declines import DECLINE_CODES
+from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
+from .selectors_dashboard import case_timeline, cases_filtered
+
+PAGE_SIZE = 50
+COUNT_CAP = 10_000  # beyond this the list says "10,000+" rather than counting every row
+
+
+def _filters(request: HttpRequest) -> dict:
+    g = request.GET
+    out = {}
+    for key in ("status", "track", "decline_code", "escalated", "q", "sort"):
+        if g.get(key):
+            out[key] = g[key].strip()
+    for key in ("amount_min", "amount_max"):
+        try:
+            if g.get(key):
+                out[key] = int(round(float(g[key]) * 100))
+        except ValueError:
+            pass
+    for key in ("opened_from", "opened_to"):
+        try:
+            if g.get(key):
+                out[key] = dt.date.fromisoformat(g[key])
+        except ValueError:
+            pass
+    return out
+
+
+@dashboard_view()
+def case_list(request: HttpRequest, access: Access) -> HttpResponse:
+    filters = _filters(request)
+    qs = cases_filtered(store=access.store, filters=filters)
+    try:
+        page = max(int(request.GET.get("page") or 1), 1)
+    except ValueError:
+        page = 1
+    offset = (page - 1) * PAGE_SIZE
+    rows = list(qs[offset : offset + PAGE_SIZE + 1])
+    has_next = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    total = qs.order_by()[: COUNT_CAP + 1].count()
+    params = {k: v for k, v in request.GET.items() if k != "page"}
+    return render_page(
+        request,
+        access,
+        "recovery/case_list.html",
+        {
+            "cases": rows,
+            "page": page,
+            "has_next": has_next,
+            "total": total,
+            "total_capped": total > COUNT_CAP,
+            "first_index": offset + 1,
+            "last_index": offset + len(rows),
+            "qs_prev": urlencode({**params, "page": page - 1}),
+            "qs_next": urlencode({**params, "page": page + 1}),
+            "params": request.GET,
+            "filtered": bool(filters),
+            "statuses": RecoveryCase.Status.choices,
+            "tracks": Track.choices,
+            "decline_codes": sorted(DECLINE_CODES),
+        },
+        section="cases",
+    )
+
+
+def _case(access: Access, pk: int) -> RecoveryCase:
+    return get_object_or_404(
+        RecoveryCase.objects.select_related(
+            "customer",
+            "customer__default_payment_method",
+            "subscription",
+            "invoice",
+            "order",
+            "store",
+        ).prefetch_related(
+            Prefetch("attempts", queryset=PaymentAttempt.objects.order_by("attempted_at", "id")),
+            Prefetch("events", queryset=CaseEvent.objects.order_by("at", "id")),
+        ),
+        store=access.store,
+        pk=pk,
+    )
+
+
+@dashboard_view()
+def case_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
+    from orders.selectors import case_order_summary
+    from support.selectors import case_support_panel
+
+    case = _case(access, pk)
+    now = timezone.now()
+    refusal = actions.case_retry_refusal(case=case, at=now) if case.is_open else ""
+    return render_page(
+        request,
+        access,
+        "recovery/case_detail.html",
+        {
+            "case": case,
+            "timeline": case_timeline(case=case),
+            "order": case_order_summary(case=case, now=now),
+            "retry_refusal": refusal,
+            "support": case_support_panel(case=case, now=now, user=request.user),
+            "today": now.astimezone(access.store.tzinfo).date(),
+            "max_extend": actions.MAX_EXTEND_DAYS,
+        },
+        section="cases",
+    )
+
+
+ACTIONS = {"retry", "pause", "resume", "extend", "cancel", "mark-paid", "note"}
+
+
+@dashboard_view()
+@require_POST
+def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> HttpResponse:
+    if action not in ACTIONS:
+        raise Http404("No such action")
+    case = get_object_or_404(RecoveryCase.objects.select_related("store"), store=access.store, pk=pk)
+    now = timezone.now()
+    actor = access.actor
+    post = request.POST
+    try:
+        if action == "retry":
+            result = actions.case_retry_now(case=case, actor=actor, at=now)
+            (messages.success if result.ok else messages.warning)(request, result.message)
+        elif action == "pause":
+            changed = actions.case_dunning_pause(case=case, actor=actor, at=now)
+            messages.success(
+                request, "Automated dunning paused." if changed else "Dunning was already paused."
+            )
+        elif action == "resume":
+            changed = actions.case_dunning_resume(case=case, actor=actor, at=now)
+            messages.success(
+                request, "Automated dunning resumed." if changed else "Dunning was not paused."
+            )
+        elif action == "extend":
+            try:
+                days = int(post.get("days") or 0)
+            except ValueError as exc:
+                raise ApplicationError("Extend by a whole number of days.") from exc
+            end = actions.case_window_extend(
+                case=case, actor=actor, at=now, days=days, why=post.get("why", "")
+            )
+            messages.success(request, f"Window extended; it now ends {timezone.localtime(end):%b %-d, %H:%M}.")
+        elif action == "cancel":
+            actions.case_cancel(case=case, actor=actor, at=now, why=post.get("why", ""))
+            messages.success(request, "Case cancelled: nothing more will be retried or sent.")
+        elif action == "mark-paid":
+            actions.case_mark_paid_outside(case=case, actor=actor, at=now, note=post.get("note", ""))
+            messages.success(request, "Marked paid outside Stripe; the case is recovered.")
+        elif action == "note":
+            from support.services import case_note_add
+
+            case_note_add(case=case, user=request.user, body=post.get("body", ""), at=now)
+            messages.success(request, "Note added.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("case-detail", access.store.id, case.pk)
+
+
+@dashboard_view()
+def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
+    from subscriptions.models import Customer
+
+    q = (request.GET.get("q") or "").strip()
+    qs = Customer.objects.filter(store=access.store)
+    if q:
+        qs = qs.filter(Q(email__icontains=q) | Q(stripe_id=q) | Q(name__icontains=q))
+    try:
+        page = max(int(request.GET.get("page") or 1), 1)
+    except ValueError:
+        page = 1
+    offset = (page - 1) * PAGE_SIZE
+    rows = list(qs.order_by("-updated_at", "-id")[offset : offset + PAGE_SIZE + 1])
+    return render_page(
+        request,
+        access,
+        "recovery/customer_list.html",
+        {
+            "customers": rows[:PAGE_SIZE],
+            "has_next": len(rows) > PAGE_SIZE,
+            "page": page,
+            "q": q,
+            "qs_prev": urlencode({"q": q, "page": page - 1}),
+            "qs_next": urlencode({"q": q, "page": page + 1}),
+        },
+        section="customers",
+    )
+
+
+@dashboard_view()
+def customer_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
+    from subscriptions.models import Customer
+    from support.churn import churn_score, customer_lifetime_paid
+    from support.models import CustomerSignal
+
+    customer = get_object_or_404(Customer, store=access.store, pk=pk)
+    now = timezone.now()
+    return render_page(
+        request,
+        access,
+        "recovery/customer_detail.html",
+        {
+            "customer": customer,
+            "churn": churn_score(customer=customer, at=now),
+            "lifetime_paid": customer_lifetime_paid(customer=customer),
+            "subscriptions": list(customer.subscriptions.order_by("-created_at")),
+            "cases": list(
+                RecoveryCase.objects.filter(customer=customer).order_by("-opened_at")[:50]
+            ),
+            "signals": list(CustomerSignal.objects.filter(customer=customer).order_by("-at")[:50]),
+        },
+        section="customers",
+    )
