@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import stripe
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from recovery import engine
 from recovery.gateways import gateway_for
@@ -175,13 +176,13 @@ def pay_page_state(*, link: PayLink, now: dt.datetime) -> PageState:
     """What is true for this link right now, in the customer's terms."""
     customer = Customer.objects.select_related("default_payment_method").get(pk=link.customer.pk)
     case = _focus_case(link)
-    pm = customer.default_payment_method
     mode = (
         "authentication"
         if case is not None and case.track == Track.AUTHENTICATION
         else "card_update"
     )
-    state = PageState(state="due", mode=mode, case=case, card_last4=pm.last4 if pm else "")
+    _, last4 = selectors.card_on_file(customer=customer, case=case)
+    state = PageState(state="due", mode=mode, case=case, card_last4=last4)
     tz = customer.time_zone or link.store.timezone
     if case is None:
         state.product = selectors._product(case=None, customer=customer)
@@ -242,10 +243,11 @@ def _card_saved(*, link: PayLink, pm_data: dict, now: dt.datetime, gateway) -> P
     for case in cases:
         # customer_card_changed planned a retry at once where the network budgets allow;
         # a card that is out of budget waits for its planned time.
-        if case.retry_at is not None and case.retry_at <= now and not case.inflight_key:
+        acting = max(now, timezone.now())
+        if case.retry_at is not None and case.retry_at <= acting and not case.inflight_key:
             engine.case_retry(
                 case,
-                now=now,
+                now=acting,
                 gateway=gateway,
                 actor="customer",
                 reason="the customer added a new card on the pay page",

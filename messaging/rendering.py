@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.template import Context, Engine, TemplateSyntaxError
-from django.template.base import FilterExpression, Node, VariableNode
+from django.template.base import FilterExpression, Node, TextNode, VariableNode
 from django.template.defaulttags import IfNode
 from django.utils import formats, translation
 
@@ -64,9 +64,15 @@ SAMPLE: dict[str, str] = {
 INVALID = "\x00invalid\x00"
 
 
+class RestrictedEngine(Engine):
+    # Django adds its default tags and filters ({% load %}, {% include %}, {% url %},
+    # {% debug %}, |safe, ...) to every engine; this one has only template_library's.
+    default_builtins: list[str] = []
+
+
 @cache
 def _engine(*, autoescape: bool) -> Engine:
-    return Engine(
+    return RestrictedEngine(
         builtins=["messaging.template_library"],
         libraries={},
         autoescape=autoescape,
@@ -144,6 +150,13 @@ def template_check(source: str, *, html_body: bool = False) -> TemplateProblem |
     except TemplateSyntaxError as exc:
         info = getattr(exc, "template_debug", None) or {}
         return TemplateProblem(info.get("line", 1), str(exc))
+    for node in template.nodelist.get_nodes_by_type(TextNode):
+        for mark in ("{{", "{%", "}}", "%}"):
+            if mark in node.s:
+                return TemplateProblem(
+                    _line_of(source, node.token),
+                    f"'{mark}' is not part of a complete {{{{ variable }}}} or {{% tag %}}",
+                )
     for fe, node in _expressions(template.nodelist):
         for var in _variables_of(fe):
             name = var.lookups[0]
@@ -158,7 +171,7 @@ def template_check(source: str, *, html_body: bool = False) -> TemplateProblem |
                     line, f"{name!r} is plain text: '.{var.lookups[1]}' cannot be looked up"
                 )
     try:
-        out = template.render(Context(dict(SAMPLE)))
+        out = template.render(Context(dict(SAMPLE), autoescape=html_body))
     except Exception as exc:  # a filter given bad arguments, ...
         return TemplateProblem(1, f"does not render: {exc}")
     if INVALID in out:
@@ -167,7 +180,11 @@ def template_check(source: str, *, html_body: bool = False) -> TemplateProblem |
 
 
 def render(source: str, context: dict, *, html_body: bool = False) -> str:
-    out = _engine(autoescape=html_body).from_string(source).render(Context(context))
+    out = (
+        _engine(autoescape=html_body)
+        .from_string(source)
+        .render(Context(context, autoescape=html_body))
+    )
     return out.replace(INVALID, "")
 
 
@@ -187,10 +204,10 @@ class SmsLength:
     segments: int
 
     def __str__(self) -> str:
-        per = "character" if self.encoding == "GSM-7" else "UCS-2 unit"
+        per = "GSM-7 character" if self.encoding == "GSM-7" else "UCS-2 unit"
         return (
             f"{self.segments} segment{'s' if self.segments != 1 else ''} "
-            f"({self.units} {per}{'s' if self.units != 1 else ''}, {self.encoding})"
+            f"({self.units} {per}{'s' if self.units != 1 else ''})"
         )
 
 

@@ -4,6 +4,7 @@ the storefront banner."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -91,11 +92,31 @@ def templates_for_store(*, store: Store, locale: str = "en") -> list[dict]:
     return out
 
 
+def product_label(name: str) -> str:
+    """A product as a person says it: Stripe's line descriptions read
+    "1 × Coffee Club (at $29.00 / month)"; customers know it as "Coffee Club"."""
+    name = re.sub(r"^\s*\d+\s*[×x]\s*", "", name or "")
+    return re.sub(r"\s*\(at [^)]*\)\s*$", "", name).strip()
+
+
+def card_on_file(*, customer: Customer, case: RecoveryCase | None) -> tuple[str, str]:
+    """(brand, last4) of the card a message or page talks about: the default card, or
+    the card the failed payment was tried on."""
+    pm = customer.default_payment_method
+    if pm is not None and pm.last4:
+        return pm.brand, pm.last4
+    if case is not None:
+        attempt = case.attempts.exclude(card_last4="").order_by("-attempted_at").first()
+        if attempt is not None:
+            return attempt.card_brand, attempt.card_last4
+    return "", ""
+
+
 def _product(*, case: RecoveryCase | None, customer: Customer) -> str:
     if case is not None:
         if case.subscription_id and case.subscription:
             sub = case.subscription
-            return sub.product_name or sub.plan_name or "your subscription"
+            return product_label(sub.product_name or sub.plan_name) or "your subscription"
         if case.order_id and case.order:
             lines = list(case.order.lines.select_related("sku").order_by("id")[:3])
             if lines:
@@ -112,7 +133,7 @@ def _product(*, case: RecoveryCase | None, customer: Customer) -> str:
         .order_by("-created_at")
         .first()
     )
-    return (sub.product_name or sub.plan_name) if sub else "your subscription"
+    return (product_label(sub.product_name or sub.plan_name) if sub else "") or "your subscription"
 
 
 def _order_note(*, case: RecoveryCase, now: dt.datetime, tz: str, locale: str) -> tuple[str, str]:
@@ -159,9 +180,12 @@ def message_context(
         pay_url=pay_url,
         support_email=conf.support_email,
     )
+    brand, last4 = (
+        (pm.brand, pm.last4) if payment_method else card_on_file(customer=customer, case=case)
+    )
+    ctx["card_brand"] = (brand or "card").replace("_", " ").title() if last4 else ""
+    ctx["card_last4"] = last4
     if pm is not None:
-        ctx["card_brand"] = (pm.brand or "card").replace("_", " ").title()
-        ctx["card_last4"] = pm.last4
         if pm.exp_month and pm.exp_year:
             ctx["card_expiry"] = f"{pm.exp_month:02d}/{pm.exp_year}"
     if case is not None:
