@@ -473,7 +473,9 @@ def trend(*, store: Store, period: Period) -> list[dict]:
             "lost": 0,
             "in_progress": 0,
         }
-        out.append(_with_rate({"day": day, **{k: r[k] for k in r if k != "day"}}))
+        out.append(
+            _with_rate({"key": day.isoformat(), "day": day, **{k: r[k] for k in r if k != "day"}})
+        )
         day += DAY
     return out
 

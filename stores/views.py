@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from common.errors import ApplicationError
 
 from . import settings_services as svc
-from .access import Access, dashboard_view, default_store_id, memberships_of, render_page
+from .access import SESSION_STORE_KEY, Access, dashboard_view, default_store_id, memberships_of, render_page
 
 # ------------------------------------------------------------------ entry points
 
@@ -38,6 +38,7 @@ def store_switch(request: HttpRequest) -> HttpResponse:
     wanted = request.GET.get("store", "")
     if not any(str(m.store_id) == wanted for m in memberships_of(request.user)):
         raise Http404("No such store")
+    request.session[SESSION_STORE_KEY] = wanted
     return redirect("home", wanted)
 
 

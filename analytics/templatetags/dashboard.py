@@ -7,6 +7,7 @@ import datetime as dt
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -68,10 +69,10 @@ def cell(value, kind, currency="usd"):
 def change(current, previous, kind="int", better="up"):
     """The change from the previous period, marked good or bad (text, not only colour)."""
     if current is None or previous is None:
-        return format_html('<span class="delta">no comparison</span>')
+        return mark_safe('<span class="delta">no comparison</span>')
     diff = current - previous
     if abs(diff) < 1e-9:
-        return format_html('<span class="delta">same as previous period</span>')
+        return mark_safe('<span class="delta">same as previous period</span>')
     good = (diff > 0) == (better == "up")
     arrow = "▲" if diff > 0 else "▼"
     if kind == "rate":
