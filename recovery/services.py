@@ -237,6 +237,9 @@ def recovery_case_open(
             data={"track": case.track, "window_end": window_end.isoformat()},
         )
         engine.case_after_failure(case=case, classification=classification, at=at)
+        from support.services import case_route_if_needed  # the escalation queue's policy
+
+        case_route_if_needed(case=case, at=at)
         return case, True
 
     if not case.is_open:

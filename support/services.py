@@ -121,8 +121,25 @@ def case_route(
 
 
 def case_route_if_needed(*, case: RecoveryCase, at: dt.datetime) -> QueueItem | None:
-    """The hook for a newly opened case (recovery.services.recovery_case_open)."""
-    return case_route(case=case, at=at)
+    """The hook for a newly opened case (recovery.services.recovery_case_open). The
+    caller's instance is refreshed: the engine keeps planning with it, and must see that
+    a person has the case."""
+    item = case_route(case=case, at=at)
+    if item is not None:
+        case.refresh_from_db(
+            fields=[
+                "escalated",
+                "escalation_reason",
+                "dunning_paused",
+                "retry_at",
+                "retry_reason",
+                "message_at",
+                "next_action",
+                "next_action_at",
+                "next_action_reason",
+            ]
+        )
+    return item
 
 
 def case_customer_replied(
