@@ -500,6 +500,10 @@ def message_deliver(*, message_id: int, now: dt.datetime | None = None) -> Messa
             status_reason=f"{type(exc).__name__}: {exc}"[:300],
             failed_at=now,
         )
+        if getattr(exc, "code", "") == TWILIO_OPTED_OUT:  # the number replied STOP to Twilio
+            consent_sms_opt_out(
+                phone=message.to, at=now, source="twilio_send", detail="error 21610"
+            )
         message.refresh_from_db()
         return message
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
