@@ -54,7 +54,10 @@ def trend_svg(rows: list[dict], *, currency: str) -> SafeString:
     points = []
     for i, r in enumerate(rows):
         x = LEFT + slot * i + slot / 2
-        for offset, key, cls in ((-bar, "failed_amount", "failed"), (0, "recovered_amount", "recovered")):
+        for offset, key, cls in (
+            (-bar, "failed_amount", "failed"),
+            (0, "recovered_amount", "recovered"),
+        ):
             h = plot_h * (r[key] / top) if top else 0
             parts.append(
                 f'<rect class="{cls}" x="{x + offset:.1f}" y="{TOP + plot_h - h:.1f}" '

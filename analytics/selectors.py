@@ -448,7 +448,10 @@ def by_product(*, store: Store, period: Period) -> list[dict]:
         .annotate(**_outcome_columns(Q(currency=store.currency)))
         .order_by()
     )
-    out = [_with_rate({"key": r["product"], "label": r["product"] or "(no product)", **r}) for r in rows]
+    out = [
+        _with_rate({"key": r["product"], "label": r["product"] or "(no product)", **r})
+        for r in rows
+    ]
     return sorted(out, key=lambda r: (-r["failed_amount"], r["label"]))
 
 

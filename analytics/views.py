@@ -13,7 +13,12 @@ from . import selectors
 from .charts import trend_svg
 from .tables import csv_response, home_tables
 
-PERIOD_CHOICES = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days"), (365, "Last 12 months")]
+PERIOD_CHOICES = [
+    (7, "Last 7 days"),
+    (30, "Last 30 days"),
+    (90, "Last 90 days"),
+    (365, "Last 12 months"),
+]
 
 
 def _date(value: str | None) -> dt.date | None:
@@ -53,7 +58,10 @@ def home(request: HttpRequest, access: Access) -> HttpResponse:
             "f": f,
             "p": p,
             "tables": tables,
-            "breakdowns": [tables[n] for n in ("by_track", "by_source", "by_channel", "by_product", "by_decline")],
+            "breakdowns": [
+                tables[n]
+                for n in ("by_track", "by_source", "by_channel", "by_product", "by_decline")
+            ],
             "chart": trend_svg(data.trend, currency=access.store.currency) if not empty else "",
             "empty": empty,
             "period_choices": PERIOD_CHOICES,

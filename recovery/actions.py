@@ -77,7 +77,9 @@ def case_retry_refusal(*, case: RecoveryCase, at: dt.datetime) -> str:
     return "" if verdict.allowed else verdict.reason
 
 
-def case_retry_now(*, case: RecoveryCase, actor: str, at: dt.datetime, gateway=None) -> ActionResult:
+def case_retry_now(
+    *, case: RecoveryCase, actor: str, at: dt.datetime, gateway=None
+) -> ActionResult:
     """One retry now, by a person, within the network budgets. Never inside a transaction:
     the engine records the attempt, calls the gateway and records the outcome."""
     case = (

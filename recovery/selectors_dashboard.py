@@ -121,9 +121,7 @@ def case_timeline(*, case: RecoveryCase) -> list[Entry]:
                 at=m.sent_at or m.scheduled_for or m.created_at,
                 kind="message",
                 title=f"{m.get_channel_display()} · {m.get_purpose_display()}: {m.get_status_display()}",
-                detail=" · ".join(
-                    x for x in [m.subject, ", ".join(steps), m.status_reason] if x
-                ),
+                detail=" · ".join(x for x in [m.subject, ", ".join(steps), m.status_reason] if x),
                 actor=m.actor if m.actor != "system" else "",
                 css="message",
                 obj=m,
@@ -137,7 +135,11 @@ def case_timeline(*, case: RecoveryCase) -> list[Entry]:
                 kind="hold",
                 title=f"Stock {h.get_status_display().lower()}: {what}",
                 detail=h.reason
-                + (f" · until {h.held_until:%b %-d %H:%M}" if h.held_until and h.status == "held" else "")
+                + (
+                    f" · until {h.held_until:%b %-d %H:%M}"
+                    if h.held_until and h.status == "held"
+                    else ""
+                )
                 + (" · released early" if h.released_early else ""),
                 css="hold",
                 obj=h,
@@ -161,4 +163,6 @@ def _holds(case: RecoveryCase):
 
     if not case.order_id:
         return []
-    return list(InventoryHold.objects.filter(case=case).select_related("sku").order_by("created_at"))
+    return list(
+        InventoryHold.objects.filter(case=case).select_related("sku").order_by("created_at")
+    )

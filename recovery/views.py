@@ -138,7 +138,9 @@ ACTIONS = {"retry", "pause", "resume", "extend", "cancel", "mark-paid", "note"}
 def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> HttpResponse:
     if action not in ACTIONS:
         raise Http404("No such action")
-    case = get_object_or_404(RecoveryCase.objects.select_related("store"), store=access.store, pk=pk)
+    case = get_object_or_404(
+        RecoveryCase.objects.select_related("store"), store=access.store, pk=pk
+    )
     now = timezone.now()
     actor = access.actor
     post = request.POST
@@ -164,12 +166,16 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
             end = actions.case_window_extend(
                 case=case, actor=actor, at=now, days=days, why=post.get("why", "")
             )
-            messages.success(request, f"Window extended; it now ends {timezone.localtime(end):%b %-d, %H:%M}.")
+            messages.success(
+                request, f"Window extended; it now ends {timezone.localtime(end):%b %-d, %H:%M}."
+            )
         elif action == "cancel":
             actions.case_cancel(case=case, actor=actor, at=now, why=post.get("why", ""))
             messages.success(request, "Case cancelled: nothing more will be retried or sent.")
         elif action == "mark-paid":
-            actions.case_mark_paid_outside(case=case, actor=actor, at=now, note=post.get("note", ""))
+            actions.case_mark_paid_outside(
+                case=case, actor=actor, at=now, note=post.get("note", "")
+            )
             messages.success(request, "Marked paid outside Stripe; the case is recovered.")
         elif action == "note":
             from support.services import case_note_add

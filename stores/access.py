@@ -40,7 +40,9 @@ class Access:
 
 def memberships_of(user) -> list[Membership]:
     """The user's stores (one query), in a stable order for the switcher."""
-    return list(Membership.objects.filter(user=user).select_related("store").order_by("store__name"))
+    return list(
+        Membership.objects.filter(user=user).select_related("store").order_by("store__name")
+    )
 
 
 def store_access(request: HttpRequest, store_id, *, operator_only: bool = False) -> Access:

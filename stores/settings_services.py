@@ -64,12 +64,16 @@ def hold_policy_update(*, store: Store, brief_hold_hours: int, retry_margin_hour
 
 
 @transaction.atomic
-def store_stripe_keys_update(*, store: Store, secret_key: str = "", webhook_secret: str = "") -> Store:
+def store_stripe_keys_update(
+    *, store: Store, secret_key: str = "", webhook_secret: str = ""
+) -> Store:
     """Set the Stripe keys (blank keeps the current one). A secret key switches the store
     from the sandbox to the Stripe gateway."""
     secret_key, webhook_secret = (secret_key or "").strip(), (webhook_secret or "").strip()
     if secret_key and not secret_key.startswith(("sk_", "rk_")):
-        raise ApplicationError("The Stripe secret key starts with sk_ (or rk_ for a restricted key).")
+        raise ApplicationError(
+            "The Stripe secret key starts with sk_ (or rk_ for a restricted key)."
+        )
     if webhook_secret and not webhook_secret.startswith("whsec_"):
         raise ApplicationError("The webhook signing secret starts with whsec_.")
     store = Store.objects.select_for_update().get(pk=store.pk)
@@ -101,12 +105,17 @@ def stripe_connection_check(*, store: Store) -> CheckResult:
     if not store.stripe_secret_key:
         return CheckResult(False, "No Stripe secret key yet: add one below.")
     try:
-        account = stripe_client(store.stripe_secret_key, timeout=10).v1.accounts.retrieve_current()
+        account = (
+            stripe_client(store.stripe_secret_key, timeout=10)
+            .v1.accounts.retrieve_current()
+            .to_dict()
+        )
     except stripe.AuthenticationError:
         return CheckResult(False, "Stripe rejected the key: it is wrong or was rolled.")
     except stripe.PermissionError:
         return CheckResult(
-            True, "The key works but may not read the account (a restricted key); retries can still run."
+            True,
+            "The key works but may not read the account (a restricted key); retries can still run.",
         )
     except stripe.StripeError as exc:
         return CheckResult(False, f"Stripe could not be reached: {exc.user_message or exc}")
@@ -137,7 +146,10 @@ def twilio_status() -> CheckResult:
     )
     if sid and token and sender:
         return CheckResult(True, f"Twilio account {sid[:6]}… sends SMS from {sender}.")
-    return CheckResult(False, "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM): no SMS.")
+    return CheckResult(
+        False,
+        "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM): no SMS.",
+    )
 
 
 def test_email_send(*, store: Store, to: str) -> CheckResult:
@@ -160,26 +172,17 @@ def test_email_send(*, store: Store, to: str) -> CheckResult:
 
 
 def test_sms_send(*, store: Store, to: str) -> CheckResult:
+    """A test SMS through the messaging app's SMS backend (Twilio in production)."""
+    from messaging.sms import SmsError, get_backend
+
     status = twilio_status()
     if not status.ok:
         return status
     to = (to or "").strip()
-    if not to.startswith("+"):
+    if not to.startswith("+") or not to[1:].isdigit() or len(to) < 8:
         return CheckResult(False, "Give the phone number in international format (+4915…).")
-    from twilio.base.exceptions import TwilioException
-    from twilio.rest import Client
-
     try:
-        client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN)
-        base = getattr(settings, "TWILIO_API_BASE", "")
-        if base:
-            client.api.base_url = base
-        params = {"to": to, "body": f"Recoup test SMS for {store.name}."}
-        if settings.TWILIO_MESSAGING_SERVICE_SID:
-            params["messaging_service_sid"] = settings.TWILIO_MESSAGING_SERVICE_SID
-        else:
-            params["from_"] = settings.TWILIO_FROM
-        message = client.messages.create(**params)
-    except TwilioException as exc:
+        result = get_backend().send(to=to, body=f"Recoup test SMS for {store.name}.")
+    except SmsError as exc:
         return CheckResult(False, f"Twilio refused the test: {exc}")
-    return CheckResult(True, f"Test SMS sent to {to} ({message.sid}).")
+    return CheckResult(True, f"Test SMS sent to {to} ({result.provider_id or result.provider}).")

@@ -17,7 +17,14 @@ from django.views.decorators.http import require_POST
 from common.errors import ApplicationError
 
 from . import settings_services as svc
-from .access import SESSION_STORE_KEY, Access, dashboard_view, default_store_id, memberships_of, render_page
+from .access import (
+    SESSION_STORE_KEY,
+    Access,
+    dashboard_view,
+    default_store_id,
+    memberships_of,
+    render_page,
+)
 
 # ------------------------------------------------------------------ entry points
 
@@ -151,7 +158,8 @@ def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
             messages.error(request, exc.message)
         else:
             messages.success(
-                request, f"Saved as policy v{policy.version}; open cases keep the version they started with."
+                request,
+                f"Saved as policy v{policy.version}; open cases keep the version they started with.",
             )
             return redirect("settings-retry", access.store.id)
     policy = retry_policy_current(store=access.store)
@@ -279,7 +287,10 @@ def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
     policy = support_policy_for(store=access.store)
     weights = [(CustomerSignal.Kind(k).label, v) for k, v in SIGNAL_POINTS.items()]
     weights += [
-        (f"2 failed payments in 180 days (3 or more: {REPEATED_FAILURE_POINTS[3]})", REPEATED_FAILURE_POINTS[2]),
+        (
+            f"2 failed payments in 180 days (3 or more: {REPEATED_FAILURE_POINTS[3]})",
+            REPEATED_FAILURE_POINTS[2],
+        ),
         ("Customer for less than 90 days", SHORT_TENURE_POINTS),
         ("Opened or clicked none of 2+ recent messages", NO_ENGAGEMENT_POINTS),
         ("Other signal you post (its weight, 0–50)", CUSTOM_DEFAULT_POINTS),

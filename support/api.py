@@ -67,7 +67,9 @@ class CustomerSignalsView(APIView):
     @extend_schema(responses=SignalsResponseSerializer)
     def get(self, request, stripe_customer_id: str):
         """The customer's churn score and its reasons."""
-        customer = Customer.objects.filter(store=request.store, stripe_id=stripe_customer_id).first()
+        customer = Customer.objects.filter(
+            store=request.store, stripe_id=stripe_customer_id
+        ).first()
         if customer is None:
             from common.errors import NotFound
 
@@ -77,15 +79,21 @@ class CustomerSignalsView(APIView):
     @extend_schema(
         request=SignalsRequestSerializer,
         responses={201: SignalsResponseSerializer},
-        description="Record one signal (the object itself) or several ({\"signals\": [...]}). "
+        description='Record one signal (the object itself) or several ({"signals": [...]}). '
         "Kinds: " + ", ".join(CustomerSignal.Kind.values) + ". A `custom` signal needs a "
         "`label` and may carry a `weight` (0-50 points). Customers not yet known are created.",
     )
     def post(self, request, stripe_customer_id: str):
         payload = request.data
-        items = payload.get("signals") if isinstance(payload, dict) and "signals" in payload else [payload]
+        items = (
+            payload.get("signals")
+            if isinstance(payload, dict) and "signals" in payload
+            else [payload]
+        )
         if not isinstance(items, list) or not items:
-            raise ApplicationError("Send a signal object, or {\"signals\": [...]}.", code="bad_signal")
+            raise ApplicationError(
+                'Send a signal object, or {"signals": [...]}.', code="bad_signal"
+            )
         if len(items) > MAX_SIGNALS:
             raise ApplicationError(f"At most {MAX_SIGNALS} signals per request.", code="bad_signal")
         serializer = SignalSerializer(data=items, many=True)

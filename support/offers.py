@@ -39,11 +39,13 @@ def subscription_offer_apply(
         resumes = timezone.now() + dt.timedelta(days=int(pause_days))
         # keep_as_draft: invoices made during the pause wait as drafts, nothing is charged.
         params = {
-            "pause_collection": {"behavior": "keep_as_draft", "resumes_at": int(resumes.timestamp())}
+            "pause_collection": {
+                "behavior": "keep_as_draft",
+                "resumes_at": int(resumes.timestamp()),
+            }
         }
         description = (
-            f"collection paused on subscription {subscription.stripe_id} "
-            f"until {resumes:%Y-%m-%d}"
+            f"collection paused on subscription {subscription.stripe_id} until {resumes:%Y-%m-%d}"
         )
     else:
         raise ApplicationError("An offer is either a discount or a pause.")

@@ -212,9 +212,7 @@ def customer_signal_record(
         except IntegrityError:
             return CustomerSignal.objects.get(customer=customer, external_id=external_id), False
         now = timezone.now()
-        for case in RecoveryCase.objects.filter(
-            customer=customer, status=RecoveryCase.Status.OPEN
-        ):
+        for case in RecoveryCase.objects.filter(customer=customer, status=RecoveryCase.Status.OPEN):
             case_route(case=case, at=now)
     return signal, True
 
@@ -268,7 +266,9 @@ def queue_item_release(*, item: QueueItem, user, at: dt.datetime, is_operator: b
         if item.claimed_by_id is None:
             return item
         if item.claimed_by_id != user.pk and not is_operator:
-            raise ApplicationError("Only the agent who claimed this item (or an operator) can release it.")
+            raise ApplicationError(
+                "Only the agent who claimed this item (or an operator) can release it."
+            )
         previous = item.claimed_by
         QueueItem.objects.filter(pk=item.pk).update(
             claimed_by=None,
@@ -561,7 +561,9 @@ def queue_route_escalated(*, now: dt.datetime, limit: int = 200) -> int:
             case_route(
                 case=RecoveryCase(pk=case_id),
                 at=now,
-                extra_reasons=[{"code": "escalated", "label": f"Escalated: {why or 'by the engine'}"}],
+                extra_reasons=[
+                    {"code": "escalated", "label": f"Escalated: {why or 'by the engine'}"}
+                ],
             )
         except Exception:
             logger.exception("routing case %s failed", case_id)
@@ -575,4 +577,3 @@ def support_pass(*, now: dt.datetime | None = None) -> dict:
         "settled": queue_settle_closed(now=now),
         "routed": queue_route_escalated(now=now),
     }
-

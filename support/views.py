@@ -85,7 +85,9 @@ def queue_action(request: HttpRequest, access: Access, pk: int, action: str) -> 
     if action not in QUEUE_ACTIONS:
         raise Http404("No such action")
     item = get_object_or_404(
-        QueueItem.objects.select_related("case", "case__store", "case__customer", "case__subscription"),
+        QueueItem.objects.select_related(
+            "case", "case__store", "case__customer", "case__subscription"
+        ),
         store=access.store,
         pk=pk,
     )
@@ -95,9 +97,13 @@ def queue_action(request: HttpRequest, access: Access, pk: int, action: str) -> 
     try:
         if action == "claim":
             services.queue_item_claim(item=item, user=user, at=now)
-            messages.success(request, "Claimed: it is yours until you release it or record an outcome.")
+            messages.success(
+                request, "Claimed: it is yours until you release it or record an outcome."
+            )
         elif action == "release":
-            services.queue_item_release(item=item, user=user, at=now, is_operator=access.is_operator)
+            services.queue_item_release(
+                item=item, user=user, at=now, is_operator=access.is_operator
+            )
             messages.success(request, "Released back to the queue.")
         elif action == "promise":
             try:
@@ -108,7 +114,8 @@ def queue_action(request: HttpRequest, access: Access, pk: int, action: str) -> 
                 item=item, user=user, pay_by=pay_by, at=now, note=post.get("note", "")
             )
             messages.success(
-                request, f"Promise to pay by {pay_by:%b %-d} recorded; dunning is paused until then."
+                request,
+                f"Promise to pay by {pay_by:%b %-d} recorded; dunning is paused until then.",
             )
         elif action == "offer":
             kind = post.get("kind")

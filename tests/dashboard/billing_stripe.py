@@ -21,7 +21,11 @@ class BillingFakeStripe(FakeStripe):
 
     def add_subscription(self, sub_id: str) -> dict:
         with self._lock:
-            self.subscriptions[sub_id] = {"id": sub_id, "object": "subscription", "status": "active"}
+            self.subscriptions[sub_id] = {
+                "id": sub_id,
+                "object": "subscription",
+                "status": "active",
+            }
             return self.subscriptions[sub_id]
 
     def handle(self, record: Recorded) -> _Reply:
@@ -53,9 +57,11 @@ class BillingFakeStripe(FakeStripe):
                         "resumes_at": int(record.param("pause_collection[resumes_at]")),
                     }
                 return _Reply(200, dict(sub))
-        if record.method == "POST" and (m := PAY.match(record.path)) and record.param(
-            "paid_out_of_band"
-        ) == "true":
+        if (
+            record.method == "POST"
+            and (m := PAY.match(record.path))
+            and record.param("paid_out_of_band") == "true"
+        ):
             with self._lock:
                 invoice = self.invoices.get(m["id"])
                 if invoice is None:

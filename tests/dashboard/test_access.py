@@ -61,7 +61,9 @@ def victim(store, agent):
     now = timezone.now()
     customer = make_customer(store)
     sub = make_subscription(store, customer)
-    case = make_case(store, opened_at=now - dt.timedelta(days=2), customer=customer, subscription=sub)
+    case = make_case(
+        store, opened_at=now - dt.timedelta(days=2), customer=customer, subscription=sub
+    )
     item = QueueItem.objects.create(
         store=store,
         case=case,
@@ -132,7 +134,9 @@ def test_every_url_pattern_is_walked_or_exempt_and_hides_the_store_from_an_outsi
             # Reading: 404. Posting: the address names a customer of the token's own store
             # (created there if new), never ours.
             assert client.get(path).status_code == 404
-            response = client.post(path, {"kind": "cancel_page_visit"}, content_type="application/json")
+            response = client.post(
+                path, {"kind": "cancel_page_visit"}, content_type="application/json"
+            )
             assert response.status_code == 201
             assert not victim["customer"].signals.exists()
             walked.append(route)
@@ -146,7 +150,11 @@ def test_every_url_pattern_is_walked_or_exempt_and_hides_the_store_from_an_outsi
             assert statuses == {"get": 404, "post": 404}, (route, statuses)
         walked.append(route)
     # Every dashboard page is among the walked ones.
-    for name in ("s/<uuid:store_id>/", "s/<uuid:store_id>/cases/<int:pk>/", "s/<uuid:store_id>/queue/"):
+    for name in (
+        "s/<uuid:store_id>/",
+        "s/<uuid:store_id>/cases/<int:pk>/",
+        "s/<uuid:store_id>/queue/",
+    ):
         assert name in walked
     assert "api/v1/customers/<str:stripe_customer_id>/signals" in walked
     assert len(walked) >= 20, walked

@@ -33,8 +33,16 @@ def ids(response) -> list[int]:
 
 def test_case_list_filters_by_status_track_code_escalation_amount_and_date(store, operator_client):
     now = timezone.now()
-    a = make_case(store, opened_at=now - DAY, amount=1500, track="soft", decline_code="insufficient_funds")
-    b = make_case(store, opened_at=now - 3 * DAY, amount=9900, track="card_update", decline_code="expired_card")
+    a = make_case(
+        store, opened_at=now - DAY, amount=1500, track="soft", decline_code="insufficient_funds"
+    )
+    b = make_case(
+        store,
+        opened_at=now - 3 * DAY,
+        amount=9900,
+        track="card_update",
+        decline_code="expired_card",
+    )
     c = make_case(
         store,
         opened_at=now - 10 * DAY,
@@ -105,7 +113,9 @@ def test_case_page_shows_the_whole_timeline(store, operator_client, webhooks):
         opened_at=now + dt.timedelta(minutes=3),
         clicked_at=now + dt.timedelta(minutes=4),
     )
-    operator_client.post(f"/s/{store.id}/cases/{case.pk}/note/", {"body": "Customer asked for a call"})
+    operator_client.post(
+        f"/s/{store.id}/cases/{case.pk}/note/", {"body": "Customer asked for a call"}
+    )
 
     body = operator_client.get(f"/s/{store.id}/cases/{case.pk}/").content.decode()
 
@@ -124,7 +134,9 @@ def test_case_page_query_count_does_not_grow_with_its_history(store, operator_cl
 
     def add(n):
         for i in range(n):
-            make_attempt(case, at=timezone.now() - dt.timedelta(minutes=i), decline_code="do_not_honor")
+            make_attempt(
+                case, at=timezone.now() - dt.timedelta(minutes=i), decline_code="do_not_honor"
+            )
             CaseEvent.objects.create(
                 store=store, case=case, kind="retry_scheduled", at=timezone.now(), message=f"e{i}"
             )
@@ -184,7 +196,9 @@ def test_retry_now_is_refused_when_the_network_budget_is_spent(store, operator_c
 
     response = operator_client.post(f"/s/{store.id}/cases/{case.pk}/retry/", follow=True)
 
-    assert "Not retried: visa budget used: 15 of 15 attempts in 30 days." in response.content.decode()
+    assert (
+        "Not retried: visa budget used: 15 of 15 attempts in 30 days." in response.content.decode()
+    )
     assert case.attempts.count() == 15
     refused = CaseEvent.objects.get(case=case, kind="retry_refused")
     assert refused.actor == "olivia"
@@ -233,11 +247,18 @@ def test_mark_paid_outside_stripe_tells_stripe_then_closes(
     (request,) = billing_stripe.requests_to("POST", f"/v1/invoices/{invoice['id']}/pay")
     assert request.param("paid_out_of_band") == "true"
     assert billing_stripe.real_charges == 0
-    assert case.invoice.status == "paid" or type(case.invoice).objects.get(pk=case.invoice_id).status == "paid"
+    assert (
+        case.invoice.status == "paid"
+        or type(case.invoice).objects.get(pk=case.invoice_id).status == "paid"
+    )
 
 
 def test_mark_paid_on_a_sandbox_store_closes_without_stripe(store, operator_client):
     case = make_case(store, opened_at=timezone.now() - DAY)
     operator_client.post(f"/s/{store.id}/cases/{case.pk}/mark-paid/")
     case.refresh_from_db()
-    assert (case.status, case.recovered_via, case.recovered_amount) == ("recovered", "outside", case.amount)
+    assert (case.status, case.recovered_via, case.recovered_amount) == (
+        "recovered",
+        "outside",
+        case.amount,
+    )

@@ -38,12 +38,17 @@ def seed(store, *, n: int, rng: random.Random) -> list[RecoveryCase]:
             status = S.LOST
         closed = None
         if status != S.OPEN:
-            closed = min(opened + dt.timedelta(hours=rng.randint(1, 20 * 24)), NOW - dt.timedelta(minutes=5))
+            closed = min(
+                opened + dt.timedelta(hours=rng.randint(1, 20 * 24)), NOW - dt.timedelta(minutes=5)
+            )
         customer = make_customer(store)
         sub = None
         if rng.random() < 0.7:
             sub = make_subscription(
-                store, customer, mrr=rng.choice([1500, 2900, 9900]), product=rng.choice(["Coffee club", "Tea box"])
+                store,
+                customer,
+                mrr=rng.choice([1500, 2900, 9900]),
+                product=rng.choice(["Coffee club", "Tea box"]),
             )
         cases.append(
             make_case(
@@ -54,7 +59,9 @@ def seed(store, *, n: int, rng: random.Random) -> list[RecoveryCase]:
                 closed_at=closed,
                 track=rng.choice(["soft", "soft", "card_update", "hard"]),
                 decline_code=rng.choice(["insufficient_funds", "expired_card", "do_not_honor"]),
-                via=rng.choice(["recoup_retry", "stripe_retry", "customer", "card_updater", "agent"]),
+                via=rng.choice(
+                    ["recoup_retry", "stripe_retry", "customer", "card_updater", "agent"]
+                ),
                 attempts=rng.randint(1, 4),
                 customer=customer,
                 subscription=sub,
@@ -74,15 +81,31 @@ def expected(cases, store, period):
     return {
         "failed": len(cohort),
         "in_progress": sum(c.status == S.OPEN for c in cohort),
-        "recovery_rate": len(recovered) / (len(recovered) + len(lost)) if recovered or lost else None,
+        "recovery_rate": len(recovered) / (len(recovered) + len(lost))
+        if recovered or lost
+        else None,
         "recovered_revenue": sum(c.recovered_amount for c in closed_rec),
-        "recovered_mrr": sum({c.subscription_id: c.subscription.mrr for c in closed_rec if c.subscription}.values()),
-        "median_days": statistics.median((c.closed_at - c.opened_at).total_seconds() / 86400 for c in closed_rec)
+        "recovered_mrr": sum(
+            {c.subscription_id: c.subscription.mrr for c in closed_rec if c.subscription}.values()
+        ),
+        "median_days": statistics.median(
+            (c.closed_at - c.opened_at).total_seconds() / 86400 for c in closed_rec
+        )
         if closed_rec
         else None,
-        "attempts_per_recovery": sum(c.attempt_count for c in closed_rec) / len(closed_rec) if closed_rec else None,
+        "attempts_per_recovery": sum(c.attempt_count for c in closed_rec) / len(closed_rec)
+        if closed_rec
+        else None,
         "at_risk": sum(c.amount for c in cases if c.status == S.OPEN),
-        "churned": len({c.subscription_id for c in cases if c.status == S.LOST and c.subscription_id and period.start <= c.closed_at < period.end}),
+        "churned": len(
+            {
+                c.subscription_id
+                for c in cases
+                if c.status == S.LOST
+                and c.subscription_id
+                and period.start <= c.closed_at < period.end
+            }
+        ),
     }
 
 
@@ -182,16 +205,39 @@ def test_every_home_table_exports_to_csv(store, operator_client, seeded):
     period = selectors.period_for(store=store, now=NOW)
     data = selectors.home(store=store, period=period)
     with time_machine.travel(NOW, tick=False):
-        for table in ("summary", "by_track", "by_decline", "by_source", "by_channel", "by_product", "trend"):
+        for table in (
+            "summary",
+            "by_track",
+            "by_decline",
+            "by_source",
+            "by_channel",
+            "by_product",
+            "trend",
+        ):
             response = operator_client.get(f"/s/{store.id}/export/{table}.csv")
             assert response.status_code == 200, table
             assert response["Content-Type"].startswith("text/csv")
             rows = list(csv.reader(io.StringIO(response.content.decode())))
             assert len(rows) >= 2, table
-        trend = list(csv.DictReader(io.StringIO(operator_client.get(f"/s/{store.id}/export/trend.csv").content.decode())))
+        trend = list(
+            csv.DictReader(
+                io.StringIO(operator_client.get(f"/s/{store.id}/export/trend.csv").content.decode())
+            )
+        )
     assert len(trend) == 30
-    assert sum(round(float(r["Failed amount (USD)"]) * 100) for r in trend) == data.figures.failed_amount
-    tracks = list(csv.DictReader(io.StringIO(operator_client.get(f"/s/{store.id}/export/by_track.csv?start=2026-02-19&end=2026-03-20").content.decode())))
+    assert (
+        sum(round(float(r["Failed amount (USD)"]) * 100) for r in trend)
+        == data.figures.failed_amount
+    )
+    tracks = list(
+        csv.DictReader(
+            io.StringIO(
+                operator_client.get(
+                    f"/s/{store.id}/export/by_track.csv?start=2026-02-19&end=2026-03-20"
+                ).content.decode()
+            )
+        )
+    )
     assert {r["Track"] for r in tracks} <= {"Retry (soft decline)", "Card update", "Hard decline"}
 
 
@@ -204,7 +250,13 @@ def test_a_new_store_is_told_how_to_connect_stripe(store, operator_client):
 
 def test_period_choice_changes_the_window(store, operator_client):
     with time_machine.travel(NOW, tick=False):
-        make_case(store, opened_at=NOW - 50 * DAY, status=S.RECOVERED, closed_at=NOW - 45 * DAY, via="recoup_retry")
+        make_case(
+            store,
+            opened_at=NOW - 50 * DAY,
+            status=S.RECOVERED,
+            closed_at=NOW - 45 * DAY,
+            via="recoup_retry",
+        )
         body30 = operator_client.get(f"/s/{store.id}/").content.decode()
         body90 = operator_client.get(f"/s/{store.id}/?days=90").content.decode()
     assert 'data-metric="recovery_rate">—<' in body30

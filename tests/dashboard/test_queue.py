@@ -20,7 +20,13 @@ from support import services
 from support.models import CustomerSignal, QueueItem
 from tests import stripe_factory as sf
 from tests.dashboard.billing_stripe import billing_stripe  # noqa: F401 - a fixture
-from tests.dashboard.conftest import count_queries, make_case, make_customer, make_subscription, queries_text
+from tests.dashboard.conftest import (
+    count_queries,
+    make_case,
+    make_customer,
+    make_subscription,
+    queries_text,
+)
 
 DAY = dt.timedelta(days=1)
 
@@ -88,21 +94,34 @@ def test_churn_signals_push_a_customer_over_the_threshold_with_reasons(store, we
     assert body["queued_cases"] == [case.pk]
     item = QueueItem.objects.get(case=case)
     assert item.reasons[0]["label"] == "Churn risk 75 (threshold 60)"
-    assert {r["code"] for r in item.churn_reasons} >= {"cancel_page_visit", "downgrade", "short_tenure"}
+    assert {r["code"] for r in item.churn_reasons} >= {
+        "cancel_page_visit",
+        "downgrade",
+        "short_tenure",
+    }
     # The same signal sent again (by its id) counts once.
-    again = api.post(url, {"kind": "cancel_page_visit", "id": "evt-1"}, content_type="application/json")
+    again = api.post(
+        url, {"kind": "cancel_page_visit", "id": "evt-1"}, content_type="application/json"
+    )
     assert again.status_code == 200 and again.json()["duplicates"] == 1
     assert CustomerSignal.objects.filter(customer=case.customer).count() == 3
     assert api.get(url).json()["churn_score"] == 75
 
 
 def test_signals_api_explains_bad_input(api, other_store):
-    bad = api.post("/api/v1/customers/cus_x/signals", {"kind": "moon_phase"}, content_type="application/json")
+    bad = api.post(
+        "/api/v1/customers/cus_x/signals", {"kind": "moon_phase"}, content_type="application/json"
+    )
     assert bad.status_code == 400
     assert "moon_phase" in str(bad.json())
-    custom = api.post("/api/v1/customers/cus_x/signals", {"kind": "custom"}, content_type="application/json")
+    custom = api.post(
+        "/api/v1/customers/cus_x/signals", {"kind": "custom"}, content_type="application/json"
+    )
     assert custom.status_code == 400 and "label" in custom.json()["error"]["message"]
-    assert Client().post("/api/v1/customers/cus_x/signals", {"kind": "downgrade"}).status_code in (401, 403)
+    assert Client().post("/api/v1/customers/cus_x/signals", {"kind": "downgrade"}).status_code in (
+        401,
+        403,
+    )
 
 
 def test_cancel_at_period_end_on_the_subscription_counts(store):
@@ -136,7 +155,9 @@ def queued(store):
 
 
 def test_agents_claim_release_and_note(store, queued, agent, agent_client):
-    other = membership_create(store=store, username="bea", role="agent", password="pw-bea-12345")[0].user
+    other = membership_create(store=store, username="bea", role="agent", password="pw-bea-12345")[
+        0
+    ].user
     bea = Client()
     bea.login(username="bea", password="pw-bea-12345")
     base = f"/s/{store.id}/queue/{queued.pk}"
@@ -163,7 +184,9 @@ def test_agents_claim_release_and_note(store, queued, agent, agent_client):
     assert other.pk
 
 
-def test_a_promise_to_pay_pauses_dunning_until_its_date_then_resumes(store, queued, agent, agent_client):
+def test_a_promise_to_pay_pauses_dunning_until_its_date_then_resumes(
+    store, queued, agent, agent_client
+):
     start = timezone.now()
     case = queued.case
     agent_client.post(f"/s/{store.id}/queue/{queued.pk}/claim/")
@@ -285,7 +308,11 @@ def test_a_case_paid_meanwhile_leaves_the_queue(store, queued):
 def test_queue_is_sorted_by_value_at_risk_weighted_by_urgency(store, agent_client):
     now = timezone.now()
     rows = {}
-    for name, amount, days_left in (("calm-big", 50_000, 15), ("urgent-mid", 20_000, 1), ("soon-small", 20_000, 5)):
+    for name, amount, days_left in (
+        ("calm-big", 50_000, 15),
+        ("urgent-mid", 20_000, 1),
+        ("soon-small", 20_000, 5),
+    ):
         case = make_case(store, opened_at=now - DAY, amount=amount, window_days=days_left + 1)
         QueueItem.objects.create(
             store=store,
