@@ -1,6 +1,8 @@
 """The customer's card-update page, /pay/<token>/. No login: the signed token is the key.
 
-Every response is `noindex`, uncached, sends no Referer (the token is in the URL) and
+Every response is `noindex`, uncached, sends a Referer only to our own site (the token
+is in the URL; "no-referrer" would make browsers send `Origin: null` on our own forms,
+which CSRF protection rightly refuses) and
 carries a strict Content-Security-Policy: our own files, plus js.stripe.com for Stripe
 stores. Requests are rate-limited per token and per client address.
 """
@@ -43,7 +45,7 @@ def _page(
     response = render(request, template, context, status=status)
     response["Content-Security-Policy"] = _csp(stripe=stripe)
     response["X-Robots-Tag"] = "noindex, nofollow"
-    response["Referrer-Policy"] = "no-referrer"
+    response["Referrer-Policy"] = "same-origin"
     response["Cache-Control"] = "no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
