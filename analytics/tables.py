@@ -24,6 +24,21 @@ class Table:
     columns: list[Column]
     rows: list[dict]
     note: str = ""
+    currency: str = "usd"
+
+    def display_rows(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Rows with every cell already formatted: (key, [(column key, text)]). Formatting
+        in Python keeps the page's render time close to its queries' time."""
+        from .templatetags.dashboard import cell
+
+        out = []
+        for row in self.rows:
+            cells = []
+            for col in self.columns:
+                kind = row.get("kind", "text") if col.kind == "cell" else col.kind
+                cells.append((col.key, str(cell(row.get(col.key), kind, self.currency))))
+            out.append((str(row.get("key", "")), cells))
+        return out
 
 
 OUTCOME_COLUMNS = [
@@ -65,7 +80,7 @@ def _summary(cur: Figures, prev: Figures) -> list[dict]:
     ]
 
 
-def home_tables(h: Home) -> dict[str, Table]:
+def home_tables(h: Home, *, currency: str = "usd") -> dict[str, Table]:
     tables = [
         Table(
             "summary",
@@ -128,6 +143,8 @@ def home_tables(h: Home) -> dict[str, Table]:
             h.trend,
         ),
     ]
+    for t in tables:
+        t.currency = currency
     return {t.name: t for t in tables}
 
 

@@ -46,7 +46,7 @@ def _period(request: HttpRequest, access: Access) -> selectors.Period:
 def home(request: HttpRequest, access: Access) -> HttpResponse:
     period = _period(request, access)
     data = selectors.home(store=access.store, period=period)
-    tables = home_tables(data)
+    tables = home_tables(data, currency=access.store.currency)
     f, p = data.figures, data.previous
     empty = not (f.failed or p.failed or data.at_risk_cases or f.recoveries_closed)
     return render_page(
@@ -76,7 +76,9 @@ def home(request: HttpRequest, access: Access) -> HttpResponse:
 @dashboard_view()
 def export(request: HttpRequest, access: Access, table: str) -> HttpResponse:
     period = _period(request, access)
-    tables = home_tables(selectors.home(store=access.store, period=period))
+    tables = home_tables(
+        selectors.home(store=access.store, period=period), currency=access.store.currency
+    )
     if table not in tables:
         raise Http404("No such table")
     name = f"recoup-{table}-{period.start:%Y%m%d}-{period.last_day:%Y%m%d}.csv"
