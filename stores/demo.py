@@ -1,0 +1,1422 @@
+"""The demo store: a coffee subscription shop replayed through the real code paths.
+
+`demo_seed` creates "Bean Box Coffee (demo)" with a catalogue, 2,000 customers with
+subscriptions, cards and orders, then replays 90 days of billing in simulated time
+(time_machine), ending now:
+
+- customers, cards and subscriptions enter through the services the Stripe intake uses
+  (`customer_upsert`, `payment_method_upsert`, `subscription_upsert`); the catalogue and
+  every order through `skus_upsert` and `order_upsert`, as the merchant's API would;
+- every payment outcome reaches Recoup as a Stripe-shaped event (built from Stripe's own
+  example objects in `demo_stripe_objects.json`), signed, verified, stored and processed
+  by `recovery.intake` exactly as the webhook and its task do: failed renewals
+  (`invoice.payment_failed`, `invoice.payment_action_required`), one-off order payments
+  (`payment_intent.succeeded` / `.payment_failed`), Stripe's own Smart Retries
+  (`invoice.payment_failed` / `invoice.paid`), card-updater refreshes
+  (`payment_method.automatically_updated`) and disputes (`charge.dispute.created`);
+- Recoup's retries, messages, step-downs, holds and closings come from the scheduler
+  itself (`recovery.scheduler.run_due(now=...)`), run whenever a case is due (and at least
+  once a simulated day, for pre-dunning and hold expiry); the sandbox issuer decides every
+  retry (`recovery.simulation.SimulationGateway`: the sandbox's approval model, keyed by
+  invoice so a seed gives the same history on any database);
+- customers react to what Recoup sent them: after a message is due (or a pre-dunning
+  warning), some of them save a new card on the pay page, which goes through the services
+  the pay page uses (`payment_method_upsert(make_default=True)` and
+  `engine.customer_card_changed`).
+
+Nothing is written around the services, so every number on the dashboard is one the
+product produced. What the replay does not import: renewals and orders whose first charge
+succeeded without Recoup's help (Recoup has nothing to do for them), except one-off
+orders, whose paid payments commit stock.
+
+Deterministic with a seed: the same seed gives the same history. Messages are recorded as
+sent but not printed (locmem email/SMS backends during the replay).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import heapq
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Min, Sum
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from stores.models import ApiToken, Store
+
+logger = logging.getLogger(__name__)
+
+DEMO_STORE_NAME = "Bean Box Coffee (demo)"
+DEMO_PASSWORD = "recoup-demo"
+DEMO_TOKEN_NAME = "demo"
+DEFAULT_CUSTOMERS = 2000
+DEFAULT_DAYS = 90
+DEFAULT_SEED = 7
+
+PASS_GRID = dt.timedelta(minutes=30)  # passes land on a half-hour grid (within DUE_GRACE)
+HEARTBEAT = dt.timedelta(hours=24)  # at least one pass a day: pre-dunning, hold expiry
+
+
+# ---------------------------------------------------------------- the shop
+
+
+@dataclass(frozen=True)
+class Plan:
+    key: str
+    product: str
+    nickname: str
+    amount: int
+    interval: str
+    interval_count: int
+    sku: str
+    quantity: int
+    weight: float
+
+
+PLANS = [
+    Plan("club-1", "Coffee Club", "1 bag a month", 1800, "month", 1, "BEAN-HOUSE-250", 1, 40),
+    Plan("club-2", "Coffee Club", "2 bags a month", 3200, "month", 1, "BEAN-ETH-250", 2, 22),
+    Plan("espresso", "Espresso Lovers", "every 2 weeks", 1600, "week", 2, "BEAN-ESP-500", 1, 14),
+    Plan("decaf", "Decaf Club", "1 bag a month", 1800, "month", 1, "BEAN-DECAF-250", 1, 6),
+    Plan("office", "Office Pack", "2 kg a month", 8900, "month", 1, "BEAN-OFFICE-1000", 2, 8),
+    Plan("annual", "Coffee Club", "12 bags a year", 19000, "year", 1, "BEAN-HOUSE-250", 1, 10),
+]
+
+# (code, title, on hand, preorder, low-stock threshold, unit price)
+CATALOGUE = [
+    ("BEAN-HOUSE-250", "House Blend, 250 g", 1400, False, 40, 1600),
+    ("BEAN-ETH-250", "Ethiopia Guji, 250 g", 900, False, 30, 1900),
+    ("BEAN-ESP-500", "Espresso Forte, 500 g", 600, False, 25, 2400),
+    ("BEAN-DECAF-250", "Swiss Water Decaf, 250 g", 70, False, 15, 1700),
+    ("BEAN-OFFICE-1000", "Office Blend, 1 kg", 260, False, 20, 4200),
+    ("BEAN-GESHA-100", "Panama Gesha micro-lot, 100 g", 14, False, 5, 3800),
+    ("GEAR-GRINDER", "Hand grinder, steel burrs", 9, False, 4, 8900),
+    ("GEAR-V60", "V60 dripper", 45, False, 8, 2600),
+    ("GEAR-FILTERS", "Paper filters, 100", 320, False, 30, 600),
+    ("MUG-ENAMEL", "Enamel mug", 28, False, 6, 1400),
+    ("PRE-HOLIDAY-500", "Holiday Reserve 500 g (preorder, ships in December)", 120, True, 0, 3400),
+]
+# One-off orders: what people buy besides their subscription (weights).
+SHOP_BASKETS = [
+    ([("BEAN-ETH-250", 1)], 20),
+    ([("BEAN-HOUSE-250", 2)], 14),
+    ([("GEAR-FILTERS", 2)], 12),
+    ([("GEAR-V60", 1), ("GEAR-FILTERS", 1)], 8),
+    ([("MUG-ENAMEL", 2)], 7),
+    ([("BEAN-GESHA-100", 1)], 6),
+    ([("GEAR-GRINDER", 1)], 5),
+    ([("BEAN-DECAF-250", 1)], 5),
+    ([("PRE-HOLIDAY-500", 1)], 12),
+    ([("PRE-HOLIDAY-500", 2), ("MUG-ENAMEL", 1)], 3),
+]
+SHOP_ORDERS_PER_CUSTOMER = 0.08  # one-off orders per customer over the period
+SHOP_ORDER_FAILURE = 0.10  # charged off-session at dispatch, some decline
+
+# Decline codes of failed renewals (DOMAIN.md's mix: mostly insufficient funds and generic
+# declines, then card data, lost/stolen, authentication, a little fraud). Expired cards
+# also fail on their own, when a card reaches its expiry before anyone replaced it.
+DECLINE_MIX: list[tuple[tuple[str, str], float]] = [
+    (("insufficient_funds", ""), 32),
+    (("do_not_honor", ""), 12),
+    (("generic_decline", ""), 12),
+    (("try_again_later", ""), 5),
+    (("processing_error", ""), 2),
+    (("card_velocity_exceeded", ""), 2),
+    (("expired_card", ""), 3),
+    (("incorrect_cvc", ""), 3),
+    (("incorrect_number", ""), 1),
+    (("card_not_supported", ""), 1),
+    (("lost_card", ""), 2),
+    (("stolen_card", ""), 1.5),
+    (("pickup_card", ""), 1),
+    (("restricted_card", ""), 1),
+    (("generic_decline", "do_not_try_again"), 1.5),
+    (("fraudulent", ""), 1.2),
+    (("merchant_blacklist", ""), 0.3),
+    (("authentication_required", ""), 6),
+]
+RENEWAL_FAILURE = 0.04  # base chance that a renewal's first charge fails
+RISKY_SHARE, RISKY_FACTOR = 0.10, 3.0  # a few customers fail far more often
+STRIPE_SMART_RETRY = 0.15  # soft failures where Stripe's own retry is also scheduled
+DISPUTE_SHARE = 0.01  # failures followed by a dispute on the customer's earlier charge
+# After a failure, the card updater sometimes delivers a new card on its own.
+UPDATER_AFTER = {"expired_card": 0.4, "lost_card": 0.25, "stolen_card": 0.25, "pickup_card": 0.15}
+UPDATER_BEFORE_EXPIRY = 0.35  # expiring cards refreshed by the updater before they lapse
+# Chance that a customer saves a new card on the pay page after a message of this purpose.
+REACTION = {
+    "card_update_request": 0.30,
+    "authentication_request": 0.42,
+    "soft_first_notice": 0.10,
+    "soft_reminder": 0.08,
+    "shipment_at_risk": 0.14,
+    "final_notice": 0.18,
+    "predunning_expiry": 0.33,
+}
+BRANDS = [("visa", 0.58), ("mastercard", 0.34), ("amex", 0.08)]
+ZONES = [
+    ("America/New_York", 0.28),
+    ("America/Chicago", 0.14),
+    ("America/Denver", 0.05),
+    ("America/Los_Angeles", 0.18),
+    ("Europe/London", 0.13),
+    ("Europe/Berlin", 0.14),
+    ("Australia/Sydney", 0.08),
+]
+FIRST_NAMES = (
+    "Olivia Liam Emma Noah Ava Oliver Sophia Elijah Mia Lucas Amelia Mateo Harper Levi "
+    "Evelyn Ezra Luna Leo Aria Jack Ella Hudson Nora Theo Zoe Kai Lily Omar Priya Arjun "
+    "Mei Hiro Sofia Diego Ines Lars Freya Jonas Lea Tomás Aisha Yusuf Chloé Hugo Greta "
+    "Anika Felix Maya Ravi Sara"
+).split()
+LAST_NAMES = (
+    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Lopez "
+    "Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris "
+    "Clark Lewis Walker Hall Young King Wright Scott Green Baker Adams Nelson Hill "
+    "Campbell Mitchell Roberts Carter Phillips Evans Turner Müller Schmidt Rossi Dubois "
+    "Nakamura Kim Patel Singh Okafor Silva"
+).split()
+
+
+def _pick(rng: random.Random, table):
+    values, weights = zip(*table, strict=True)
+    return rng.choices(values, weights=weights, k=1)[0]
+
+
+def _month_end(year: int, month: int) -> dt.date:
+    nxt = dt.date(year + (month == 12), month % 12 + 1, 1)
+    return nxt - dt.timedelta(days=1)
+
+
+def _add_interval(at: dt.datetime, plan: Plan) -> dt.datetime:
+    if plan.interval == "week":
+        return at + dt.timedelta(weeks=plan.interval_count)
+    if plan.interval == "year":
+        return at.replace(year=at.year + plan.interval_count)
+    month = at.month - 1 + plan.interval_count
+    year, month = at.year + month // 12, month % 12 + 1
+    return at.replace(year=year, month=month, day=min(at.day, 28))
+
+
+# ---------------------------------------------------------------- the people
+
+
+@dataclass
+class Card:
+    pm_id: str
+    brand: str
+    last4: str
+    fingerprint: str
+    exp_month: int
+    exp_year: int
+
+    def expires_on(self) -> dt.date:
+        return _month_end(self.exp_year, self.exp_month)
+
+
+@dataclass
+class Person:
+    index: int
+    stripe_id: str
+    name: str
+    email: str
+    phone: str
+    time_zone: str
+    joined: dt.datetime
+    plan: Plan
+    card: Card
+    risky: bool
+    generation: int = 0
+    renewals: int = 0
+
+    @property
+    def sub_id(self) -> str:
+        return f"sub_demo_{self.index:05d}"
+
+    def new_card(self, rng: random.Random, at: dt.datetime, *, same_number: bool) -> Card:
+        """The card after a refresh (same number: new expiry) or a replacement."""
+        self.generation += 1
+        years = rng.randint(3, 5)
+        card = Card(
+            pm_id=self.card.pm_id if same_number else f"pm_demo_{self.index:05d}_{self.generation}",
+            brand=self.card.brand if same_number else _pick(rng, BRANDS),
+            last4=self.card.last4 if same_number else f"{rng.randint(0, 9999):04d}",
+            fingerprint=self.card.fingerprint
+            if same_number
+            else f"fp{self.index:05d}g{self.generation}",
+            exp_month=rng.randint(1, 12),
+            exp_year=at.year + years,
+        )
+        self.card = card
+        return card
+
+
+@dataclass(order=True)
+class Happening:
+    at: dt.datetime
+    seq: int
+    kind: str = field(compare=False)
+    data: dict = field(compare=False, default_factory=dict)
+
+
+# ---------------------------------------------------------------- Stripe-shaped objects
+
+
+@cache
+def _stripe_objects() -> dict:
+    # Stripe's example objects (stripe/openapi fixtures3.json, as in tests/fixtures/stripe):
+    # each payload starts from one and sets what the scenario needs, never a made-up shape.
+    return json.loads((Path(__file__).parent / "demo_stripe_objects.json").read_text())
+
+
+def _obj(kind: str, **fields) -> dict:
+    data = copy.deepcopy(_stripe_objects()[kind])
+    data.update(fields)
+    return data
+
+
+def _ts(at: dt.datetime) -> int:
+    return int(at.timestamp())
+
+
+def _card_json(card: Card) -> dict:
+    return {
+        "brand": card.brand,
+        "display_brand": card.brand,
+        "country": "US",
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+        "fingerprint": card.fingerprint,
+        "funding": "credit",
+        "last4": card.last4,
+        "checks": {
+            "address_line1_check": None,
+            "address_postal_code_check": None,
+            "cvc_check": "pass",
+        },
+        "networks": {"available": [card.brand], "preferred": None},
+        "wallet": None,
+    }
+
+
+def _payment_method(person: Person, card: Card, at: dt.datetime) -> dict:
+    pm = _obj(
+        "payment_method",
+        id=card.pm_id,
+        customer=person.stripe_id,
+        created=_ts(at),
+        metadata={},
+        card=_card_json(card),
+    )
+    pm["billing_details"].update(email=person.email, name=person.name, phone=person.phone)
+    return pm
+
+
+_ERROR_CODES = {
+    "expired_card": "expired_card",
+    "incorrect_cvc": "incorrect_cvc",
+    "incorrect_number": "incorrect_number",
+    "processing_error": "processing_error",
+    "authentication_required": "authentication_required",
+}
+
+
+def _payment_intent(
+    *,
+    pi_id: str,
+    person: Person,
+    amount: int,
+    at: dt.datetime,
+    charge_id: str,
+    decline: tuple[str, str] | None,
+    description: str,
+    metadata: dict | None = None,
+) -> dict:
+    code, advice = decline or ("", "")
+    status = "succeeded"
+    if decline:
+        status = (
+            "requires_action" if code == "authentication_required" else "requires_payment_method"
+        )
+    return _obj(
+        "payment_intent",
+        id=pi_id,
+        amount=amount,
+        amount_received=0 if decline else amount,
+        currency="usd",
+        created=_ts(at),
+        customer=person.stripe_id,
+        description=description,
+        metadata=metadata or {},
+        status=status,
+        latest_charge=charge_id,
+        payment_method=person.card.pm_id,
+        canceled_at=None,
+        next_action=None,
+        client_secret=f"{pi_id}_secret_demo",
+        last_payment_error={
+            "type": "card_error",
+            "code": _ERROR_CODES.get(code, "card_declined"),
+            "decline_code": code,
+            "advice_code": advice or None,
+            "network_advice_code": None,
+            "message": "Your card was declined.",
+            "charge": charge_id,
+            "payment_method": _payment_method(person, person.card, at),
+        }
+        if decline
+        else None,
+    )
+
+
+def _invoice(
+    *,
+    inv_id: str,
+    person: Person,
+    amount: int,
+    at: dt.datetime,
+    attempt_count: int,
+    pi: dict,
+    status: str,
+    order_number: str,
+    next_payment_attempt: dt.datetime | None,
+) -> dict:
+    plan = person.plan
+    inv = _obj(
+        "invoice",
+        id=inv_id,
+        customer=person.stripe_id,
+        customer_email=person.email,
+        customer_name=person.name,
+        customer_phone=person.phone or None,
+        amount_due=amount,
+        amount_paid=amount if status == "paid" else 0,
+        amount_remaining=0 if status == "paid" else amount,
+        amount_overpaid=0,
+        subtotal=amount,
+        total=amount,
+        currency="usd",
+        created=_ts(at),
+        status=status,
+        attempted=True,
+        attempt_count=attempt_count,
+        auto_advance=True,
+        billing_reason="subscription_cycle",
+        next_payment_attempt=_ts(next_payment_attempt) if next_payment_attempt else None,
+        metadata={"order_id": order_number},
+        last_finalization_error=None,
+        from_invoice=None,
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": {}, "subscription": person.sub_id},
+        },
+        payments={
+            "object": "list",
+            "data": [
+                {
+                    "id": f"inpay_{inv_id[3:]}",
+                    "object": "invoice_payment",
+                    "payment": {"type": "payment_intent", "payment_intent": pi},
+                    "status": "paid" if status == "paid" else "open",
+                }
+            ],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={inv_id}",
+        },
+    )
+    line = inv["lines"]["data"][0]
+    line.update(
+        amount=amount,
+        subtotal=amount,
+        invoice=inv_id,
+        id=f"il_{inv_id[3:]}",
+        description=f"1 × {plan.product}, {plan.nickname} (at ${amount / 100:.2f})",
+        period={"start": _ts(at), "end": _ts(_add_interval(at, plan))},
+    )
+    return inv
+
+
+def _subscription(person: Person, at: dt.datetime) -> dict:
+    plan = person.plan
+    end = _add_interval(at, plan)
+    item = {
+        "id": f"si_demo_{person.index:05d}",
+        "object": "subscription_item",
+        "created": _ts(at),
+        "current_period_start": _ts(at),
+        "current_period_end": _ts(end),
+        "metadata": {},
+        "quantity": 1,
+        "price": {
+            "id": f"price_demo_{plan.key}",
+            "object": "price",
+            "active": True,
+            "currency": "usd",
+            "nickname": plan.nickname,
+            "product": {"id": f"prod_demo_{plan.key}", "object": "product", "name": plan.product},
+            "recurring": {
+                "interval": plan.interval,
+                "interval_count": plan.interval_count,
+                "usage_type": "licensed",
+            },
+            "type": "recurring",
+            "unit_amount": plan.amount,
+        },
+    }
+    return _obj(
+        "subscription",
+        id=person.sub_id,
+        customer=person.stripe_id,
+        status="active",
+        created=_ts(at),
+        start_date=_ts(at),
+        billing_cycle_anchor=_ts(at),
+        cancel_at=None,
+        cancel_at_period_end=False,
+        canceled_at=None,
+        ended_at=None,
+        currency="usd",
+        default_payment_method=person.card.pm_id,
+        metadata={"product_name": plan.product},
+        items={"object": "list", "data": [item], "has_more": False},
+    )
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class DemoPlan:
+    seed: int
+    start: dt.datetime
+    end: dt.datetime
+    people: list[Person]
+    happenings: list[Happening]
+
+
+def demo_plan(*, seed: int, customers: int, days: int, end: dt.datetime) -> DemoPlan:
+    """Draw the people and what will happen to them (pure: no database)."""
+    rng = random.Random(f"recoup-demo:{seed}")
+    start = end - dt.timedelta(days=days)
+    people: list[Person] = []
+    happenings: list[Happening] = []
+    seq = 0
+
+    def add(at: dt.datetime, kind: str, **data) -> None:
+        nonlocal seq
+        seq += 1
+        happenings.append(Happening(at.replace(microsecond=0), seq, kind, data))
+
+    for i in range(customers):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        plan = _pick(rng, [(p, p.weight) for p in PLANS])
+        # Tenure: a few weeks to four years; about one in eight joins during the period.
+        if rng.random() < 0.12:
+            joined = start + dt.timedelta(seconds=rng.uniform(0, days * 86400 * 0.9))
+        else:
+            joined = start - dt.timedelta(
+                days=_pick(
+                    rng,
+                    [
+                        (rng.uniform(10, 90), 0.25),
+                        (rng.uniform(90, 400), 0.4),
+                        (rng.uniform(400, 1500), 0.35),
+                    ],
+                )
+            )
+        joined = joined.replace(second=0, microsecond=0)
+        # Card expiry: most a year or more away, a few expiring within the period.
+        if rng.random() < 0.07:
+            exp_day = start.date() + dt.timedelta(days=rng.uniform(10, days + 45))
+        else:
+            exp_day = end.date() + dt.timedelta(days=rng.uniform(120, 4 * 365))
+        brand = _pick(rng, BRANDS)
+        person = Person(
+            index=i,
+            stripe_id=f"cus_demo_{i:05d}",
+            name=f"{first} {last}",
+            email=f"{first}.{last}.{i}@example.com".lower()
+            .replace("é", "e")
+            .replace("ü", "u")
+            .replace("á", "a"),
+            phone=f"+1555{rng.randint(0, 9_999_999):07d}" if rng.random() < 0.55 else "",
+            time_zone=_pick(rng, ZONES),
+            joined=joined,
+            plan=plan,
+            card=Card(
+                pm_id=f"pm_demo_{i:05d}_0",
+                brand=brand,
+                last4=f"{rng.randint(0, 9999):04d}",
+                fingerprint=f"fp{i:05d}g0",
+                exp_month=exp_day.month,
+                exp_year=exp_day.year,
+            ),
+            risky=rng.random() < RISKY_SHARE,
+        )
+        people.append(person)
+        add(joined, "join", person=i)
+        # Renewals inside the period, on the subscription's own cycle.
+        renewal = _add_interval(joined, plan)
+        while renewal < start:
+            renewal = _add_interval(renewal, plan)
+        while renewal < end:
+            add(renewal, "renewal", person=i)
+            renewal = _add_interval(renewal, plan)
+        # A card expiring during the period may be refreshed by the updater beforehand.
+        expires = person.card.expires_on()
+        if start.date() <= expires <= end.date() and rng.random() < UPDATER_BEFORE_EXPIRY:
+            before = dt.datetime.combine(expires, dt.time(9, tzinfo=dt.UTC)) - dt.timedelta(
+                days=rng.uniform(2, 25)
+            )
+            at = max(before, start, joined + dt.timedelta(hours=1))
+            add(at, "updater", person=i, card=0, generation=0)
+        # One-off shop orders (charged off-session at dispatch).
+        orders = int(SHOP_ORDERS_PER_CUSTOMER) + (rng.random() < SHOP_ORDERS_PER_CUSTOMER % 1)
+        for k in range(orders):
+            at = max(start, joined) + dt.timedelta(
+                seconds=rng.uniform(0, (end - max(start, joined)).total_seconds())
+            )
+            add(at, "order", person=i, n=k)
+    # The merchant restocks the scarce items once, mid-period.
+    add(start + dt.timedelta(days=days * 0.55, hours=9), "restock", sku="BEAN-GESHA-100", units=12)
+    add(start + dt.timedelta(days=days * 0.6, hours=9), "restock", sku="GEAR-GRINDER", units=6)
+    happenings.sort()
+    return DemoPlan(seed, start, end, people, happenings)
+
+
+# ---------------------------------------------------------------- the replay
+
+
+@dataclass
+class DemoSummary:
+    store: Store
+    seconds: float
+    events: dict
+    text: str
+    counts: dict = field(default_factory=dict)
+    timing: str = ""
+
+
+class _ErrorLog(logging.Handler):
+    """Counts the errors the engine, scheduler and intake log during the replay."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.count = 0
+        self.first: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.first) < 3:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            self.first.append(text)
+
+
+def quiet_messaging_settings() -> dict:
+    """Settings that record messages as sent without printing them (locmem backends)."""
+    overrides: dict = {"EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend"}
+    sms = getattr(settings, "SMS_BACKEND", "")
+    if sms:
+        from django.utils.module_loading import import_string
+
+        for candidate in (
+            getattr(settings, "SMS_LOCMEM_BACKEND", ""),
+            sms.replace("console", "locmem").replace("Console", "Locmem"),
+        ):
+            if not candidate:
+                continue
+            try:
+                import_string(candidate)
+            except ImportError:
+                continue
+            overrides["SMS_BACKEND"] = candidate
+            break
+    return overrides
+
+
+class Progress:
+    """A plain-stdout progress bar (redrawn in place on a terminal, a line per 10% otherwise)."""
+
+    WIDTH = 30
+
+    def __init__(self, out, label: str):
+        self.out, self.label = out, label
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.started = time.perf_counter()
+        self.last_tenth = -1
+
+    def update(self, fraction: float, note: str = "") -> None:
+        if self.out is None:
+            return
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(self.WIDTH * fraction)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = (
+            f"{self.label} [{bar}] {fraction * 100:5.1f}%  {note}  "
+            f"{time.perf_counter() - self.started:5.1f} s"
+        )
+        if self.tty:
+            self.out.write("\r" + line.ljust(100))
+            self.out.flush()
+        elif int(fraction * 10) > self.last_tenth:
+            self.last_tenth = int(fraction * 10)
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def done(self) -> None:
+        if self.out is not None and self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+class Replay:
+    """Plays a DemoPlan into a store through the real services, in simulated time."""
+
+    def __init__(self, store: Store, plan: DemoPlan, *, traveller, now: dt.datetime, out=None):
+        from recovery.simulation import SimulationGateway
+
+        self.store, self.plan, self.traveller = store, plan, traveller
+        self.rng = random.Random(f"recoup-demo-replay:{plan.seed}")
+        self.gateway = SimulationGateway(seed=plan.seed)
+        self.heap: list[Happening] = list(plan.happenings)
+        heapq.heapify(self.heap)
+        self.seq = len(self.heap) + 1
+        self.now = now
+        self.events: Counter = Counter()
+        self.done: Counter = Counter()
+        self.customers: dict[int, object] = {}
+        self.last_message_event = 0
+        self.last_warning = 0
+        self.last_pass: dt.datetime | None = None
+        self.gone: set[str] = set()  # subscriptions no longer billed (cancelled, paused)
+        self.progress = Progress(out, "Replaying")
+        self.failures = 0
+        self.due: dt.datetime | None = None
+        self.due_stale = True
+        self.seconds: Counter = Counter()  # where the replay's time goes, by happening
+        self.actions: Counter = Counter()  # what the scheduler passes did
+
+    # ------------------------------------------------------------ plumbing
+
+    def _rand(self, *key) -> random.Random:
+        """A generator of its own for one decision, so adding a happening elsewhere never
+        changes this one."""
+        digest = hashlib.sha256(repr((self.plan.seed, *key)).encode()).digest()
+        return random.Random(int.from_bytes(digest[:8], "big"))
+
+    def _add(self, at: dt.datetime, kind: str, **data) -> None:
+        self.seq += 1
+        heapq.heappush(
+            self.heap, Happening(max(at, self.now).replace(microsecond=0), self.seq, kind, data)
+        )
+
+    def _move(self, at: dt.datetime) -> None:
+        if at > self.now:
+            self.now = at
+            self.traveller.move_to(at)
+
+    def _customer(self, person: Person):
+        from subscriptions.models import Customer
+
+        row = self.customers.get(person.index)
+        if row is None:
+            row = Customer.objects.get(store=self.store, stripe_id=person.stripe_id)
+        else:
+            row.refresh_from_db()
+        self.customers[person.index] = row
+        return row
+
+    def deliver(self, type_: str, obj: dict, *, previous: dict | None = None) -> str:
+        """One Stripe event, exactly as the webhook takes it: signed, verified, stored once,
+        then processed as the django-q2 task does."""
+        import stripe
+
+        from recovery.intake import stripe_event_process, stripe_event_store, stripe_event_verify
+
+        self.events[type_] += 1
+        data = {"object": obj}
+        if previous is not None:
+            data["previous_attributes"] = previous
+        event = _obj(
+            "event",
+            id=f"evt_demo_{self.events.total():07d}",
+            type=type_,
+            created=_ts(self.now),
+            api_version="2025-10-29.clover",
+            livemode=False,
+            pending_webhooks=1,
+            request={"id": None, "idempotency_key": None},
+            data=data,
+        )
+        body = json.dumps(event)
+        t = _ts(self.now)
+        sig = stripe.WebhookSignature._compute_signature(
+            f"{t}.{body}", self.store.stripe_webhook_secret
+        )
+        verified = stripe_event_verify(
+            store=self.store, body=body.encode(), signature=f"t={t},v1={sig}"
+        )
+        row, created = stripe_event_store(store=self.store, event=verified)
+        if not created:
+            return "duplicate"
+        return stripe_event_process(event_pk=row.pk)
+
+    # ------------------------------------------------------------ happenings
+
+    def on_join(self, person: Person) -> None:
+        from subscriptions import services as subs
+
+        customer = subs.customer_upsert(
+            store=self.store,
+            stripe_id=person.stripe_id,
+            email=person.email,
+            name=person.name,
+            phone=person.phone,
+            seen_at=self.now,
+        )
+        subs.payment_method_upsert(
+            store=self.store,
+            customer=customer,
+            data=_payment_method(person, person.card, self.now),
+            make_default=True,
+        )
+        subs.subscription_upsert(
+            store=self.store, customer=customer, data=_subscription(person, self.now), at=self.now
+        )
+        self.customers[person.index] = customer
+
+    def on_renewal(self, person: Person) -> None:
+        if person.sub_id in self.gone:
+            return
+        person.renewals += 1
+        n = person.renewals
+        rng = self._rand("renewal", person.index, n)
+        if person.card.expires_on() < self.now.date():
+            decline = ("expired_card", "")
+        elif rng.random() < RENEWAL_FAILURE * (RISKY_FACTOR if person.risky else 1.0):
+            decline = _pick(rng, DECLINE_MIX)
+        else:
+            return  # paid at once: nothing for Recoup to do
+        self.failures += 1
+        self._renewal_failed(person, n, decline, rng)
+
+    def _renewal_failed(self, person: Person, n: int, decline: tuple[str, str], rng) -> None:
+        from orders.services import LineInput, order_upsert
+
+        plan = person.plan
+        inv_id = f"in_demo_{person.index:05d}_{n:02d}"
+        pi_id = f"pi_demo_{person.index:05d}_{n:02d}"
+        number = f"R{person.index:05d}-{n:02d}"
+        unit = dict((c[0], c[5]) for c in CATALOGUE)[plan.sku]
+        # The merchant's system posts the renewal's shipment before the charge.
+        order_upsert(
+            store=self.store,
+            number=number,
+            lines=[LineInput(sku=plan.sku, quantity=plan.quantity, unit_amount=unit)],
+            customer=person.stripe_id,
+            customer_email=person.email,
+            subscription=person.sub_id,
+            payment_intent=pi_id,
+            amount=plan.amount,
+        )
+        code = decline[0]
+        smart_retry = (
+            code not in ("authentication_required",)
+            and _track_of(decline) == "soft"
+            and rng.random() < STRIPE_SMART_RETRY
+        )
+        stripe_next = (
+            self.now + dt.timedelta(days=3, hours=rng.uniform(0, 12)) if smart_retry else None
+        )
+        pi = _payment_intent(
+            pi_id=pi_id,
+            person=person,
+            amount=plan.amount,
+            at=self.now,
+            charge_id=f"ch_demo_{person.index:05d}_{n:02d}_1",
+            decline=decline,
+            description="Subscription cycle",
+        )
+        inv = _invoice(
+            inv_id=inv_id,
+            person=person,
+            amount=plan.amount,
+            at=self.now,
+            attempt_count=1,
+            pi=pi,
+            status="open",
+            order_number=number,
+            next_payment_attempt=stripe_next,
+        )
+        kind = (
+            "invoice.payment_action_required"
+            if code == "authentication_required"
+            else "invoice.payment_failed"
+        )
+        self.deliver(kind, inv)
+        if stripe_next:
+            self._add(stripe_next, "stripe_retry", person=person.index, n=n, decline=decline)
+        share = UPDATER_AFTER.get(code, 0.0)
+        if share and rng.random() < share:
+            self._add(
+                self.now + dt.timedelta(hours=rng.uniform(6, 240)),
+                "updater",
+                person=person.index,
+                card=1 if code != "expired_card" else 0,
+                generation=person.generation,
+            )
+        if rng.random() < DISPUTE_SHARE:
+            self._add(
+                self.now + dt.timedelta(hours=rng.uniform(12, 120)),
+                "dispute",
+                person=person.index,
+                n=n,
+            )
+
+    def on_stripe_retry(self, person: Person, n: int, decline: tuple[str, str]) -> None:
+        """Stripe's own Smart Retry of the invoice, decided by the same sandbox issuer."""
+        from recovery import declines, timing
+        from recovery.gateways.sandbox import Hint
+        from recovery.models import RecoveryCase
+        from subscriptions.models import Invoice
+
+        inv_id = f"in_demo_{person.index:05d}_{n:02d}"
+        invoice = Invoice.objects.filter(store=self.store, stripe_id=inv_id).first()
+        case = RecoveryCase.objects.filter(invoice=invoice).first() if invoice else None
+        if invoice is None or case is None or not case.is_open or invoice.status != "open":
+            return
+        cls = declines.classify(decline_code=decline[0], advice_code=decline[1])
+        local = self.now.astimezone(timing._zone(person.time_zone))
+        number = invoice.attempt_count + 1
+        result = self.gateway.invoice_pay(
+            invoice_id=f"{inv_id}-stripe",
+            idempotency_key=f"stripe-smart-retry-{number}",
+            amount=person.plan.amount,
+            hint=Hint(
+                decline_group=cls.decline_group,
+                track=cls.track,
+                hours_since_failure=(self.now - case.opened_at).total_seconds() / 3600,
+                payday=timing.is_payday(local),
+                local_hour=local.hour,
+                decline_code=decline[0],
+            ),
+        )
+        paid = result.outcome == "succeeded"
+        pi = _payment_intent(
+            pi_id=f"pi_demo_{person.index:05d}_{n:02d}",
+            person=person,
+            amount=person.plan.amount,
+            at=self.now,
+            charge_id=f"ch_demo_{person.index:05d}_{n:02d}_s{number}",
+            decline=None if paid else decline,
+            description="Subscription cycle",
+        )
+        inv = _invoice(
+            inv_id=inv_id,
+            person=person,
+            amount=person.plan.amount,
+            at=self.now,
+            attempt_count=number,
+            pi=pi,
+            status="paid" if paid else "open",
+            order_number=f"R{person.index:05d}-{n:02d}",
+            next_payment_attempt=None,
+        )
+        self.deliver("invoice.paid" if paid else "invoice.payment_failed", inv)
+
+    def on_order(self, person: Person, k: int) -> None:
+        from orders.services import LineInput, order_upsert
+
+        rng = self._rand("order", person.index, k)
+        basket = _pick(rng, SHOP_BASKETS)
+        prices = {c[0]: c[5] for c in CATALOGUE}
+        lines = [LineInput(sku=s, quantity=q, unit_amount=prices[s]) for s, q in basket]
+        amount = sum(line.quantity * line.unit_amount for line in lines)
+        number = f"S{person.index:05d}-{k}"
+        pi_id = f"pi_demo_order_{person.index:05d}_{k}"
+        order_upsert(
+            store=self.store,
+            number=number,
+            lines=lines,
+            customer=person.stripe_id,
+            customer_email=person.email,
+            payment_intent=pi_id,
+            amount=amount,
+        )
+        failed = person.card.expires_on() < self.now.date() or rng.random() < SHOP_ORDER_FAILURE * (
+            2 if person.risky else 1
+        )
+        decline = None
+        if failed:
+            decline = (
+                ("expired_card", "")
+                if person.card.expires_on() < self.now.date()
+                else _pick(rng, DECLINE_MIX)
+            )
+        pi = _payment_intent(
+            pi_id=pi_id,
+            person=person,
+            amount=amount,
+            at=self.now,
+            charge_id=f"ch_demo_order_{person.index:05d}_{k}",
+            decline=decline,
+            description=f"Order #{number}",
+            metadata={"order_id": number},
+        )
+        self.deliver("payment_intent.payment_failed" if failed else "payment_intent.succeeded", pi)
+
+    def on_updater(self, person: Person, data: dict) -> None:
+        """Visa Account Updater / Mastercard ABU: Stripe refreshes the stored card."""
+        if person.generation != data.get("generation", 0):
+            return  # the customer replaced that card already
+        new_number = bool(data.get("card"))
+        rng = self._rand("updater", person.index, person.generation)
+        old = person.card
+        card = person.new_card(rng, self.now, same_number=True)
+        if new_number:  # a reissued number: same payment method, new last4 and fingerprint
+            card.last4 = f"{rng.randint(0, 9999):04d}"
+            card.fingerprint = f"fp{person.index:05d}u{person.generation}"
+        self.deliver(
+            "payment_method.automatically_updated",
+            _payment_method(person, card, self.now),
+            previous={
+                "card": {"exp_month": old.exp_month, "exp_year": old.exp_year, "last4": old.last4}
+            },
+        )
+
+    def on_customer_card(self, person: Person, why: str) -> None:
+        """The customer saves a new card on the pay page: the services that page calls."""
+        from recovery import engine
+        from recovery.services import open_cases_for_customer
+        from subscriptions import services as subs
+
+        customer = self._customer(person)
+        if why != "predunning_expiry" and not open_cases_for_customer(customer=customer).exists():
+            return  # paid meanwhile: nothing left to fix
+        confirm = why == "authentication_request"
+        rng = self._rand("customer-card", person.index, person.generation)
+        card = person.card if confirm else person.new_card(rng, self.now, same_number=False)
+        pm = subs.payment_method_upsert(
+            store=self.store, customer=customer, data=_payment_method(person, card, self.now)
+        )
+        subs.payment_method_set_default(customer=customer, payment_method=pm)
+        engine.customer_card_changed(
+            customer=customer,
+            at=self.now,
+            source="customer",
+            message=(
+                "Customer confirmed the payment on the pay page (bank authentication)"
+                if confirm
+                else f"Customer saved a new card on the pay page ({pm})"
+            ),
+        )
+        self.done["customer_card"] += 1
+
+    def on_restock(self, code: str, units: int) -> None:
+        from orders.models import SKU
+        from orders.services import SkuInput, skus_upsert
+
+        on_hand = SKU.objects.get(store=self.store, sku=code).on_hand
+        skus_upsert(store=self.store, items=[SkuInput(sku=code, on_hand=on_hand + units)])
+
+    def on_dispute(self, person: Person, n: int) -> None:
+        pi_id = f"pi_demo_{person.index:05d}_{n:02d}"
+        self.deliver(
+            "charge.dispute.created",
+            _obj(
+                "dispute",
+                id=f"dp_demo_{person.index:05d}_{n:02d}",
+                amount=person.plan.amount,
+                charge=f"ch_demo_{person.index:05d}_{max(n - 1, 0):02d}_paid",
+                payment_intent=pi_id,
+                created=_ts(self.now),
+                currency="usd",
+                reason="fraudulent",
+                status="needs_response",
+                metadata={},
+            ),
+        )
+
+    # ------------------------------------------------------------ the scheduler
+
+    def run_pass(self, at: dt.datetime) -> None:
+        from recovery.scheduler import run_due
+
+        self._move(at)
+        t0 = time.perf_counter()
+        report = run_due(now=at, gateways={self.store.pk: self.gateway})
+        t1 = time.perf_counter()
+        self.seconds["passes"] += t1 - t0
+        self.actions.update(report.actions)
+        if report.actions.get("closed"):
+            self.refresh_gone()
+        self.due_stale = True
+        self.done["passes"] += 1
+        self.last_pass = at
+        self._react()
+        self.seconds["reactions"] += time.perf_counter() - t1
+
+    def _react(self) -> None:
+        """Customers who read what Recoup sent: some fix their card on the pay page."""
+        from recovery.models import CaseEvent, ExpiryWarning
+
+        rows = list(
+            CaseEvent.objects.filter(
+                store_id=self.store.pk, kind="message_due", pk__gt=self.last_message_event
+            )
+            .order_by("pk")
+            .values_list("pk", "at", "data", "case__customer__stripe_id", "case_id")
+        )
+        for pk, at, data, cus, case_id in rows:
+            self.last_message_event = pk
+            purpose = (data or {}).get("purpose", "")
+            chance = REACTION.get(purpose, 0.0)
+            rng = self._rand("reaction", cus, purpose, case_id)
+            if chance and rng.random() < chance:
+                delay = dt.timedelta(hours=min(rng.lognormvariate(1.6, 1.0), 96))
+                self._add(at + delay, "customer_card", person=_index(cus), why=purpose)
+        warnings = list(
+            ExpiryWarning.objects.filter(store_id=self.store.pk, pk__gt=self.last_warning)
+            .order_by("pk")
+            .values_list("pk", "warned_at", "customer__stripe_id")
+        )
+        for pk, at, cus in warnings:
+            self.last_warning = pk
+            rng = self._rand("predunning", cus, pk)
+            if rng.random() < REACTION["predunning_expiry"]:
+                delay = dt.timedelta(days=rng.uniform(0.2, 12))
+                self._add(at + delay, "customer_card", person=_index(cus), why="predunning_expiry")
+
+    def next_due(self) -> dt.datetime | None:
+        """The earliest due open case (re-read only after something that can change it)."""
+        from recovery.models import RecoveryCase
+
+        if self.due_stale:
+            self.due = RecoveryCase.objects.filter(
+                store=self.store, status=RecoveryCase.Status.OPEN
+            ).aggregate(m=Min("next_action_at"))["m"]
+            self.due_stale = False
+        return self.due
+
+    # ------------------------------------------------------------ the loop
+
+    def next_pass_at(self) -> dt.datetime:
+        """When the scheduler runs next: on the grid after the earliest due case, never
+        twice at one instant, and at least once a simulated day."""
+        last = self.last_pass or self.plan.start
+        at = last + HEARTBEAT
+        due = self.next_due()
+        if due is not None:
+            at = min(at, max(_ceil(max(due, self.now), PASS_GRID), last + PASS_GRID))
+        return at
+
+    def refresh_gone(self) -> None:
+        """Subscriptions ended by a lost case (cancelled, paused, unpaid) are not billed
+        again."""
+        from subscriptions.models import Subscription
+
+        self.gone = set(
+            Subscription.objects.filter(store=self.store)
+            .exclude(status__in=[Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE])
+            .values_list("stripe_id", flat=True)
+        )
+
+    def run(self) -> None:
+        plan = self.plan
+        people = plan.people
+        handlers: dict[str, Callable[[Happening], None]] = {
+            "join": lambda h: self.on_join(people[h.data["person"]]),
+            "renewal": lambda h: self.on_renewal(people[h.data["person"]]),
+            "order": lambda h: self.on_order(people[h.data["person"]], h.data["n"]),
+            "stripe_retry": lambda h: self.on_stripe_retry(
+                people[h.data["person"]], h.data["n"], h.data["decline"]
+            ),
+            "updater": lambda h: self.on_updater(people[h.data["person"]], h.data),
+            "customer_card": lambda h: self.on_customer_card(
+                people[h.data["person"]], h.data["why"]
+            ),
+            "dispute": lambda h: self.on_dispute(people[h.data["person"]], h.data["n"]),
+            "restock": lambda h: self.on_restock(h.data["sku"], h.data["units"]),
+        }
+
+        def play(h: Happening) -> None:
+            self._move(h.at)
+            events = self.events.total()
+            t0 = time.perf_counter()
+            handlers[h.kind](h)
+            self.seconds[h.kind] += time.perf_counter() - t0
+            self.done[h.kind] += 1
+            if h.kind == "customer_card" or self.events.total() != events:
+                self.due_stale = True  # an event or a card change may have planned work
+
+        # Each happening and each pass commits on its own, as in production: work the
+        # product defers to the commit (message delivery) runs at that simulated moment.
+        while self.heap and self.heap[0].at < plan.start:  # who joined before the period
+            with transaction.atomic():
+                play(heapq.heappop(self.heap))
+        self._move(plan.start)
+        span = (plan.end - plan.start).total_seconds()
+        day = plan.start.date()
+        while True:
+            next_at = self.heap[0].at if self.heap else None
+            pass_at = self.next_pass_at()
+            if next_at is not None and next_at <= pass_at and next_at < plan.end:
+                at = next_at
+                with transaction.atomic():
+                    play(heapq.heappop(self.heap))
+            elif pass_at < plan.end:
+                at = pass_at
+                with transaction.atomic():
+                    self.run_pass(pass_at)
+            else:
+                break
+            if at.date() != day:
+                day = at.date()
+                self.progress.update(
+                    (at - plan.start).total_seconds() / span,
+                    f"{day:%Y-%m-%d}  {self.failures} failed payments",
+                )
+        with transaction.atomic():  # the present: one last pass at the end of the replay
+            self.run_pass(plan.end)
+        self.progress.update(1.0, f"{plan.end:%Y-%m-%d}  {self.failures} failed payments")
+        self.progress.done()
+
+
+def _index(stripe_id: str) -> int:
+    return int(stripe_id.rsplit("_", 1)[-1])
+
+
+def _ceil(at: dt.datetime, grid: dt.timedelta) -> dt.datetime:
+    epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    steps = -(-(at - epoch) // grid)
+    return epoch + steps * grid
+
+
+def _track_of(decline: tuple[str, str]) -> str:
+    from recovery import declines
+
+    return declines.classify(decline_code=decline[0], advice_code=decline[1]).track
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def demo_store() -> Store | None:
+    return Store.objects.filter(name=DEMO_STORE_NAME).order_by("created_at").first()
+
+
+def demo_is_complete(store: Store) -> bool:
+    """The API token is created last: a store without it was interrupted mid-seed."""
+    return ApiToken.objects.filter(store=store, name=DEMO_TOKEN_NAME).exists()
+
+
+def demo_seed(
+    *,
+    customers: int = DEFAULT_CUSTOMERS,
+    days: int = DEFAULT_DAYS,
+    seed: int = DEFAULT_SEED,
+    end: dt.datetime | None = None,
+    out=None,
+) -> tuple[DemoSummary, str]:
+    """Create the demo store and replay its history. Returns (summary, API token)."""
+    import time_machine
+
+    from recovery.services import retry_policy_update
+    from stores.services import api_token_create, membership_create, store_create
+
+    started = time.perf_counter()
+    end = (end or timezone.now()).replace(second=0, microsecond=0)
+    plan = demo_plan(seed=seed, customers=customers, days=days, end=end)
+    first = min([plan.start] + [h.at for h in plan.happenings[:1]])
+    errors = _ErrorLog()
+    loggers = [logging.getLogger(n) for n in ("recovery", "orders", "messaging", "subscriptions")]
+    for lg in loggers:
+        lg.addHandler(errors)
+    overrides = quiet_messaging_settings()
+    if settings.DEBUG:
+        # DEBUG logs every query (on SQLite with an extra QUOTE() round trip each): about
+        # 40% of the replay. The store secrets keep DEBUG's development key, which
+        # common.crypto derives and caches on first use: derive it before switching off.
+        from common.crypto import fernet
+
+        fernet()
+        overrides["DEBUG"] = False
+    try:
+        with (
+            override_settings(**overrides),
+            time_machine.travel(first, tick=False) as traveller,
+        ):
+            with transaction.atomic():
+                store = store_create(
+                    name=DEMO_STORE_NAME,
+                    currency="usd",
+                    timezone="America/New_York",
+                    stripe_webhook_secret="whsec_demo_"
+                    + hashlib.sha256(settings.SECRET_KEY.encode()).hexdigest()[:24],
+                    gateway=Store.Gateway.SANDBOX,
+                )
+                retry_policy_update(store=store, changes={}, actor="demo")
+                from orders.services import SkuInput, skus_upsert
+
+                skus_upsert(
+                    store=store,
+                    items=[
+                        SkuInput(
+                            sku=code,
+                            on_hand=on_hand,
+                            title=title,
+                            preorder=preorder,
+                            low_stock_threshold=threshold,
+                        )
+                        for code, title, on_hand, preorder, threshold, _ in CATALOGUE
+                    ],
+                )
+            replay = Replay(store, plan, traveller=traveller, now=first, out=out)
+            replay.run()
+    finally:
+        for lg in loggers:
+            lg.removeHandler(errors)
+    from django.core import mail
+
+    sent_emails = len(getattr(mail, "outbox", []) or [])
+    if hasattr(mail, "outbox"):
+        mail.outbox = []
+    with transaction.atomic():
+        membership_create(store=store, username="operator", role="operator", password=DEMO_PASSWORD)
+        membership_create(store=store, username="agent", role="agent", password=DEMO_PASSWORD)
+        _, token = api_token_create(store=store, name=DEMO_TOKEN_NAME)
+    seconds = time.perf_counter() - started
+    counts = demo_counts(store)
+    counts["emails_sent_during_replay"] = sent_emails
+    counts["errors"] = errors.count
+    counts["first_errors"] = errors.first
+    events = dict(replay.events)
+    text = summary_text(store, counts, events, replay.done, seconds, plan)
+    timing = (
+        "Where the replay's time went: "
+        + ", ".join(
+            f"{kind} {secs:.1f} s ({replay.done[kind]})"
+            for kind, secs in replay.seconds.most_common()
+        )
+        + f"; scheduler actions {dict(sorted(replay.actions.items()))}"
+    )
+    return DemoSummary(store, seconds, events, text, counts, timing), token
+
+
+def demo_counts(store: Store) -> dict:
+    """What the product recorded, by the numbers (read back from its own tables)."""
+    from orders.models import InventoryHold, Order
+    from recovery.models import CaseEvent, ExpiryWarning, PaymentAttempt, RecoveryCase, StripeEvent
+    from subscriptions.models import Customer, Subscription
+
+    cases = RecoveryCase.objects.filter(store=store)
+    out: dict = {
+        "customers": Customer.objects.filter(store=store).count(),
+        "subscriptions": dict(
+            Subscription.objects.filter(store=store)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by("status")
+        ),
+        "orders": dict(
+            Order.objects.filter(store=store)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by("status")
+        ),
+        "cases_by_status": dict(
+            cases.values_list("status").annotate(n=Count("id")).order_by("status")
+        ),
+        "cases_by_track": dict(
+            cases.values_list("track").annotate(n=Count("id")).order_by("track")
+        ),
+        "recovered_via": dict(
+            cases.filter(status="recovered")
+            .values_list("recovered_via")
+            .annotate(n=Count("id"))
+            .order_by("recovered_via")
+        ),
+        "escalated": cases.filter(escalated=True).count(),
+        "recovered_amount": cases.aggregate(s=Sum("recovered_amount"))["s"] or 0,
+        "at_risk_amount": cases.filter(status="open").aggregate(s=Sum("amount"))["s"] or 0,
+        "attempts_by_source": dict(
+            PaymentAttempt.objects.filter(store=store)
+            .values_list("source")
+            .annotate(n=Count("id"))
+            .order_by("source")
+        ),
+        "holds": dict(
+            InventoryHold.objects.filter(store=store)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by("status")
+        ),
+        "holds_released_early": InventoryHold.objects.filter(
+            store=store, released_early=True
+        ).count(),
+        "messages_due": CaseEvent.objects.filter(store=store, kind="message_due").count(),
+        "expiry_warnings": ExpiryWarning.objects.filter(store=store).count(),
+        "expiry_saves": ExpiryWarning.objects.filter(store=store, saved_at__isnull=False).count(),
+        "stripe_events": dict(
+            StripeEvent.objects.filter(store=store)
+            .values_list("outcome")
+            .annotate(n=Count("id"))
+            .order_by("outcome")
+        ),
+    }
+    try:
+        from messaging.models import Message
+    except ImportError:  # messaging not built yet
+        pass
+    else:
+        out["messages"] = {
+            f"{channel}/{status}": n
+            for channel, status, n in Message.objects.filter(store=store)
+            .values_list("channel", "status")
+            .annotate(n=Count("id"))
+            .order_by("channel", "status")
+        }
+    closed = sum(v for k, v in out["cases_by_status"].items() if k in ("recovered", "lost"))
+    out["recovery_rate"] = out["cases_by_status"].get("recovered", 0) / closed if closed else 0.0
+    return out
+
+
+def summary_text(store, counts, events, done, seconds, plan) -> str:
+    def fmt(d: dict) -> str:
+        return ", ".join(f"{k or '-'} {v}" for k, v in d.items()) or "none"
+
+    lines = [
+        f"Demo store {store.name}: {counts['customers']} customers, "
+        f"{plan.start:%Y-%m-%d} → {plan.end:%Y-%m-%d} replayed in {seconds:.1f} s "
+        f"({done['passes']} scheduler passes, {sum(events.values())} Stripe events)",
+        f"  cases        {fmt(counts['cases_by_status'])}; recovery rate "
+        f"{counts['recovery_rate'] * 100:.1f}% of closed",
+        f"  by track     {fmt(counts['cases_by_track'])}; escalated {counts['escalated']}",
+        f"  recovered by {fmt(counts['recovered_via'])}; ${counts['recovered_amount'] / 100:,.2f} "
+        f"recovered, ${counts['at_risk_amount'] / 100:,.2f} at risk now",
+        f"  attempts     {fmt(counts['attempts_by_source'])}",
+        f"  stock holds  {fmt(counts['holds'])}; released early {counts['holds_released_early']}",
+        f"  messages due {counts['messages_due']}; pre-dunning warnings "
+        f"{counts['expiry_warnings']} ({counts['expiry_saves']} saved)",
+        f"  subscriptions {fmt(counts['subscriptions'])}",
+    ]
+    if counts.get("errors"):
+        lines.append(
+            f"  errors logged during the replay: {counts['errors']}: {counts['first_errors']}"
+        )
+    return "\n".join(lines)
