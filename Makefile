@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # Embedded default: SQLite, django-q2's ORM broker, sandbox gateway, console email/SMS.
+# An empty database gets the demo store: 90 days of billing replayed through Recoup.
 run: export DEBUG ?= 1
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
-	$(BIN)/python manage.py demo_setup
+	$(BIN)/python manage.py demo_setup --host $(HOST) --port $(PORT)
 	@echo "Starting web server on http://$(HOST):$(PORT)/ and a django-q2 worker (Ctrl-C stops both)"
 	@trap 'kill 0' INT TERM EXIT; \
 	  $(BIN)/python manage.py qcluster & \
@@ -33,10 +34,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-reset: export DEBUG ?= 1
+# Starts over: the next `make run` seeds the demo store again.
 reset:
-	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm
-	@echo "Database removed; 'make run' starts over."
+	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm db.sqlite3-journal
+	@echo "Database removed; 'make run' seeds the demo again."
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

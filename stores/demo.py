@@ -149,6 +149,15 @@ DECLINE_MIX: list[tuple[tuple[str, str], float]] = [
     (("authentication_required", ""), 6),
 ]
 RENEWAL_FAILURE = 0.04  # base chance that a renewal's first charge fails
+# The period's first failures show every track once, so even a small demo has them all.
+SHOWCASE = [
+    ("insufficient_funds", ""),
+    ("expired_card", ""),
+    ("lost_card", ""),
+    ("authentication_required", ""),
+    ("fraudulent", ""),
+    ("do_not_honor", ""),
+]
 RISKY_SHARE, RISKY_FACTOR = 0.10, 3.0  # a few customers fail far more often
 STRIPE_SMART_RETRY = 0.15  # soft failures where Stripe's own retry is also scheduled
 DISPUTE_SHARE = 0.01  # failures followed by a dispute on the customer's earlier charge
@@ -503,11 +512,19 @@ class DemoPlan:
     seed: int
     start: dt.datetime
     end: dt.datetime
+    failure_rate: float
     people: list[Person]
     happenings: list[Happening]
 
 
-def demo_plan(*, seed: int, customers: int, days: int, end: dt.datetime) -> DemoPlan:
+def demo_plan(
+    *,
+    seed: int,
+    customers: int,
+    days: int,
+    end: dt.datetime,
+    failure_rate: float = RENEWAL_FAILURE,
+) -> DemoPlan:
     """Draw the people and what will happen to them (pure: no database)."""
     rng = random.Random(f"recoup-demo:{seed}")
     start = end - dt.timedelta(days=days)
@@ -594,7 +611,7 @@ def demo_plan(*, seed: int, customers: int, days: int, end: dt.datetime) -> Demo
     add(start + dt.timedelta(days=days * 0.55, hours=9), "restock", sku="BEAN-GESHA-100", units=12)
     add(start + dt.timedelta(days=days * 0.6, hours=9), "restock", sku="GEAR-GRINDER", units=6)
     happenings.sort()
-    return DemoPlan(seed, start, end, people, happenings)
+    return DemoPlan(seed, start, end, failure_rate, people, happenings)
 
 
 # ---------------------------------------------------------------- the replay
@@ -808,8 +825,12 @@ class Replay:
         rng = self._rand("renewal", person.index, n)
         if person.card.expires_on() < self.now.date():
             decline = ("expired_card", "")
-        elif rng.random() < RENEWAL_FAILURE * (RISKY_FACTOR if person.risky else 1.0):
-            decline = _pick(rng, DECLINE_MIX)
+        elif rng.random() < self.plan.failure_rate * (RISKY_FACTOR if person.risky else 1.0):
+            decline = (
+                SHOWCASE[self.failures]
+                if self.failures < len(SHOWCASE)
+                else _pick(rng, DECLINE_MIX)
+            )
         else:
             return  # paid at once: nothing for Recoup to do
         self.failures += 1
@@ -1230,6 +1251,7 @@ def demo_seed(
     customers: int = DEFAULT_CUSTOMERS,
     days: int = DEFAULT_DAYS,
     seed: int = DEFAULT_SEED,
+    failure_rate: float = RENEWAL_FAILURE,
     end: dt.datetime | None = None,
     out=None,
 ) -> tuple[DemoSummary, str]:
@@ -1241,7 +1263,7 @@ def demo_seed(
 
     started = time.perf_counter()
     end = (end or timezone.now()).replace(second=0, microsecond=0)
-    plan = demo_plan(seed=seed, customers=customers, days=days, end=end)
+    plan = demo_plan(seed=seed, customers=customers, days=days, end=end, failure_rate=failure_rate)
     first = min([plan.start] + [h.at for h in plan.happenings[:1]])
     errors = _ErrorLog()
     loggers = [logging.getLogger(n) for n in ("recovery", "orders", "messaging", "subscriptions")]
@@ -1291,11 +1313,7 @@ def demo_seed(
     finally:
         for lg in loggers:
             lg.removeHandler(errors)
-    from django.core import mail
-
-    sent_emails = len(getattr(mail, "outbox", []) or [])
-    if hasattr(mail, "outbox"):
-        mail.outbox = []
+    sent_emails, sent_sms = _empty_outboxes()
     with transaction.atomic():
         membership_create(store=store, username="operator", role="operator", password=DEMO_PASSWORD)
         membership_create(store=store, username="agent", role="agent", password=DEMO_PASSWORD)
@@ -1303,6 +1321,7 @@ def demo_seed(
     seconds = time.perf_counter() - started
     counts = demo_counts(store)
     counts["emails_sent_during_replay"] = sent_emails
+    counts["sms_sent_during_replay"] = sent_sms
     counts["errors"] = errors.count
     counts["first_errors"] = errors.first
     events = dict(replay.events)
@@ -1316,6 +1335,22 @@ def demo_seed(
         + f"; scheduler actions {dict(sorted(replay.actions.items()))}"
     )
     return DemoSummary(store, seconds, events, text, counts, timing), token
+
+
+def _empty_outboxes() -> tuple[int, int]:
+    """Empty the locmem outboxes the replay filled; returns (emails, SMS) they held."""
+    from django.core import mail
+
+    emails = len(getattr(mail, "outbox", None) or [])
+    mail.outbox = []
+    try:
+        from messaging import sms
+    except ImportError:
+        return emails, 0
+    texts = len(getattr(sms, "outbox", None) or [])
+    if hasattr(sms, "outbox"):
+        sms.outbox.clear()
+    return emails, texts
 
 
 def demo_counts(store: Store) -> dict:

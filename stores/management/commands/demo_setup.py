@@ -18,6 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--customers", type=int, default=demo.DEFAULT_CUSTOMERS)
         parser.add_argument("--days", type=int, default=demo.DEFAULT_DAYS)
         parser.add_argument("--seed", type=int, default=demo.DEFAULT_SEED)
+        parser.add_argument(
+            "--failure-rate",
+            type=float,
+            default=demo.RENEWAL_FAILURE,
+            help="chance that a renewal's first charge fails (risky customers: 3x)",
+        )
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", default="8000")
 
@@ -40,6 +46,7 @@ class Command(BaseCommand):
                 customers=opts["customers"],
                 days=opts["days"],
                 seed=opts["seed"],
+                failure_rate=opts["failure_rate"],
                 out=self.stdout,
             )
             store = summary.store
