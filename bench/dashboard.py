@@ -48,11 +48,14 @@ PROPOSED_INDEXES = {
     # analytics cohort figures, breakdowns by track/decline/product, the daily trend, and
     # the case list's default order: a store's cases by opening time.
     "case_store_opened_idx": "CREATE INDEX IF NOT EXISTS case_store_opened_idx "
-    "ON recovery_recoverycase (store_id, opened_at)",
+    "ON recovery_recoverycase (store_id, opened_at) INCLUDE (status, currency, amount, "
+    "recovered_amount, track, decline_code, kind, subscription_id)",
     # analytics closed figures (recovered revenue/MRR, median days, by source, by
     # channel, involuntary churn): a store's cases by closing time.
     "case_store_closed_idx": "CREATE INDEX IF NOT EXISTS case_store_closed_idx "
-    "ON recovery_recoverycase (store_id, closed_at) WHERE closed_at IS NOT NULL",
+    "ON recovery_recoverycase (store_id, closed_at) INCLUDE (status, currency, "
+    "recovered_amount, recovered_via, attempt_count, opened_at, subscription_id) "
+    "WHERE closed_at IS NOT NULL",
     # pre-dunning save rate: a store's expiry warnings by time sent.
     "expiry_warning_store_warned_idx": "CREATE INDEX IF NOT EXISTS expiry_warning_store_warned_idx "
     "ON recovery_expirywarning (store_id, warned_at)",
