@@ -1,7 +1,7 @@
 """The routing policy: which cases go to a person, and why (read-only).
 
 A case goes to the escalation queue when any of these holds:
-- fraud or dispute risk (the fraud track, an open dispute, or a fraud-review flag);
+- fraud or dispute risk (the fraud track, or an open dispute);
 - high value: the subscription's MRR reaches Store.high_value_mrr_threshold, or the
   customer's lifetime paid amount reaches SupportPolicy.ltv_threshold;
 - churn risk: the explainable churn score reaches Store.churn_risk_threshold;
@@ -54,9 +54,11 @@ def case_routing(*, case: RecoveryCase, at: dt.datetime) -> Routing:
     policy = support_policy_for(store=store)
     reasons = []
     customer = case.customer
-    fraud_flag = "fraud" in (case.escalation_reason or "").lower()
-    if case.track == Track.FRAUD or customer.disputed_at or fraud_flag:
-        why = case.track_reason if case.track == Track.FRAUD else case.escalation_reason
+    # The fraud track (fraudulent, disputes) stops all dunning, so a person must act. A
+    # lost or stolen card is only flagged for review by the engine: its card-update
+    # request must go on, so the flag alone does not take the case from automation.
+    if case.track == Track.FRAUD or customer.disputed_at:
+        why = case.track_reason
         if customer.disputed_at and case.track != Track.FRAUD:
             why = f"the customer opened a dispute on {customer.disputed_at:%b %-d}"
         reasons.append({"code": "fraud", "label": f"Fraud or dispute risk: {why}"})

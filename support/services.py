@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from common.errors import ApplicationError
 from recovery import actions, engine
-from recovery.models import RecoveryCase
+from recovery.models import RecoveryCase, Track
 from recovery.services import case_event_record, recovery_case_close
 from stores.models import Store
 from subscriptions.models import Customer
@@ -549,11 +549,14 @@ def queue_settle_closed(*, now: dt.datetime) -> int:
 
 
 def queue_route_escalated(*, now: dt.datetime, limit: int = 200) -> int:
-    """Open cases the engine escalated on its own (a dispute on an open case, a fraud
-    review flag) that are not in the queue yet."""
+    """Open cases the engine moved to the fraud track on its own (a dispute opened on an
+    open case) that are not in the queue yet."""
     rows = list(
         RecoveryCase.objects.filter(
-            status=RecoveryCase.Status.OPEN, escalated=True, queue_item__isnull=True
+            status=RecoveryCase.Status.OPEN,
+            escalated=True,
+            track=Track.FRAUD,
+            queue_item__isnull=True,
         ).values_list("pk", "escalation_reason")[:limit]
     )
     for case_id, why in rows:

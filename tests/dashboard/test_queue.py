@@ -346,3 +346,25 @@ def test_queue_page_query_count_does_not_grow(store, agent_client):
         response = agent_client.get(f"/s/{store.id}/queue/")
     assert response.content.decode().count("data-item=") == 22
     assert len(large.captured_queries) == len(small.captured_queries) <= 10, queries_text(large)
+
+
+def test_a_lost_card_keeps_its_card_update_flow(store, webhooks):
+    # The engine flags it for fraud review, but the customer must still be asked for a
+    # new card: the flag alone does not take the case from automation.
+    case = deliver_failure(webhooks, decline_code="lost_card")
+    case.refresh_from_db()
+    assert case.escalated and not case.dunning_paused
+    assert not QueueItem.objects.filter(case=case).exists()
+
+
+def test_a_dispute_on_an_open_case_reaches_the_queue_on_the_next_pass(store, webhooks):
+    from recovery import engine
+
+    case = deliver_failure(webhooks)
+    engine.case_route_to_person(
+        case=case, at=timezone.now(), track="fraud", reason="dispute du_1 opened (fraudulent)"
+    )
+    assert services.support_pass()["routed"] == 1
+    item = QueueItem.objects.get(case=case)
+    assert item.reasons[0]["label"] == "Fraud or dispute risk: dispute du_1 opened (fraudulent)"
+    assert services.support_pass()["routed"] == 0
