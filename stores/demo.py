@@ -66,7 +66,7 @@ DEFAULT_CUSTOMERS = 2000
 DEFAULT_DAYS = 90
 DEFAULT_SEED = 7
 
-PASS_GRID = dt.timedelta(minutes=30)  # passes land on a half-hour grid (within DUE_GRACE)
+PASS_GRID = dt.timedelta(hours=1)  # passes on the hour: late by less than the engine DUE_GRACE
 HEARTBEAT = dt.timedelta(hours=24)  # at least one pass a day: pre-dunning, hold expiry
 
 
@@ -1450,6 +1450,12 @@ def summary_text(store, counts, events, done, seconds, plan) -> str:
         f"{counts['expiry_warnings']} ({counts['expiry_saves']} saved)",
         f"  subscriptions {fmt(counts['subscriptions'])}",
     ]
+    if "messages" in counts:
+        lines.insert(
+            -1,
+            f"  messages     {fmt(counts['messages'])} (recorded, not printed: "
+            f"{counts['emails_sent_during_replay']} emails, {counts['sms_sent_during_replay']} SMS)",
+        )
     if counts.get("errors"):
         lines.append(
             f"  errors logged during the replay: {counts['errors']}: {counts['first_errors']}"
