@@ -557,17 +557,11 @@ def queue_route_escalated(*, now: dt.datetime, limit: int = 200) -> int:
             escalated=True,
             track=Track.FRAUD,
             queue_item__isnull=True,
-        ).values_list("pk", "escalation_reason")[:limit]
+        ).values_list("pk", flat=True)[:limit]
     )
-    for case_id, why in rows:
+    for case_id in rows:
         try:
-            case_route(
-                case=RecoveryCase(pk=case_id),
-                at=now,
-                extra_reasons=[
-                    {"code": "escalated", "label": f"Escalated: {why or 'by the engine'}"}
-                ],
-            )
+            case_route(case=RecoveryCase(pk=case_id), at=now)
         except Exception:
             logger.exception("routing case %s failed", case_id)
     return len(rows)
