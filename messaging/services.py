@@ -432,6 +432,10 @@ def _case_event(
 ) -> None:
     from recovery.services import case_event_record
 
+    if not case.is_open:
+        # A closed case's timeline ends with its close (the engine's rule); messages
+        # sent after it, such as the thank-you, stay on the Message rows.
+        return
     case_event_record(
         case=case,
         kind=kind,
