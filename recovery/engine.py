@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import random
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -122,6 +122,33 @@ def _may_retry_same_card(case: RecoveryCase) -> bool:
     )
 
 
+def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVerdict:
+    """May the card the next retry would use take one more attempt at `at`?"""
+    brand, fingerprint, pm_id = _card_for(case)
+    return budgets.budget_check(
+        store_id=case.store_id,
+        brand=brand,
+        fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        customer_id=case.customer_id,
+        at=at,
+        since_card_change=case.card_changed_at,
+        stripe_next_attempt=case.invoice.next_payment_attempt if case.invoice_id else None,
+    )
+
+
+def _card_lock(*, store_id, fingerprint: str, payment_method_id: str, customer_id) -> None:
+    """Serialise attempts on one card across workers until the transaction ends, so that
+    two cases sharing a card cannot both pass its budget check and both charge it.
+    PostgreSQL: a transaction-level advisory lock on the card. SQLite: writes are already
+    serialised by the database lock."""
+    if connection.vendor != "postgresql":
+        return
+    key = f"recoup-card:{store_id}:{fingerprint or payment_method_id or customer_id}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+
+
 def plan_retry(
     case: RecoveryCase,
     *,
@@ -132,23 +159,19 @@ def plan_retry(
 ) -> tuple[dt.datetime | None, str]:
     """When to retry next, and why. `due`: the slot chosen earlier that a pass is now
     acting on; it is kept if every rule still allows a retry at `now`."""
-    if case.track == Track.FRAUD or case.escalated and case.dunning_paused:
+    if case.track == Track.FRAUD:
+        return None, "with a person: no automated retries"
+    card_changed = bool(
+        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
+    )
+    if case.escalated and case.dunning_paused and not card_changed:
+        # A new card is the customer asking to be charged: that retry still goes out.
         return None, "with a person: no automated retries"
     if not _may_retry_same_card(case):
         return None, f"{case.track}: no retry on the same card until the payment method changes"
-    brand, fingerprint, pm_id = _card_for(case)
     stripe_next = case.invoice.next_payment_attempt if case.invoice_id else None
-    verdict = budgets.budget_check(
-        store_id=case.store_id,
-        brand=brand,
-        fingerprint=fingerprint,
-        payment_method_id=pm_id,
-        customer_id=case.customer_id,
-        at=now,
-        since_card_change=case.card_changed_at,
-        stripe_next_attempt=stripe_next,
-    )
-    if case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at):
+    verdict = _budget_verdict(case, at=now)
+    if card_changed:
         if verdict.allowed:
             return now, "payment method changed: retry at once"
         if verdict.not_before and verdict.not_before < case.window_end:
@@ -268,7 +291,12 @@ def case_plan(
     if not case.is_open:
         return case
     policy = _policy(case)
-    rng = random.Random(f"{case.pk}:{case.attempt_count}:{case.dunning_stage}")
+    # Seeded from what the case is (not its database id), so a replay chooses the same
+    # slots on any database.
+    rng = random.Random(
+        f"{case.customer.stripe_id}:{case.window_start.isoformat()}:"
+        f"{case.attempt_count}:{case.dunning_stage}"
+    )
     retry_at, retry_reason = plan_retry(
         case, now=now, policy=policy, rng=rng, due=case.retry_at if acting else None
     )
@@ -303,11 +331,13 @@ def case_plan(
                 )
             )
     if case.dunning_paused:
-        steps = [
-            s
-            for s in steps
-            if s[1] in (RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE)
-        ]
+        # Paused: nothing automated, except the retry a customer's new card asks for.
+        keep = {RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE}
+        if case.card_changed_at and case.card_changed_at >= (
+            case.last_attempt_at or case.opened_at
+        ):
+            keep.add(RecoveryCase.NextAction.RETRY)
+        steps = [s for s in steps if s[1] in keep]
     when, action, reason = min(steps, key=lambda s: s[0])
     changed = (case.retry_at, case.next_action, case.next_action_at) != (retry_at, action, when)
     case.retry_at, case.retry_reason = retry_at, (retry_reason if retry_at else retry_reason)[:300]
@@ -474,9 +504,12 @@ def customer_card_changed(*, customer, at: dt.datetime, source: str, message: st
     ):
         if case.track == Track.FRAUD:
             continue
-        updates = {"card_changed_at": at}
-        if source == "card_updater":
-            updates["card_updater_result"] = "updated"
+        # Who changed the card decides the recovery's credit: the updater, or the customer
+        # (whose later change replaces an updater result that did not pay).
+        updates = {
+            "card_changed_at": at,
+            "card_updater_result": "updated" if source == "card_updater" else "",
+        }
         RecoveryCase.objects.filter(pk=case.pk).update(**updates)
         for k, v in updates.items():
             setattr(case, k, v)
@@ -560,34 +593,61 @@ def case_retry(
             != 1
         ):
             return None
-        try:
-            with transaction.atomic():
-                attempt = PaymentAttempt.objects.create(
-                    store_id=case.store_id,
-                    case=case,
-                    customer_id=case.customer_id,
-                    invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
-                    invoice_attempt_number=(case.invoice.attempt_count + 1)
-                    if case.invoice_id
-                    else None,
-                    payment_intent_id=case.payment_intent_id,
-                    source=source,
-                    outcome=PaymentAttempt.Outcome.UNKNOWN,
-                    amount=case.amount,
-                    currency=case.currency,
-                    attempted_at=now,
-                    card_brand=brand,
-                    card_fingerprint=fingerprint,
-                    payment_method_id=pm_id,
-                    idempotency_key=key,
-                    reason=(reason or case.retry_reason or case.next_action_reason)[:300],
-                )
-        except IntegrityError:
-            # This key was used before (a crash between send and record): reconcile it.
-            attempt = PaymentAttempt.objects.get(store_id=case.store_id, idempotency_key=key)
-            if attempt.outcome != PaymentAttempt.Outcome.UNKNOWN:
-                RecoveryCase.objects.filter(pk=case.pk, inflight_key=key).update(inflight_key="")
-                return None
+        # Check the card's network budget again under the card's lock: the plan was made
+        # earlier, and another worker may have charged the same card since.
+        _card_lock(
+            store_id=case.store_id,
+            fingerprint=fingerprint,
+            payment_method_id=pm_id,
+            customer_id=case.customer_id,
+        )
+        verdict = _budget_verdict(case, at=now)
+        refused = not verdict.allowed
+        if refused:
+            transaction.set_rollback(True)  # gives the in-flight slot back
+        else:
+            # Recorded before the call, in the transaction that holds the card's lock, so
+            # the next budget check on this card counts it.
+            try:
+                with transaction.atomic():
+                    attempt = PaymentAttempt.objects.create(
+                        store_id=case.store_id,
+                        case=case,
+                        customer_id=case.customer_id,
+                        invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
+                        invoice_attempt_number=(case.invoice.attempt_count + 1)
+                        if case.invoice_id
+                        else None,
+                        payment_intent_id=case.payment_intent_id,
+                        source=source,
+                        outcome=PaymentAttempt.Outcome.UNKNOWN,
+                        amount=case.amount,
+                        currency=case.currency,
+                        attempted_at=now,
+                        card_brand=brand,
+                        card_fingerprint=fingerprint,
+                        payment_method_id=pm_id,
+                        idempotency_key=key,
+                        reason=(reason or case.retry_reason or case.next_action_reason)[:300],
+                    )
+            except IntegrityError:
+                # This key was used before (a crash between send and record): reconcile it.
+                attempt = PaymentAttempt.objects.get(store_id=case.store_id, idempotency_key=key)
+                if attempt.outcome != PaymentAttempt.Outcome.UNKNOWN:
+                    RecoveryCase.objects.filter(pk=case.pk, inflight_key=key).update(
+                        inflight_key=""
+                    )
+                    return None
+    if refused:
+        case_event_record(
+            case=case,
+            kind="retry_refused",
+            at=now,
+            actor=actor,
+            message=f"Retry not sent: {verdict.reason}",
+        )
+        case_plan(case, now=now)
+        return None
     case.inflight_key = key
     hint = _hint(case, now=now, key=key)
     try:

@@ -655,7 +655,14 @@ def _pm_auto_updated(event: StripeEvent, data: dict) -> str:
     customer = _customer(event, data.get("customer"))
     if customer is None:
         return "ignored: payment method has no customer"
-    pm = subs.payment_method_upsert(store=event.store, customer=customer, data=data)
+    # The updater refreshes a card in place. A customer with no default on record pays with
+    # the refreshed card from now on: our retries use the default.
+    pm = subs.payment_method_upsert(
+        store=event.store,
+        customer=customer,
+        data=data,
+        make_default=customer.default_payment_method_id is None,
+    )
     _card_changed(event, customer, source="card_updater", message=f"Card updater refreshed {pm}")
     return "processed"
 

@@ -38,8 +38,9 @@ class PassReport:
         self.actions[what] = self.actions.get(what, 0) + 1
 
 
-def cases_claim(*, now: dt.datetime, limit: int = BATCH) -> list[int]:
-    """Claim up to `limit` due open cases for this worker; returns their ids."""
+def cases_claim(*, now: dt.datetime, limit: int = BATCH, store_id=None) -> list[int]:
+    """Claim up to `limit` due open cases for this worker (of one store when given);
+    returns their ids."""
     lease_end = now + engine.CLAIM_LEASE
     with transaction.atomic():
         qs = (
@@ -47,6 +48,8 @@ def cases_claim(*, now: dt.datetime, limit: int = BATCH) -> list[int]:
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
             .order_by("next_action_at")
         )
+        if store_id is not None:
+            qs = qs.filter(store_id=store_id)
         if connection.features.has_select_for_update_skip_locked:
             qs = qs.select_for_update(skip_locked=True)
         ids = list(qs.values_list("pk", flat=True)[:limit])
@@ -60,9 +63,14 @@ def case_release(*, case_id: int) -> None:
 
 
 def run_due(
-    *, now: dt.datetime | None = None, max_cases: int | None = None, gateways: dict | None = None
+    *,
+    now: dt.datetime | None = None,
+    max_cases: int | None = None,
+    gateways: dict | None = None,
+    store_id=None,
 ) -> PassReport:
-    """One pass over everything due at `now`. Returns what it did."""
+    """One pass over everything due at `now` (cases of one store when `store_id` is
+    given; the store-independent sweeps run either way). Returns what it did."""
     from .intake import stripe_event_reprocess_pending
     from .predunning import predunning_pass
 
@@ -72,7 +80,9 @@ def run_due(
     gateways = gateways if gateways is not None else {}
     while max_cases is None or report.claimed < max_cases:
         ids = cases_claim(
-            now=now, limit=min(BATCH, (max_cases - report.claimed) if max_cases else BATCH)
+            now=now,
+            limit=min(BATCH, (max_cases - report.claimed) if max_cases else BATCH),
+            store_id=store_id,
         )
         if not ids:
             break

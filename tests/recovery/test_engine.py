@@ -132,7 +132,7 @@ def new_card(customer: str = "cus_test_alice", *, fingerprint: str = "fp_new_car
 
 @pytest.mark.parametrize(
     "decline_code, advice_code",
-    [("stolen_card", None), ("restricted_card", None), ("insufficient_funds", "do_not_try_again")],
+    [("pickup_card", None), ("restricted_card", None), ("insufficient_funds", "do_not_try_again")],
 )
 def test_hard_decline_is_never_retried(webhooks, store, decline_code, advice_code):
     with time_machine.travel(T0, tick=False) as traveller:
@@ -567,3 +567,34 @@ def test_simulated_30_day_window_runs_in_seconds(webhooks, store):
             assert ours(case).last().outcome == "succeeded"
     keys = list(ours().values_list("idempotency_key", flat=True))
     assert len(keys) == len(set(keys))
+
+
+def test_a_pass_for_one_store_leaves_other_stores_cases_alone(webhooks, store, other_store):
+    from recovery.services import recovery_case_open
+    from recovery.stripe_payloads import DeclineInfo
+    from subscriptions.services import customer_upsert
+
+    with time_machine.travel(T0, tick=False) as traveller:
+        ours_case = open_case(webhooks)
+        theirs = customer_upsert(store=other_store, stripe_id="cus_other", email="o@example.com")
+        other_case, _ = recovery_case_open(
+            store=other_store,
+            customer=theirs,
+            amount=1000,
+            currency="usd",
+            decline=DeclineInfo(decline_code="insufficient_funds"),
+            at=T0,
+            payment_intent_ids=["pi_other_1"],
+        )
+        other_case.refresh_from_db()
+        later = max(ours_case.next_action_at, other_case.next_action_at) + HOUR
+        traveller.move_to(later)
+        before = (other_case.next_action_at, other_case.events.count())
+        report = run_due(now=later, store_id=store.pk)
+
+    # Both were due; only this store's case was worked.
+    assert report.claimed == 1
+    ours_case.refresh_from_db()
+    other_case.refresh_from_db()
+    assert ours_case.next_action_at > later
+    assert (other_case.next_action_at, other_case.events.count()) == before

@@ -336,3 +336,40 @@ def test_processing_error_keeps_the_event_for_a_retry(webhooks, monkeypatch):
     monkeypatch.undo()
     assert intake.stripe_event_process(event_pk=event.pk) == "processed"
     assert RecoveryCase.objects.count() == 1
+
+
+def test_a_customers_own_card_change_takes_the_credit_from_the_updater(webhooks, failed_invoice):
+    pm = sf.stripe_object("payment_method", id="pm_updated", customer="cus_test_alice")
+    pm["card"].update(exp_year=2031, last4="1111", fingerprint="fp_new")
+    webhooks.deliver("payment_method.automatically_updated", pm)
+    assert RecoveryCase.objects.get().card_updater_result == "updated"
+
+    mine = sf.stripe_object("payment_method", id="pm_mine", customer="cus_test_alice")
+    mine["card"].update(last4="4242", fingerprint="fp_mine")
+    intent = sf.stripe_object(
+        "setup_intent",
+        id="seti_mine",
+        customer="cus_test_alice",
+        status="succeeded",
+        payment_method=mine,
+    )
+    webhooks.deliver("setup_intent.succeeded", intent)
+
+    # A success from here on is the customer's doing, not the updater's.
+    assert RecoveryCase.objects.get().card_updater_result == ""
+
+
+def test_a_card_refreshed_by_the_updater_becomes_the_default_when_none_is_on_record(
+    webhooks, failed_invoice
+):
+    from subscriptions.models import Customer
+
+    customer = Customer.objects.get(stripe_id="cus_test_alice")
+    Customer.objects.filter(pk=customer.pk).update(default_payment_method=None)
+    pm = sf.stripe_object("payment_method", id="pm_refreshed", customer="cus_test_alice")
+    pm["card"].update(exp_year=2032, last4="0005", fingerprint="fp_refreshed")
+    webhooks.deliver("payment_method.automatically_updated", pm)
+
+    customer.refresh_from_db()
+    assert customer.default_payment_method.stripe_id == "pm_refreshed"
+    assert customer.default_payment_method.last4 == "0005"

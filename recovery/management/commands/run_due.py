@@ -1,4 +1,6 @@
-from django.core.management.base import BaseCommand
+import uuid
+
+from django.core.management.base import BaseCommand, CommandError
 
 from recovery.scheduler import run_due
 
@@ -8,10 +10,31 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--max-cases", type=int, default=None)
+        parser.add_argument(
+            "--store", default=None, help="only this store's cases (its id, as in the admin)"
+        )
 
     def handle(self, *args, **opts):
-        report = run_due(max_cases=opts["max_cases"])
+        store_id = None
+        if opts["store"]:
+            from stores.models import Store
+
+            store = (
+                Store.objects.filter(pk=opts["store"]).first() if _is_uuid(opts["store"]) else None
+            )
+            if store is None:
+                raise CommandError(f"No store {opts['store']!r}.")
+            store_id = store.pk
+        report = run_due(max_cases=opts["max_cases"], store_id=store_id)
         self.stdout.write(
             f"claimed {report.claimed} cases; {report.actions or 'nothing due'}; "
             f"events retried {report.events_retried}; expiry warnings {report.expiry_warnings}"
         )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
