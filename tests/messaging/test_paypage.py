@@ -259,3 +259,54 @@ def test_stripe_store_without_a_publishable_key_says_so_kindly(client, stripe_ca
     page = client.get(path_of(pay_url(customer=stripe_case.customer, case=stripe_case)))
     assert "hasn't finished setting up card updates" in html.unescape(page.content.decode())
     assert "js.stripe.com" not in page["Content-Security-Policy"]
+
+
+def test_stripe_authentication_is_confirmed_on_session_and_read_back(
+    client, store, webhooks, stripe_fake, time_machine, django_capture_on_commit_callbacks
+):
+    time_machine.move_to(T0, tick=False)
+    store.gateway = "stripe"
+    store.save(update_fields=["gateway"])
+    MessagingSettings.objects.create(store=store, stripe_publishable_key="pk_test_beanbox")
+    invoice = sf.failed_invoice(decline_code="authentication_required")
+    stripe_fake.add_invoice(invoice)
+    webhooks.deliver("invoice.payment_failed", invoice)
+    case = RecoveryCase.objects.get(invoice__stripe_id=invoice["id"])
+    assert case.track == "authentication"
+    pi_id = case.payment_intent_id or case.invoice.payment_intent_id
+    stripe_fake.payment_intents[pi_id].update(
+        status="requires_action", client_secret=f"{pi_id}_secret_xyz"
+    )
+    url = path_of(pay_url(customer=case.customer, case=case))
+    page = client.get(url).content.decode()
+    assert "please confirm your payment" in page
+    config = json.loads(re.search(r'data-config="([^"]+)"', page).group(1).replace("&quot;", '"'))
+    assert (config["kind"], config["clientSecret"], config["status"]) == (
+        "payment",
+        f"{pi_id}_secret_xyz",
+        "requires_action",
+    )
+    assert stripe_fake.requests_to("POST", "/v1/setup_intents") == []
+    # Someone else's PaymentIntent id: refused.
+    assert client.post(url + "complete/", {"payment_intent": "pi_other"}).status_code == 400
+    # Still waiting for the bank in Stripe: nothing is recorded.
+    client.post(url + "complete/", {"payment_intent": pi_id})
+    case.refresh_from_db()
+    assert case.is_open
+    # The customer passed 3-D Secure in the browser; Stripe says it succeeded.
+    stripe_fake.payment_intents[pi_id].update(
+        status="succeeded", amount_received=2900, latest_charge="ch_on_session"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        done = client.post(url + "complete/", {"payment_intent": pi_id}, follow=True)
+    assert "you're all set" in done.content.decode()
+    case.refresh_from_db()
+    assert (case.status, case.recovered_via, case.recovered_amount) == (
+        "recovered",
+        "customer",
+        2900,
+    )
+    attempt = case.attempts.get(source="customer")
+    assert (attempt.outcome, attempt.charge_id) == ("succeeded", "ch_on_session")
+    assert case.invoice.status == "paid"
+    assert stripe_fake.real_charges == 0  # no off-session charge was made
