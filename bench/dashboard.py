@@ -57,7 +57,7 @@ PROPOSED_INDEXES = {
     "recovered_amount, recovered_via, attempt_count, opened_at, subscription_id) "
     "WHERE closed_at IS NOT NULL",
     # pre-dunning save rate: a store's expiry warnings by time sent.
-    "expiry_warning_store_warned_idx": "CREATE INDEX IF NOT EXISTS expiry_warning_store_warned_idx "
+    "expiry_store_warned_idx": "CREATE INDEX IF NOT EXISTS expiry_store_warned_idx "
     "ON recovery_expirywarning (store_id, warned_at)",
 }
 

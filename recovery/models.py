@@ -152,6 +152,38 @@ class RecoveryCase(models.Model):
             models.Index(fields=["store", "status", "-opened_at"], name="case_store_status_idx"),
             # "Every open case of this customer" on a card change.
             models.Index(fields=["customer", "status"], name="case_customer_status_idx"),
+            # Analytics home: cases failed in a period (cohort figures, breakdowns by track,
+            # decline code and product, the daily trend), answered from the index alone.
+            models.Index(
+                fields=["store", "opened_at"],
+                include=[
+                    "status",
+                    "currency",
+                    "amount",
+                    "recovered_amount",
+                    "track",
+                    "decline_code",
+                    "kind",
+                    "subscription",
+                ],
+                name="case_store_opened_idx",
+            ),
+            # Analytics home: cases closed in a period (recovered revenue and MRR, median
+            # days to recovery, by recovery source and channel, involuntary churn).
+            models.Index(
+                fields=["store", "closed_at"],
+                include=[
+                    "status",
+                    "currency",
+                    "recovered_amount",
+                    "recovered_via",
+                    "attempt_count",
+                    "opened_at",
+                    "subscription",
+                ],
+                condition=models.Q(closed_at__isnull=False),
+                name="case_store_closed_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -343,6 +375,12 @@ class ExpiryWarning(models.Model):
     expires_on = models.DateField()
     warned_at = models.DateTimeField()
     saved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Analytics home: the pre-dunning save rate over warnings sent in a period.
+            models.Index(fields=["store", "warned_at"], name="expiry_store_warned_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.customer} card expiring {self.expires_on}"
