@@ -184,6 +184,8 @@ class RecoveryCase(models.Model):
                 condition=models.Q(closed_at__isnull=False),
                 name="case_store_closed_idx",
             ),
+            # Analytics rollup refresh: a store's cases saved since the last refresh.
+            models.Index(fields=["store", "updated_at"], name="case_store_updated_idx"),
         ]
 
     def __str__(self) -> str:

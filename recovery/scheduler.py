@@ -116,6 +116,9 @@ def run_due(
     from messaging.services import messages_send_scheduled
 
     report.messages_sent = messages_send_scheduled(now=now)
+    from analytics.services import rollups_refresh
+
+    report.rollups_refreshed = rollups_refresh(now=now)
     return report
 
 
