@@ -483,10 +483,6 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
             order=order,
             payment_intent_ids=[decline.payment_intent_id],
         )
-        if order is not None:
-            from orders.services import order_payment_failed
-
-            order_payment_failed(order=order, case=case, at=at)
     attempt, created = payment_attempt_record(
         store=event.store,
         case=case,
@@ -501,6 +497,11 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
         stripe_event_id=event.pk,
     )
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
+    if case.order_id:
+        # After the attempt is counted: the holds follow the case's final plan.
+        from orders.services import order_payment_failed
+
+        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
     return "processed"
 
 

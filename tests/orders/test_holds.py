@@ -35,6 +35,7 @@ def kinds(case: RecoveryCase) -> list[str]:
     return list(case.events.values_list("kind", flat=True))
 
 
+@time_machine.travel(dt.datetime(2026, 3, 4, 9, 0, tzinfo=dt.UTC), tick=False)
 def test_ample_stock_is_held_through_the_next_retry(shelf, order_for, fail_payment):
     mug = shelf("MUG", on_hand=100, low_stock_threshold=5)
     order = order_for("1001", MUG=2)
