@@ -646,7 +646,7 @@ def home(*, store: Store, period: Period) -> Home:
         elif basis == "product" and p == "c":
             k = r["product"]
             _add(
-                products.setdefault(k, {"key": k, "label": k or "(no product)"}),
+                products.setdefault(k, {"key": k, "label": k or "(no product)", "product": k}),
                 _outcomes(r, money),
             )
         elif basis == "day" and p == "c":

@@ -35,7 +35,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.utils import timezone
 
 from recovery.models import RecoveryCase
@@ -155,7 +155,8 @@ def _row(qs, basis: str, **dims):
         "r_currency": dims.pop("currency", blank),
         "r_via": dims.pop("recovered_via", blank),
         "r_channel": dims.pop("channel", blank),
-        "r_duration": dims.pop("duration", Value(None, output_field=FloatField())),
+        # Typed, so that PostgreSQL can match the UNION's columns.
+        "r_duration": Cast(dims.pop("duration", Value(None)), FloatField()),
     }
     assert not dims, dims
     return (
