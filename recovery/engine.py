@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import random
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -31,8 +32,6 @@ OUR_SOURCES = [
     PaymentAttempt.Source.AGENT,
 ]
 RECONCILE_DELAY = dt.timedelta(minutes=5)
-MIN_TOUCH_GAP = dt.timedelta(hours=48)
-MAX_EMAILS = 4
 TOUCH_WINDOW = dt.timedelta(days=14)  # 5+ emails in 14 days reads as harassment
 CLAIM_LEASE = dt.timedelta(minutes=10)
 # How late a pass may act on a retry slot chosen earlier. Passes run every minute (or
@@ -233,22 +232,25 @@ def plan_message(
     left, so only a new card can pay; it is asked for as on the card-update track."""
     if case.dunning_paused or case.track == Track.FRAUD:
         return None, ""
+    # The cadence is the messaging service's: one source for the gap and the cap.
+    min_gap = dt.timedelta(hours=settings.MESSAGING_MIN_HOURS_BETWEEN)
+    max_touches = settings.MESSAGING_MAX_EMAILS_PER_CASE
     touches = list(case.events.filter(kind="message_due").order_by("at").values_list("at", "data"))
     last_touch = touches[-1][0] if touches else None
-    earliest = (last_touch + MIN_TOUCH_GAP) if last_touch else now
+    earliest = (last_touch + min_gap) if last_touch else now
     if (
         case.track == Track.SOFT
         and retries_used_up
         and not any(data.get("purpose") == Purpose.CARD_UPDATE for _, data in touches)
     ):
         # The retries ran out: only a new card can pay now, so ask for one even if the
-        # reminders are used up, but never more than MAX_EMAILS in any TOUCH_WINDOW.
+        # reminders are used up, but never more than max_touches in any TOUCH_WINDOW.
         at = max(now, earliest)
-        if len(touches) >= MAX_EMAILS:
-            at = max(at, touches[-MAX_EMAILS][0] + TOUCH_WINDOW)
+        if len(touches) >= max_touches:
+            at = max(at, touches[-max_touches][0] + TOUCH_WINDOW)
         return at, Purpose.CARD_UPDATE
     stage = case.dunning_stage
-    if stage >= MAX_EMAILS:
+    if stage >= max_touches:
         return None, ""
     needs_card = case.track in (Track.CARD_UPDATE, Track.HARD) or (
         case.track == Track.SOFT and retries_used_up
@@ -265,7 +267,7 @@ def plan_message(
         when = now if first_failed else case.opened_at + dt.timedelta(hours=24)
         return max(when, earliest), Purpose.SOFT_FIRST
     final_at = (case.step_down_at or case.window_end) - dt.timedelta(hours=24)
-    if stage == MAX_EMAILS - 1 or earliest + MIN_TOUCH_GAP > final_at:
+    if stage == max_touches - 1 or earliest + min_gap > final_at:
         if earliest > (case.step_down_at or case.window_end):
             return None, ""
         return max(earliest, final_at), Purpose.FINAL_NOTICE

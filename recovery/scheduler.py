@@ -33,6 +33,8 @@ class PassReport:
     events_retried: int = 0
     expiry_warnings: int = 0
     holds_released: int = 0
+    messages_sent: int = 0
+    rollups_refreshed: int = 0
 
     def count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
