@@ -56,9 +56,22 @@ class Purpose:
 # ------------------------------------------------------------------ planning
 
 
+# Saved policy versions never change (an edit saves a new version), so a process may keep
+# them: the scheduler asks for a case's policy several times per action.
+_POLICY_VERSIONS: dict[tuple, RetryPolicy] = {}
+
+
 def _policy(case: RecoveryCase) -> RetryPolicy:
+    key = (case.store_id, case.policy_version)
+    if case.policy_version is not None and key in _POLICY_VERSIONS:
+        return _POLICY_VERSIONS[key]
     policy = RetryPolicy.objects.filter(store_id=case.store_id, version=case.policy_version).first()
-    return policy or retry_policy_current(store=case.store)
+    if policy is not None:
+        if len(_POLICY_VERSIONS) > 10_000:
+            _POLICY_VERSIONS.clear()
+        _POLICY_VERSIONS[key] = policy
+        return policy
+    return retry_policy_current(store=case.store)
 
 
 def _classification(case: RecoveryCase) -> declines.Classification:
@@ -79,13 +92,16 @@ def retry_allowance(case: RecoveryCase, policy: RetryPolicy) -> tuple[int, str]:
     allowed = policy.max_retries
     note = f"{allowed} retries by policy v{policy.version}"
     tenure = case.opened_at - case.customer.first_seen_at
-    earlier_cases = RecoveryCase.objects.filter(
-        customer_id=case.customer_id, opened_at__lt=case.opened_at
-    )
-    if tenure >= dt.timedelta(days=365) and not earlier_cases.exists():
+    # The history before this case never changes: ask once per case object.
+    history = getattr(case, "_earlier_failures", None)
+    if history is None:
+        history = case._earlier_failures = RecoveryCase.objects.filter(
+            customer_id=case.customer_id, opened_at__lt=case.opened_at
+        ).exists()
+    if tenure >= dt.timedelta(days=365) and not history:
         allowed += 1
         note = f"{allowed} retries: a customer of {tenure.days // 30} months with a clean history"
-    elif tenure < dt.timedelta(days=60) and earlier_cases.exists():
+    elif tenure < dt.timedelta(days=60) and history:
         allowed = min(allowed, 2)
         note = f"{allowed} retries: a new customer failing again moves to a card update sooner"
     group = _classification(case).decline_group

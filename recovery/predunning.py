@@ -6,6 +6,7 @@ import calendar
 import datetime as dt
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from subscriptions.models import PaymentMethod, Subscription
@@ -36,7 +37,12 @@ def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int
                 Subscription.Status.TRIALING,
             ],
         )
-        .filter(exp_year__lte=horizon.year)
+        # Only cards expiring between this month and the horizon's: the pass runs every
+        # minute, and most cards expire years from now.
+        .filter(
+            Q(exp_year__lt=horizon.year) | Q(exp_year=horizon.year, exp_month__lte=horizon.month)
+        )
+        .filter(Q(exp_year__gt=today.year) | Q(exp_year=today.year, exp_month__gte=today.month))
         .select_related("customer", "store")
         .distinct()[:limit]
     )
