@@ -21,3 +21,9 @@ POSTMARK_WEBHOOK_SECRET = "test-postmark-webhook-secret"
 TWILIO_ACCOUNT_SID = "AC" + "0" * 32
 TWILIO_AUTH_TOKEN = "test-twilio-auth-token"
 TWILIO_FROM = "+15005550006"
+
+# Tests render templates without running collectstatic first.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -90,3 +90,33 @@ def test_debug_runs_without_any_secret_configured():
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_serves_its_static_files_under_hashed_names(tmp_path):
+    """gunicorn alone serves the dashboard's CSS in production (WhiteNoise), under a
+    content-hashed name that may be cached for ever."""
+    env = production_env()
+    collected = manage("collectstatic", "--noinput", "-v0", env=env)
+    assert collected.returncode == 0, collected.stderr
+    script = (
+        "import django; django.setup()\n"
+        "from django.templatetags.static import static\n"
+        "from django.test import Client\n"
+        "url = static('dashboard/app.css')\n"
+        "r = Client(HTTP_HOST='recoup.example.com').get(url, secure=True)\n"
+        "print(url, r.status_code, r.headers.get('Cache-Control'), len(b''.join(r)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    url, status, *cache, size = result.stdout.split()
+    assert url.startswith("/static/dashboard/app.") and url.endswith(".css")
+    assert url != "/static/dashboard/app.css"  # hashed
+    assert status == "200" and int(size) > 100
+    assert "max-age=315360000" in " ".join(cache)
