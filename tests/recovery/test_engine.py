@@ -132,7 +132,12 @@ def new_card(customer: str = "cus_test_alice", *, fingerprint: str = "fp_new_car
 
 @pytest.mark.parametrize(
     "decline_code, advice_code",
-    [("pickup_card", None), ("restricted_card", None), ("insufficient_funds", "do_not_try_again")],
+    [
+        ("stolen_card", None),
+        ("pickup_card", None),
+        ("restricted_card", None),
+        ("insufficient_funds", "do_not_try_again"),
+    ],
 )
 def test_hard_decline_is_never_retried(webhooks, store, decline_code, advice_code):
     with time_machine.travel(T0, tick=False) as traveller:
