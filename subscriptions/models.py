@@ -115,15 +115,6 @@ class Subscription(models.Model):
                 fields=["store", "stripe_id"], name="subscription_store_stripe_unique"
             )
         ]
-        indexes = [
-            # Analytics home: subscriptions active in a period and recovered MRR, read
-            # from the index alone (analytics.selectors.subscription_figures).
-            models.Index(
-                fields=["store", "created_at"],
-                include=["canceled_at", "mrr", "currency"],
-                name="subscription_store_created_idx",
-            ),
-        ]
 
     def __str__(self) -> str:
         return f"{self.product_name or self.stripe_id} ({self.status})"
