@@ -8,7 +8,6 @@ as a real scheduler never lands exactly on a planned slot.
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 import time_machine
@@ -526,7 +525,7 @@ def test_predunning_warns_and_counts_a_save(webhooks, store):
 # ------------------------------------------------------------------ the whole window
 
 
-def test_simulated_30_day_window_runs_in_seconds(webhooks, store):
+def test_a_simulated_30_day_window_works_every_case_to_its_end(webhooks, store):
     codes = [
         "insufficient_funds",
         "do_not_honor",
@@ -540,7 +539,6 @@ def test_simulated_30_day_window_runs_in_seconds(webhooks, store):
         "mystery_code",
     ]
     allowed = {"do_not_honor": 2, "generic_decline": 2}
-    started = time.perf_counter()
     with time_machine.travel(T0, tick=False) as traveller:
         for i, code in enumerate(codes * 2):
             traveller.move_to(T0 + i * dt.timedelta(minutes=37))
@@ -554,10 +552,9 @@ def test_simulated_30_day_window_runs_in_seconds(webhooks, store):
                 ),
             )
         reports = passes(traveller, start=T0, end=T0 + 30 * DAY)
-    elapsed = time.perf_counter() - started
 
+    # How fast a month of passes runs is measured in bench/, not asserted here.
     assert len(reports) == 30 * 24
-    assert elapsed < 60, f"a simulated month took {elapsed:.1f}s"
     cases = list(RecoveryCase.objects.all())
     assert len(cases) == 20
     assert {c.status for c in cases} <= {"recovered", "lost"}
