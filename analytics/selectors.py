@@ -199,31 +199,6 @@ def closed_figures(*, store: Store, period: Period) -> dict:
     ).aggregate(**out)
 
 
-def subscription_figures(*, store: Store, period: Period) -> dict:
-    """Recovered MRR (each subscription once) and subscriptions active, both periods."""
-    prev = period.previous
-
-    def recovered_subs(p: Period):
-        return RecoveryCase.objects.filter(
-            store=store,
-            status=S.RECOVERED,
-            closed_at__gte=p.start,
-            closed_at__lt=p.end,
-            subscription__isnull=False,
-        ).values("subscription_id")
-
-    def active(p: Period) -> Q:
-        return Q(created_at__lt=p.end) & (Q(canceled_at__isnull=True) | Q(canceled_at__gte=p.start))
-
-    money = Q(currency=store.currency)
-    return Subscription.objects.filter(store=store).aggregate(
-        c_recovered_mrr=Sum("mrr", filter=Q(pk__in=recovered_subs(period)) & money),
-        p_recovered_mrr=Sum("mrr", filter=Q(pk__in=recovered_subs(prev)) & money),
-        c_active=Count("pk", filter=active(period)),
-        p_active=Count("pk", filter=active(prev)),
-    )
-
-
 def predunning_figures(*, store: Store, period: Period) -> dict:
     prev = period.previous
     cur_q, prev_q = Q(warned_at__gte=period.start), Q(warned_at__lt=period.start)
@@ -484,7 +459,7 @@ def trend(*, store: Store, period: Period) -> list[dict]:
     return out
 
 
-def _subscription_figures(*, store: Store, period: Period) -> dict:
+def subscription_figures(*, store: Store, period: Period) -> dict:
     """The figures that count each subscription once, live: recovered MRR (at today's
     MRR), subscriptions active, and subscriptions lost to payment failure."""
     prev = period.previous
@@ -595,7 +570,7 @@ def home(*, store: Store, period: Period) -> Home:
 
     refresh = rollup_refresh(store=store)
     rows = rollup_rows(store=store, period=period)
-    subs = _subscription_figures(store=store, period=period)
+    subs = subscription_figures(store=store, period=period)
     pre = predunning_figures(store=store, period=period)
     channels_on = message_model() is not None
 
