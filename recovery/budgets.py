@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Count, Q
+from django.db.models import Q
 
 from . import declines
 from .models import PaymentAttempt
@@ -26,6 +26,8 @@ LIMITS = {
 # Unknown brands get the strictest of both.
 DEFAULT_LIMITS = [(DAY, 10), (dt.timedelta(days=30), 15)]
 STRIPE_CLEARANCE = DAY
+LONGEST = dt.timedelta(days=30)
+DO_NOT_RETRY_NETWORK_ADVICE = ("03", "3", "21")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,75 @@ def card_key(*, fingerprint: str, payment_method_id: str, customer_id: int | Non
     return Q(customer_id=customer_id)
 
 
+def card_id(*, store_id, fingerprint: str, payment_method_id: str, customer_id) -> tuple:
+    """The card a budget counts: its fingerprint, else its payment method, else the
+    customer (the strictest reading when nothing identifies the card)."""
+    if fingerprint:
+        return (store_id, "fingerprint", fingerprint)
+    if payment_method_id:
+        return (store_id, "payment_method", payment_method_id)
+    return (store_id, "customer", customer_id)
+
+
+# What a budget needs of each attempt on the card: (attempted_at, advice_code,
+# network_advice_code), attempts that never reached the network left out.
+BUDGET_ROW = ("attempted_at", "advice_code", "network_advice_code")
+
+
+def budget_rows(*, store_id, fingerprint: str, payment_method_id: str, customer_id, at) -> list:
+    """The card's attempts that count in the 30 days up to `at`. One query."""
+    return list(
+        PaymentAttempt.objects.filter(
+            card_key(
+                fingerprint=fingerprint,
+                payment_method_id=payment_method_id,
+                customer_id=customer_id,
+            ),
+            store_id=store_id,
+            attempted_at__gt=at - LONGEST,
+            attempted_at__lte=at,
+        )
+        .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
+        .values_list(*BUDGET_ROW)
+    )
+
+
+def budget_rows_for_cards(cards: set[tuple], *, at) -> dict[tuple, list]:
+    """budget_rows for many cards (`card_id` tuples) in one query, by card."""
+    out: dict[tuple, list] = {card: [] for card in cards}
+    if not cards:
+        return out
+    match = Q()
+    by_store: dict = {}
+    for store_id, kind, value in cards:
+        by_store.setdefault(store_id, {}).setdefault(kind, set()).add(value)
+    for store_id, kinds in by_store.items():
+        either = Q()
+        if "fingerprint" in kinds:
+            either |= Q(card_fingerprint__in=kinds["fingerprint"])
+        if "payment_method" in kinds:
+            either |= Q(payment_method_id__in=kinds["payment_method"])
+        if "customer" in kinds:
+            either |= Q(customer_id__in=kinds["customer"])
+        match |= Q(either, store_id=store_id)
+    rows = (
+        PaymentAttempt.objects.filter(match, attempted_at__gt=at - LONGEST, attempted_at__lte=at)
+        .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
+        .values_list(
+            "store_id", "card_fingerprint", "payment_method_id", "customer_id", *BUDGET_ROW
+        )
+    )
+    for store_id, fingerprint, pm_id, customer_id, *row in rows:
+        for card in (
+            (store_id, "fingerprint", fingerprint),
+            (store_id, "payment_method", pm_id),
+            (store_id, "customer", customer_id),
+        ):
+            if card in out:
+                out[card].append(tuple(row))
+    return out
+
+
 def budget_check(
     *,
     store_id,
@@ -53,58 +124,67 @@ def budget_check(
     at: dt.datetime,
     since_card_change: dt.datetime | None = None,
     stripe_next_attempt: dt.datetime | None = None,
+    rows: list | None = None,
 ) -> BudgetVerdict:
-    """May one more attempt be made on this card at `at`? One aggregate query."""
+    """May one more attempt be made on this card at `at`? `rows`: the card's
+    `budget_rows`, when the caller read them already (a scheduler batch reads them for
+    all its cards at once); otherwise one query."""
+    if rows is None:
+        rows = budget_rows(
+            store_id=store_id,
+            fingerprint=fingerprint,
+            payment_method_id=payment_method_id,
+            customer_id=customer_id,
+            at=at,
+        )
+    return budget_verdict(
+        rows,
+        brand=brand,
+        at=at,
+        since_card_change=since_card_change,
+        stripe_next_attempt=stripe_next_attempt,
+    )
+
+
+def budget_verdict(
+    rows: list,
+    *,
+    brand: str,
+    at: dt.datetime,
+    since_card_change: dt.datetime | None = None,
+    stripe_next_attempt: dt.datetime | None = None,
+) -> BudgetVerdict:
+    """The verdict from the card's attempts (`BUDGET_ROW` tuples); no query."""
     brand = (brand or "").lower()
     limits = LIMITS.get(brand, DEFAULT_LIMITS)
-    counted = PaymentAttempt.objects.filter(
-        card_key(
-            fingerprint=fingerprint, payment_method_id=payment_method_id, customer_id=customer_id
-        ),
-        store_id=store_id,
-        attempted_at__gt=at - dt.timedelta(days=30),
-        attempted_at__lte=at,
-    ).exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
-    window_counts = {
-        f"n{i}": Count("id", filter=Q(attempted_at__gt=at - window))
-        for i, (window, _) in enumerate(limits)
-    }
-    since = since_card_change or (at - dt.timedelta(days=30))
-    stop = Q(advice_code="do_not_try_again") | Q(network_advice_code__in=["03", "3", "21"])
-    agg = counted.aggregate(
-        **window_counts,
-        stop=Count("id", filter=stop & Q(attempted_at__gt=since)),
-    )
-    last = (
-        counted.order_by("-attempted_at").values_list("attempted_at", "network_advice_code").first()
-    )
-    if agg["stop"]:
+    counted = sorted(r for r in rows if at - LONGEST < r[0] <= at)
+    since = since_card_change or (at - LONGEST)
+    if any(
+        r[0] > since and (r[1] == "do_not_try_again" or r[2] in DO_NOT_RETRY_NETWORK_ADVICE)
+        for r in counted
+    ):
         return BudgetVerdict(
             False, "the network said never to retry this card (do-not-retry advice)"
         )
-    for i, (window, limit) in enumerate(limits):
-        used = agg[f"n{i}"] + (
+    for window, limit in limits:
+        inside = [r[0] for r in counted if r[0] > at - window]
+        used = len(inside) + (
             1 if stripe_next_attempt and at - window < stripe_next_attempt <= at + window else 0
         )
         if used >= limit:
             name = "24 h" if window == DAY else f"{window.days} days"
-            oldest = (
-                counted.filter(attempted_at__gt=at - window)
-                .order_by("attempted_at")
-                .values_list("attempted_at", flat=True)
-                .first()
-            )
             return BudgetVerdict(
                 False,
                 f"{brand or 'card'} budget used: {used} of {limit} attempts in {name}",
-                not_before=(oldest + window) if oldest else None,
+                not_before=(inside[0] + window) if inside else None,
             )
-    if last and last[1] in declines.MASTERCARD_RETRY_AFTER:
-        until = last[0] + declines.MASTERCARD_RETRY_AFTER[last[1]]
+    last = counted[-1] if counted else None
+    if last and last[2] in declines.MASTERCARD_RETRY_AFTER:
+        until = last[0] + declines.MASTERCARD_RETRY_AFTER[last[2]]
         if at < until:
             return BudgetVerdict(
                 False,
-                f"Mastercard advice {last[1]}: wait until {until:%Y-%m-%d %H:%M} UTC",
+                f"Mastercard advice {last[2]}: wait until {until:%Y-%m-%d %H:%M} UTC",
                 not_before=until,
             )
     if stripe_next_attempt and abs(stripe_next_attempt - at) < STRIPE_CLEARANCE:

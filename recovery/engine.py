@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -53,6 +54,27 @@ class Purpose:
     AGENT = "agent_follow_up"
 
 
+# ------------------------------------------------------------------ facts read once per batch
+
+
+@dataclass
+class CaseFacts:
+    """What planning a case needs beyond its row, read for a whole scheduler batch at once
+    (recovery/batch.py) and kept current as the batch acts; without it, each question is
+    one query. `attempts`: this case's (source, outcome, attempted_at, brand, fingerprint,
+    payment method); `touches`: its message_due events as (at, data)."""
+
+    attempts: list = field(default_factory=list)
+    touches: list = field(default_factory=list)
+    earlier_failures: bool = False
+    card_rows: dict | None = None  # budgets.card_id -> budget rows, shared by the batch
+    stats: dict | None = None  # (store_id, group) -> RetryStat counts, shared by the batch
+
+
+def _facts(case: RecoveryCase) -> CaseFacts | None:
+    return getattr(case, "_facts", None)
+
+
 # ------------------------------------------------------------------ planning
 
 
@@ -79,6 +101,13 @@ def _classification(case: RecoveryCase) -> declines.Classification:
 
 
 def _our_retries(case: RecoveryCase) -> int:
+    facts = _facts(case)
+    if facts is not None:
+        return sum(
+            1
+            for source, outcome, *_ in facts.attempts
+            if source in OUR_SOURCES and outcome != PaymentAttempt.Outcome.NOT_SENT
+        )
     return (
         case.attempts.filter(source__in=OUR_SOURCES)
         .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
@@ -94,6 +123,8 @@ def retry_allowance(case: RecoveryCase, policy: RetryPolicy) -> tuple[int, str]:
     tenure = case.opened_at - case.customer.first_seen_at
     # The history before this case never changes: ask once per case object.
     history = getattr(case, "_earlier_failures", None)
+    if history is None and _facts(case) is not None:
+        history = _facts(case).earlier_failures
     if history is None:
         history = case._earlier_failures = RecoveryCase.objects.filter(
             customer_id=case.customer_id, opened_at__lt=case.opened_at
@@ -116,6 +147,14 @@ def _card_for(case: RecoveryCase) -> tuple[str, str, str]:
     pm = case.customer.default_payment_method
     if pm is not None and (pm.fingerprint or pm.stripe_id):
         return pm.brand, pm.fingerprint, pm.stripe_id
+    facts = _facts(case)
+    if facts is not None:
+        for *_, brand, fingerprint, pm_id in sorted(
+            facts.attempts, key=lambda a: a[2], reverse=True
+        ):
+            if fingerprint or pm_id:
+                return brand, fingerprint, pm_id
+        return "", "", ""
     last = (
         case.attempts.exclude(card_fingerprint="", payment_method_id="")
         .order_by("-attempted_at")
@@ -140,6 +179,17 @@ def _may_retry_same_card(case: RecoveryCase) -> bool:
 def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVerdict:
     """May the card the next retry would use take one more attempt at `at`?"""
     brand, fingerprint, pm_id = _card_for(case)
+    facts = _facts(case)
+    rows = None
+    if facts is not None and facts.card_rows is not None:
+        rows = facts.card_rows.get(
+            budgets.card_id(
+                store_id=case.store_id,
+                fingerprint=fingerprint,
+                payment_method_id=pm_id,
+                customer_id=case.customer_id,
+            )
+        )
     return budgets.budget_check(
         store_id=case.store_id,
         brand=brand,
@@ -149,19 +199,39 @@ def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVer
         at=at,
         since_card_change=case.card_changed_at,
         stripe_next_attempt=case.invoice.next_payment_attempt if case.invoice_id else None,
+        rows=rows,
     )
 
 
 def _card_lock(*, store_id, fingerprint: str, payment_method_id: str, customer_id) -> None:
     """Serialise attempts on one card across workers until the transaction ends, so that
-    two cases sharing a card cannot both pass its budget check and both charge it.
-    PostgreSQL: a transaction-level advisory lock on the card. SQLite: writes are already
+    two cases sharing a card cannot both pass its budget check and both charge it."""
+    cards_lock(
+        [
+            budgets.card_id(
+                store_id=store_id,
+                fingerprint=fingerprint,
+                payment_method_id=payment_method_id,
+                customer_id=customer_id,
+            )
+        ]
+    )
+
+
+def cards_lock(cards) -> None:
+    """Take the cards' locks (`budgets.card_id` tuples) until the transaction ends.
+    PostgreSQL: transaction-level advisory locks, taken in one order by every worker so
+    that two batches sharing cards wait rather than deadlock. SQLite: writes are already
     serialised by the database lock."""
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not cards:
         return
-    key = f"recoup-card:{store_id}:{fingerprint or payment_method_id or customer_id}"
+    keys = sorted({f"recoup-card:{store_id}:{value}" for store_id, _, value in cards})
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h"
+            " FROM unnest(%s::text[]) AS k ORDER BY h) AS card_locks",
+            [keys],
+        )
 
 
 def plan_retry(
@@ -225,6 +295,7 @@ def plan_retry(
     )
     if stripe_next:
         options = [o for o in options if abs(o - stripe_next) >= budgets.STRIPE_CLEARANCE]
+    facts = _facts(case)
     choice = timing.choose(
         store_id=case.store_id,
         group=group,
@@ -232,6 +303,9 @@ def plan_retry(
         options=options,
         tz=case.customer.time_zone or case.store.timezone,
         rng=rng,
+        stats=facts.stats.get((case.store_id, group), {})
+        if facts is not None and facts.stats is not None
+        else None,
         learned=policy.learned_timing,
     )
     if choice is None:
@@ -251,7 +325,12 @@ def plan_message(
     # The cadence is the messaging service's: one source for the gap and the cap.
     min_gap = dt.timedelta(hours=settings.MESSAGING_MIN_HOURS_BETWEEN)
     max_touches = settings.MESSAGING_MAX_EMAILS_PER_CASE
-    touches = list(case.events.filter(kind="message_due").order_by("at").values_list("at", "data"))
+    facts = _facts(case)
+    touches = (
+        sorted(facts.touches, key=lambda t: t[0])
+        if facts is not None
+        else list(case.events.filter(kind="message_due").order_by("at").values_list("at", "data"))
+    )
     last_touch = touches[-1][0] if touches else None
     earliest = (last_touch + min_gap) if last_touch else now
     if (
@@ -277,9 +356,16 @@ def plan_message(
         if needs_card:
             return max(now, earliest), Purpose.CARD_UPDATE
         # Soft: technical recovery first: after the first retry failed, or 24 h.
-        first_failed = case.attempts.filter(
-            source__in=OUR_SOURCES, outcome=PaymentAttempt.Outcome.FAILED
-        ).exists()
+        first_failed = (
+            any(
+                source in OUR_SOURCES and outcome == PaymentAttempt.Outcome.FAILED
+                for source, outcome, *_ in facts.attempts
+            )
+            if facts is not None
+            else case.attempts.filter(
+                source__in=OUR_SOURCES, outcome=PaymentAttempt.Outcome.FAILED
+            ).exists()
+        )
         when = now if first_failed else case.opened_at + dt.timedelta(hours=24)
         return max(when, earliest), Purpose.SOFT_FIRST
     final_at = (case.step_down_at or case.window_end) - dt.timedelta(hours=24)
@@ -299,13 +385,30 @@ def plan_message(
     return max(earliest, now + dt.timedelta(hours=72) if not last_touch else earliest), purpose
 
 
+PLAN_FIELDS = (
+    "retry_at",
+    "retry_reason",
+    "message_at",
+    "step_down_at",
+    "next_action",
+    "next_action_at",
+    "next_action_reason",
+)
+
+
 def case_plan(
-    case: RecoveryCase, *, now: dt.datetime, record: bool = True, acting: bool = False
+    case: RecoveryCase,
+    *,
+    now: dt.datetime,
+    record: bool = True,
+    acting: bool = False,
+    writes=None,
 ) -> RecoveryCase:
     """Recompute the case's plan and its next action; store it. Returns the case.
 
     acting: the scheduler is about to act on the planned retry; keep its slot if it is
-    due and still allowed."""
+    due and still allowed. writes: a scheduler batch's pending writes (recovery/batch.py):
+    the plan and its timeline entry join them instead of being written now."""
     if not case.is_open:
         return case
     policy = _policy(case)
@@ -361,28 +464,35 @@ def case_plan(
     case.retry_at, case.retry_reason = retry_at, (retry_reason if retry_at else retry_reason)[:300]
     case.message_at = message_at
     case.next_action, case.next_action_at, case.next_action_reason = action, when, reason[:300]
-    RecoveryCase.objects.filter(pk=case.pk).update(
-        retry_at=retry_at,
-        retry_reason=case.retry_reason,
-        message_at=message_at,
-        step_down_at=case.step_down_at,
-        next_action=action,
-        next_action_at=when,
-        next_action_reason=case.next_action_reason,
-    )
+    event = None
     if record and changed and action == RecoveryCase.NextAction.RETRY:
-        from .services import case_event_record
+        from .services import case_event_build
 
-        case_event_record(
+        event = case_event_build(
             case=case,
             kind="retry_scheduled",
             at=now,
             message=f"Retry planned for {when:%Y-%m-%d %H:%M} UTC: {reason}",
         )
+    if writes is not None:
+        writes.case_changed(case, PLAN_FIELDS)
+        if event is not None:
+            writes.events.append(event)
+        return case
+    RecoveryCase.objects.filter(pk=case.pk).update(**{f: getattr(case, f) for f in PLAN_FIELDS})
+    if event is not None:
+        event.save(force_insert=True)
     return case
 
 
 # ------------------------------------------------------------------ hooks from intake/services
+
+
+def replan_time(at: dt.datetime) -> dt.datetime:
+    """When to plan from after a failure reported for `at`: now, or `at` when it is a
+    moment ahead (a simulation's clock); a failure reported late plans from now."""
+    now = timezone.now()
+    return max(at, now) if at > now - dt.timedelta(days=1) else now
 
 
 def case_after_failure(
@@ -413,12 +523,7 @@ def case_after_failure(
             at=at,
             message=f"Flagged for fraud review: {classification.reason}",
         )
-    case_plan(
-        case,
-        now=max(at, timezone.now())
-        if at > timezone.now() - dt.timedelta(days=1)
-        else timezone.now(),
-    )
+    case_plan(case, now=replan_time(at))
 
 
 def case_attempt_seen(
@@ -578,6 +683,71 @@ def _hint(case: RecoveryCase, *, now: dt.datetime, key: str):
     )
 
 
+def attempt_key(case: RecoveryCase, number: int) -> str:
+    """The idempotency key of the case's `number`th attempt of ours: the gateway sees a
+    repeated key as the same request, so a crash between send and record never charges
+    twice."""
+    return f"recoup-case-{case.pk}-attempt-{number}"
+
+
+def attempt_in_flight(
+    case: RecoveryCase, *, now: dt.datetime, key: str, source: str | None = None, reason: str = ""
+) -> PaymentAttempt:
+    """The attempt about to be sent, outcome unknown until the gateway answers; not saved."""
+    card_changed = bool(
+        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
+    )
+    source = source or (
+        PaymentAttempt.Source.CARD_UPDATE if card_changed else PaymentAttempt.Source.RECOUP_RETRY
+    )
+    brand, fingerprint, pm_id = _card_for(case)
+    return PaymentAttempt(
+        store_id=case.store_id,
+        case=case,
+        customer_id=case.customer_id,
+        invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
+        invoice_attempt_number=(case.invoice.attempt_count + 1) if case.invoice_id else None,
+        payment_intent_id=case.payment_intent_id,
+        source=source,
+        outcome=PaymentAttempt.Outcome.UNKNOWN,
+        amount=case.amount,
+        currency=case.currency,
+        attempted_at=now,
+        card_brand=brand,
+        card_fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        idempotency_key=key,
+        reason=(reason or case.retry_reason or case.next_action_reason)[:300],
+    )
+
+
+def gateway_charge(case: RecoveryCase, attempt: PaymentAttempt, *, now: dt.datetime, gateway):
+    """Send the attempt (outside any transaction). Never raises: an unexpected client
+    failure is an unknown outcome, read back before anything else happens to the case."""
+    from .gateways.base import ChargeResult
+
+    hint = _hint(case, now=now, key=attempt.idempotency_key)
+    try:
+        if case.invoice_id:
+            return gateway.invoice_pay(
+                invoice_id=case.invoice.stripe_id,
+                idempotency_key=attempt.idempotency_key,
+                payment_method=attempt.payment_method_id,
+                amount=case.amount,
+                hint=hint,
+            )
+        return gateway.payment_intent_confirm(
+            payment_intent_id=case.payment_intent_id,
+            payment_method=attempt.payment_method_id,
+            idempotency_key=attempt.idempotency_key,
+            amount=case.amount,
+            hint=hint,
+        )
+    except Exception as exc:
+        logger.exception("retry of case %s failed unexpectedly", case.pk)
+        return ChargeResult(outcome="unknown", message=f"{type(exc).__name__}: {exc}"[:300])
+
+
 def case_retry(
     case: RecoveryCase,
     *,
@@ -593,14 +763,8 @@ def case_retry(
 
     if case.inflight_key:
         return None
-    card_changed = bool(
-        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
-    )
-    source = source or (
-        PaymentAttempt.Source.CARD_UPDATE if card_changed else PaymentAttempt.Source.RECOUP_RETRY
-    )
     number = case.attempts.filter(source__in=OUR_SOURCES).count() + 1
-    key = f"recoup-case-{case.pk}-attempt-{number}"
+    key = attempt_key(case, number)
     brand, fingerprint, pm_id = _card_for(case)
     with transaction.atomic():
         # Claim the in-flight slot: never two attempts in flight for one case.
@@ -628,26 +792,10 @@ def case_retry(
             # the next budget check on this card counts it.
             try:
                 with transaction.atomic():
-                    attempt = PaymentAttempt.objects.create(
-                        store_id=case.store_id,
-                        case=case,
-                        customer_id=case.customer_id,
-                        invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
-                        invoice_attempt_number=(case.invoice.attempt_count + 1)
-                        if case.invoice_id
-                        else None,
-                        payment_intent_id=case.payment_intent_id,
-                        source=source,
-                        outcome=PaymentAttempt.Outcome.UNKNOWN,
-                        amount=case.amount,
-                        currency=case.currency,
-                        attempted_at=now,
-                        card_brand=brand,
-                        card_fingerprint=fingerprint,
-                        payment_method_id=pm_id,
-                        idempotency_key=key,
-                        reason=(reason or case.retry_reason or case.next_action_reason)[:300],
+                    attempt = attempt_in_flight(
+                        case, now=now, key=key, source=source, reason=reason
                     )
+                    attempt.save(force_insert=True)
             except IntegrityError:
                 # This key was used before (a crash between send and record): reconcile it.
                 attempt = PaymentAttempt.objects.get(store_id=case.store_id, idempotency_key=key)
@@ -667,29 +815,7 @@ def case_retry(
         case_plan(case, now=now)
         return None
     case.inflight_key = key
-    hint = _hint(case, now=now, key=key)
-    try:
-        if case.invoice_id:
-            result = gateway.invoice_pay(
-                invoice_id=case.invoice.stripe_id,
-                idempotency_key=key,
-                payment_method=pm_id,
-                amount=case.amount,
-                hint=hint,
-            )
-        else:
-            result = gateway.payment_intent_confirm(
-                payment_intent_id=case.payment_intent_id,
-                payment_method=pm_id,
-                idempotency_key=key,
-                amount=case.amount,
-                hint=hint,
-            )
-    except Exception as exc:  # an unexpected client failure is an unknown outcome
-        logger.exception("retry of case %s failed unexpectedly", case.pk)
-        from .gateways.base import ChargeResult
-
-        result = ChargeResult(outcome="unknown", message=f"{type(exc).__name__}: {exc}"[:300])
+    result = gateway_charge(case, attempt, now=now, gateway=gateway)
     attempt_resolve(
         case=case,
         attempt=attempt,
@@ -703,6 +829,46 @@ def case_retry(
     )
     _ = case_event_record
     return attempt
+
+
+# What an attempt's resolution may fill in from the gateway's answer.
+DECLINE_FIELDS = (
+    "decline_code",
+    "failure_code",
+    "failure_message",
+    "advice_code",
+    "network_decline_code",
+    "network_advice_code",
+    "charge_id",
+)
+RESOLVED_FIELDS = ("outcome", "resolved_at", *DECLINE_FIELDS, "card_brand", "card_fingerprint")
+
+
+def attempt_resolved_fields(attempt: PaymentAttempt, *, outcome: str, decline: DeclineInfo) -> dict:
+    """The fields the gateway's answer sets on an attempt of unknown outcome."""
+    fields = {"outcome": outcome, "resolved_at": timezone.now()}
+    if outcome == PaymentAttempt.Outcome.NOT_SENT:
+        # Nothing reached the card: keep no decline details that belong to another attempt.
+        return fields
+    for name in DECLINE_FIELDS:
+        value = getattr(decline, name)
+        if value:
+            fields[name] = value
+    if decline.card_brand and not attempt.card_brand:
+        fields["card_brand"] = decline.card_brand
+    if decline.card_fingerprint and not attempt.card_fingerprint:
+        fields["card_fingerprint"] = decline.card_fingerprint
+    return fields
+
+
+def failure_decline(case: RecoveryCase, *, outcome: str, decline: DeclineInfo) -> DeclineInfo:
+    """The decline a failed attempt of ours reports to the case: an authentication request
+    when the bank asked for one, the case's code when the answer carried none."""
+    if outcome == PaymentAttempt.Outcome.REQUIRES_ACTION and not decline.decline_code:
+        decline.decline_code = "authentication_required"
+    if not decline.decline_code and not decline.failure_code:
+        decline.decline_code = case.decline_code
+    return decline
 
 
 @transaction.atomic
@@ -737,26 +903,9 @@ def attempt_resolve(
         )
         case_plan(case, now=at)
         return
-    fields = {"outcome": outcome, "resolved_at": timezone.now()}
-    for name in (
-        "decline_code",
-        "failure_code",
-        "failure_message",
-        "advice_code",
-        "network_decline_code",
-        "network_advice_code",
-        "charge_id",
-    ):
-        value = getattr(decline, name)
-        if value:
-            fields[name] = value
-    if decline.card_brand and not attempt.card_brand:
-        fields["card_brand"] = decline.card_brand
-    if decline.card_fingerprint and not attempt.card_fingerprint:
-        fields["card_fingerprint"] = decline.card_fingerprint
+    fields = attempt_resolved_fields(attempt, outcome=outcome, decline=decline)
     if outcome == PaymentAttempt.Outcome.NOT_SENT:
-        # Nothing reached the card: keep no decline details that belong to another attempt.
-        fields = {"outcome": outcome, "resolved_at": fields["resolved_at"]}
+        pass
     elif (
         fields.get("charge_id")
         and PaymentAttempt.objects.filter(store_id=case.store_id, charge_id=fields["charge_id"])
@@ -836,10 +985,7 @@ def attempt_resolve(
             actor=actor,
         )
         return
-    if outcome == PaymentAttempt.Outcome.REQUIRES_ACTION and not decline.decline_code:
-        decline.decline_code = "authentication_required"
-    if not decline.decline_code and not decline.failure_code:
-        decline.decline_code = case.decline_code
+    decline = failure_decline(case, outcome=outcome, decline=decline)
     RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
     case.card_changed_at = None
     recovery_case_open(

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from stores.models import Store
 
-from . import engine
+from . import batch, engine
 from .gateways import gateway_for
 from .models import RecoveryCase
 
@@ -60,8 +60,9 @@ def cases_claim(*, now: dt.datetime, limit: int = BATCH, store_id=None) -> list[
     return ids
 
 
-def case_release(*, case_id: int) -> None:
-    RecoveryCase.objects.filter(pk=case_id).update(claimed_until=None)
+def cases_release(*, case_ids: list[int]) -> None:
+    """Give the cases back: what is still due at the pass's time is claimed again."""
+    RecoveryCase.objects.filter(pk__in=case_ids).update(claimed_until=None)
 
 
 def run_due(
@@ -92,28 +93,34 @@ def run_due(
         if not ids:
             break
         report.claimed += len(ids)
-        cases = RecoveryCase.objects.filter(pk__in=ids).select_related(
-            "store",
-            "customer",
-            "customer__default_payment_method",
-            "invoice",
-            "subscription",
-            "order",
+        cases = (
+            RecoveryCase.objects.filter(pk__in=ids)
+            .select_related(
+                "store",
+                "customer",
+                "customer__default_payment_method",
+                "invoice",
+                "subscription",
+                "order",
+            )
+            .order_by("next_action_at", "pk")
         )
-        for case in cases:
-            try:
-                gateway = gateways.get(case.store_id)
-                if gateway is None:
-                    gateway = gateways[case.store_id] = gateway_for(case.store)
-                report.count(engine.case_process_due(case, now=now, gateway=gateway))
-            except Exception:
-                logger.exception("case %s failed in the scheduler pass", case.pk)
-                report.count("error")
-                RecoveryCase.objects.filter(pk=case.pk).update(
-                    next_action_at=now + engine.RECONCILE_DELAY
-                )
-            finally:
-                case_release(case_id=case.pk)
+        try:
+            cases = _with_gateways(list(cases), gateways=gateways, now=now, report=report)
+            # Due retries go together (recovery/batch.py); the rest one at a time.
+            rest = batch.retries_process(cases, now=now, gateways=gateways, report=report)
+            for case in rest:
+                try:
+                    gateway = gateways[case.store_id]
+                    report.count(engine.case_process_due(case, now=now, gateway=gateway))
+                except Exception:
+                    logger.exception("case %s failed in the scheduler pass", case.pk)
+                    report.count("error")
+                    RecoveryCase.objects.filter(pk=case.pk).update(
+                        next_action_at=now + engine.RECONCILE_DELAY
+                    )
+        finally:
+            cases_release(case_ids=ids)
     report.expiry_warnings = predunning_pass(now=now)
     from orders.services import inventory_holds_expire
 
@@ -126,6 +133,27 @@ def run_due(
 
         report.rollups_refreshed = rollups_refresh(now=now)
     return report
+
+
+def _with_gateways(cases: list, *, gateways: dict, now: dt.datetime, report: PassReport) -> list:
+    """The cases whose store's gateway is at hand (resolved once per store); a store whose
+    gateway cannot be built (a missing key) has its cases put off, the others go on."""
+    out = []
+    for case in cases:
+        if case.store_id not in gateways:
+            try:
+                gateways[case.store_id] = gateway_for(case.store)
+            except Exception:
+                logger.exception("no payment gateway for store %s", case.store_id)
+                gateways[case.store_id] = None
+        if gateways[case.store_id] is None:
+            report.count("error")
+            RecoveryCase.objects.filter(pk=case.pk).update(
+                next_action_at=now + engine.RECONCILE_DELAY
+            )
+        else:
+            out.append(case)
+    return out
 
 
 def stores_with_due_work(*, now: dt.datetime) -> list[Store]:

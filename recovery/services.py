@@ -26,7 +26,7 @@ from .stripe_payloads import DeclineInfo
 SAME_ATTEMPT_WINDOW = dt.timedelta(minutes=30)
 
 
-def case_event_record(
+def case_event_build(
     *,
     case: RecoveryCase,
     kind: str,
@@ -35,7 +35,8 @@ def case_event_record(
     data: dict | None = None,
     actor: str = "system",
 ) -> CaseEvent:
-    return CaseEvent.objects.create(
+    """A timeline entry, not yet saved (a scheduler batch saves its entries together)."""
+    return CaseEvent(
         store_id=case.store_id,
         case=case,
         kind=kind,
@@ -46,7 +47,21 @@ def case_event_record(
     )
 
 
-def _classification(decline: DeclineInfo) -> declines.Classification:
+def case_event_record(
+    *,
+    case: RecoveryCase,
+    kind: str,
+    message: str,
+    at: dt.datetime | None = None,
+    data: dict | None = None,
+    actor: str = "system",
+) -> CaseEvent:
+    event = case_event_build(case=case, kind=kind, message=message, at=at, data=data, actor=actor)
+    event.save(force_insert=True)
+    return event
+
+
+def decline_classification(decline: DeclineInfo) -> declines.Classification:
     return declines.classify(
         decline_code=decline.decline_code,
         failure_code=decline.failure_code,
@@ -204,7 +219,7 @@ def recovery_case_open(
     from . import engine
 
     payment_intent_ids = [p for p in (payment_intent_ids or [decline.payment_intent_id]) if p]
-    classification = _classification(decline)
+    classification = decline_classification(decline)
     case = _find_case(store=store, invoice=invoice, payment_intent_ids=payment_intent_ids)
     if case is None:
         policy = retry_policy_current(store=store)
@@ -252,6 +267,38 @@ def recovery_case_open(
         )
         return case, False
 
+    updates, event = case_failure_changes(
+        case=case,
+        decline=decline,
+        classification=classification,
+        at=at,
+        amount=amount,
+        invoice=invoice,
+        subscription=subscription,
+        order=order,
+    )
+    if event is not None:
+        event.save(force_insert=True)
+    for field, value in updates.items():
+        setattr(case, field, value)
+    case.save(update_fields=[*updates.keys(), "updated_at"])
+    engine.case_after_failure(case=case, classification=classification, at=at)
+    return case, True
+
+
+def case_failure_changes(
+    *,
+    case: RecoveryCase,
+    decline: DeclineInfo,
+    classification: declines.Classification,
+    at: dt.datetime,
+    amount: int = 0,
+    invoice: Invoice | None = None,
+    subscription: Subscription | None = None,
+    order: Order | None = None,
+) -> tuple[dict, CaseEvent | None]:
+    """What one more failure changes on an open case: its fields, and the unsaved
+    track_changed entry when the track moves. Writes nothing."""
     updates = {"amount": amount or case.amount}
     if invoice is not None and case.invoice_id is None:
         updates.update(invoice=invoice, kind=RecoveryCase.Kind.INVOICE)
@@ -259,13 +306,14 @@ def recovery_case_open(
         updates["subscription"] = subscription
     if order is not None and case.order_id is None:
         updates["order"] = order
+    event = None
     # A report with no decline details never downgrades what a richer report said.
     if decline.has_code or not case.decline_code:
         if case.track == Track.FRAUD and classification.track != Track.FRAUD:
             pass  # a dispute or fraud signal is sticky
         elif classification.track != case.track or classification.code != case.decline_code:
             if classification.track != case.track:
-                case_event_record(
+                event = case_event_build(
                     case=case,
                     kind="track_changed",
                     at=at,
@@ -277,11 +325,7 @@ def recovery_case_open(
                 decline_code=classification.code,
                 advice_code=decline.advice_code,
             )
-    for field, value in updates.items():
-        setattr(case, field, value)
-    case.save(update_fields=[*updates.keys(), "updated_at"])
-    engine.case_after_failure(case=case, classification=classification, at=at)
-    return case, True
+    return updates, event
 
 
 @transaction.atomic

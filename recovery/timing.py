@@ -131,11 +131,10 @@ def choose(
 ) -> Choice | None:
     if not options:
         return None
-    stats = (
-        stats
-        if stats is not None
-        else (stats_for(store_id=store_id, group=group) if learned else {})
-    )
+    if not learned:
+        stats = {}
+    elif stats is None:
+        stats = stats_for(store_id=store_id, group=group)
     zone = _zone(tz)
     prior_table = PRIOR.get(group, PRIOR["unknown"])
     best: tuple[float, Choice] | None = None
@@ -167,24 +166,60 @@ def choose(
     return best[1] if best else None
 
 
+def outcome_key(
+    *, store_id, group: str, failed_at: dt.datetime, at: dt.datetime, tz: str
+) -> tuple[object, str, str, str]:
+    """The RetryStat row an attempt at `at` counts in."""
+    return (
+        store_id,
+        group,
+        hours_bucket((at - failed_at).total_seconds() / 3600),
+        slot_of(at.astimezone(_zone(tz))),
+    )
+
+
 def record_outcome(
     *, store_id, group: str, failed_at: dt.datetime, at: dt.datetime, tz: str, success: bool
 ) -> None:
-    from django.db import IntegrityError, transaction
-    from django.db.models import F
+    key = outcome_key(store_id=store_id, group=group, failed_at=failed_at, at=at, tz=tz)
+    record_outcomes({key: (1, 0) if success else (0, 1)})
 
-    local = at.astimezone(_zone(tz))
-    key = {
-        "store_id": store_id,
-        "decline_group": group,
-        "hours_bucket": hours_bucket((at - failed_at).total_seconds() / 3600),
-        "slot": slot_of(local),
-    }
-    field = "successes" if success else "failures"
-    if RetryStat.objects.filter(**key).update(**{field: F(field) + 1}):
+
+def record_outcomes(counts: dict[tuple, tuple[int, int]]) -> None:
+    """Add (successes, failures) to each RetryStat row, creating the missing ones: one
+    upsert statement, so that workers adding to the same rows never lose a count and hold
+    each row's lock only for the statement."""
+    from django.db import connection
+
+    rows = [(k, v) for k, v in counts.items() if v[0] or v[1]]
+    if not rows:
         return
-    try:
-        with transaction.atomic():
-            RetryStat.objects.create(**key, **{field: 1})
-    except IntegrityError:
-        RetryStat.objects.filter(**key).update(**{field: F(field) + 1})
+    q = connection.ops.quote_name
+    table = q(RetryStat._meta.db_table)
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+    store_field = RetryStat._meta.get_field("store")
+    params = [
+        p
+        for (store_id, group, bucket, slot), (s, f) in rows
+        for p in (store_field.get_db_prep_save(store_id, connection), group, bucket, slot, s, f)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({q('store_id')}, {q('decline_group')}, {q('hours_bucket')}, "
+            f"{q('slot')}, {q('successes')}, {q('failures')}) VALUES {values} "
+            f"ON CONFLICT ({q('store_id')}, {q('decline_group')}, {q('hours_bucket')}, {q('slot')}) "
+            f"DO UPDATE SET {q('successes')} = {table}.{q('successes')} + excluded.{q('successes')}, "
+            f"{q('failures')} = {table}.{q('failures')} + excluded.{q('failures')}",
+            params,
+        )
+
+
+def stats_for_stores(store_ids) -> dict[tuple, dict[tuple[str, str], tuple[int, int]]]:
+    """stats_for of every decline group of these stores, by (store_id, group): one query."""
+    out: dict[tuple, dict] = {}
+    for s in RetryStat.objects.filter(store_id__in=list(store_ids)):
+        out.setdefault((s.store_id, s.decline_group), {})[(s.hours_bucket, s.slot)] = (
+            s.successes,
+            s.failures,
+        )
+    return out

@@ -1,0 +1,427 @@
+"""The scheduler's retries, a claimed batch at a time.
+
+A pass claims up to `scheduler.BATCH` due cases. Their due retries are planned, sent and
+recorded together: what planning needs is read for the whole batch in a handful of
+queries (`facts_load`), and the writes go out in bulk. The guarantees are those of
+`engine.case_retry`, batch-wide:
+
+- each attempt is recorded (outcome unknown) before the gateway is called, in the
+  transaction that holds its card's lock and re-checks the card's network budget with
+  every attempt counted, the batch's own included;
+- never two attempts in flight for one case: the in-flight key is set on the locked row;
+- the gateway is called outside any transaction; an answer that is not a plain decline
+  (a payment, an unknown outcome, a refusal before the network, a fraud signal) is
+  recorded by `engine.attempt_resolve`, one case at a time, as ever;
+- if recording the declines fails, the attempts stay unknown with their keys in flight,
+  and the next pass reads them back before anything else happens to those cases.
+
+Everything else a pass does (messages, step-downs, closings, read-backs) goes through
+`engine.case_process_due`, one case at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+
+from django.db import transaction
+from django.db.models import Case, F, Min, Value, When
+from django.utils import timezone
+
+from common.bulk import rows_update
+from subscriptions.models import Invoice
+
+from . import budgets, engine, timing
+from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
+from .services import case_event_build, case_failure_changes, decline_classification
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_FACT_FIELDS = (
+    "case_id",
+    "source",
+    "outcome",
+    "attempted_at",
+    "card_brand",
+    "card_fingerprint",
+    "payment_method_id",
+)
+FAILURE_FIELDS = (
+    "inflight_key",
+    "attempt_count",
+    "last_attempt_at",
+    "card_changed_at",
+    "amount",
+    "track",
+    "track_reason",
+    "decline_code",
+    "advice_code",
+    "updated_at",
+)
+
+
+class Writes:
+    """Case fields and timeline entries a batch writes together."""
+
+    def __init__(self) -> None:
+        self.cases: dict[int, tuple[RecoveryCase, set]] = {}
+        self.events: list[CaseEvent] = []
+
+    def case_changed(self, case: RecoveryCase, fields) -> None:
+        entry = self.cases.setdefault(case.pk, (case, set()))
+        if entry[0] is not case:  # a fresher copy of the same row replaces the older one
+            entry = self.cases[case.pk] = (case, entry[1])
+        entry[1].update(fields)
+
+    def flush(self) -> None:
+        groups: dict[frozenset, list] = defaultdict(list)
+        for case, fields in self.cases.values():
+            groups[frozenset(fields)].append(case)
+        for fields, cases in groups.items():
+            rows_update(cases, sorted(fields))
+        if self.events:
+            CaseEvent.objects.bulk_create(self.events, batch_size=500)
+        self.cases, self.events = {}, []
+
+
+def _card(case: RecoveryCase) -> tuple:
+    brand, fingerprint, pm_id = engine._card_for(case)
+    return budgets.card_id(
+        store_id=case.store_id,
+        fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        customer_id=case.customer_id,
+    )
+
+
+def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
+    """Attach `engine.CaseFacts` to each case: four queries for the whole batch."""
+    ids = [c.pk for c in cases]
+    attempts = defaultdict(list)
+    for case_id, *row in PaymentAttempt.objects.filter(case_id__in=ids).values_list(
+        *ATTEMPT_FACT_FIELDS
+    ):
+        attempts[case_id].append(tuple(row))
+    touches = defaultdict(list)
+    for case_id, at, data in CaseEvent.objects.filter(
+        case_id__in=ids, kind="message_due"
+    ).values_list("case_id", "at", "data"):
+        touches[case_id].append((at, data))
+    first_opened = dict(
+        RecoveryCase.objects.filter(customer_id__in={c.customer_id for c in cases})
+        .values_list("customer_id")
+        .annotate(first=Min("opened_at"))
+        .values_list("customer_id", "first")
+    )
+    stats = timing.stats_for_stores({c.store_id for c in cases})
+    for case in cases:
+        case._facts = engine.CaseFacts(
+            attempts=attempts[case.pk],
+            touches=touches[case.pk],
+            earlier_failures=first_opened.get(case.customer_id, case.opened_at) < case.opened_at,
+            stats=stats,
+        )
+    card_rows = budgets.budget_rows_for_cards({_card(c) for c in cases}, at=now)
+    for case in cases:
+        case._facts.card_rows = card_rows
+
+
+def retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report):
+    """Act on the batch's due retries. Returns the cases left for one-at-a-time handling."""
+    due, rest = [], []
+    for case in cases:
+        if (
+            case.is_open
+            and not case.inflight_key
+            and case.window_end > now
+            and case.next_action == RecoveryCase.NextAction.RETRY
+        ):
+            due.append(case)
+        else:
+            rest.append(case)
+    if not due:
+        return rest
+    try:
+        facts_load(due, now=now)
+    except Exception:
+        logger.exception("reading the facts of a batch of %s retries failed", len(due))
+        return rest + due
+    writes = Writes()
+    send = []
+    for case in due:
+        try:
+            # Re-check at the moment of acting: other sources may have used the budget.
+            engine.case_plan(case, now=now, record=False, acting=True, writes=writes)
+        except Exception:
+            logger.exception("planning case %s failed in the scheduler pass", case.pk)
+            rest.append(case)  # the one-at-a-time path records the error
+            continue
+        if case.retry_at and case.retry_at <= now:
+            send.append(case)
+        else:
+            report.count("deferred")
+    try:
+        with transaction.atomic():
+            writes.flush()
+            sending, handled_alone = _attempts_record(send, now=now)
+    except Exception:
+        logger.exception(
+            "recording a batch of %s retries failed; trying them one by one", len(send)
+        )
+        return rest + send
+    rest += handled_alone
+    results = []
+    for case, attempt in sending:
+        gateway = gateways[case.store_id]  # the scheduler resolved each store's gateway
+        results.append(
+            (case, attempt, engine.gateway_charge(case, attempt, now=now, gateway=gateway))
+        )
+        report.count("retried")
+    _results_record(results, now=now)
+    return rest
+
+
+def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
+    """In the caller's transaction: lock the cases and their cards, re-check every card's
+    budget, record the attempts in flight. Returns ([(case, attempt)] to send, cases
+    left to the one-at-a-time path)."""
+    if not cases:
+        return [], []
+    numbers = {
+        c.pk: 1 + sum(1 for source, *_ in c._facts.attempts if source in engine.OUR_SOURCES)
+        for c in cases
+    }
+    keys = {c.pk: engine.attempt_key(c, numbers[c.pk]) for c in cases}
+    # A key already recorded means a send whose answer was never recorded: the
+    # one-at-a-time path reconciles it.
+    used = set(
+        PaymentAttempt.objects.filter(
+            store_id__in={c.store_id for c in cases}, idempotency_key__in=keys.values()
+        ).values_list("idempotency_key", flat=True)
+    )
+    alone = [c for c in cases if keys[c.pk] in used]
+    free = set(
+        RecoveryCase.objects.select_for_update(of=("self",))
+        .filter(
+            pk__in=[c.pk for c in cases if keys[c.pk] not in used],
+            status=RecoveryCase.Status.OPEN,
+            inflight_key="",
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    cases = [c for c in cases if c.pk in free]  # the others changed since the claim
+    cards = {c.pk: _card(c) for c in cases}
+    engine.cards_lock(cards.values())
+    rows = budgets.budget_rows_for_cards(set(cards.values()), at=now)
+    writes = Writes()
+    sending = []
+    for case in cases:
+        case._facts.card_rows = rows
+        verdict = engine._budget_verdict(case, at=now)
+        if not verdict.allowed:
+            writes.events.append(
+                case_event_build(
+                    case=case,
+                    kind="retry_refused",
+                    at=now,
+                    message=f"Retry not sent: {verdict.reason}",
+                )
+            )
+            engine.case_plan(case, now=now, writes=writes)
+            continue
+        attempt = engine.attempt_in_flight(case, now=now, key=keys[case.pk])
+        # Counted at once: a second case of the batch on the same card sees this attempt.
+        rows[cards[case.pk]].append((now, "", ""))
+        case._facts.attempts.append(
+            (
+                attempt.source,
+                attempt.outcome,
+                now,
+                attempt.card_brand,
+                attempt.card_fingerprint,
+                attempt.payment_method_id,
+            )
+        )
+        case.inflight_key = keys[case.pk]
+        sending.append((case, attempt))
+    PaymentAttempt.objects.bulk_create([a for _, a in sending], batch_size=500)
+    if sending:
+        RecoveryCase.objects.filter(pk__in=[c.pk for c, _ in sending]).update(
+            inflight_key=Case(*[When(pk=c.pk, then=Value(c.inflight_key)) for c, _ in sending])
+        )
+    writes.flush()
+    return sending, alone
+
+
+def _plain_decline(result) -> bool:
+    if result.outcome not in (
+        PaymentAttempt.Outcome.FAILED,
+        PaymentAttempt.Outcome.REQUIRES_ACTION,
+    ):
+        return False
+    cls = decline_classification(result.decline)
+    return cls.track != Track.FRAUD and not cls.fraud_review
+
+
+def _results_record(results: list, *, now: dt.datetime) -> None:
+    """Record the gateway's answers: plain declines together, the rest one at a time."""
+    declined = [r for r in results if _plain_decline(r[2])]
+    alone = [r for r in results if not _plain_decline(r[2])]
+    stats: dict[tuple, tuple[int, int]] = {}
+    try:
+        with transaction.atomic():
+            alone += _declines_record(declined, now=now, stats=stats)
+    except Exception:
+        logger.exception(
+            "recording %s declines failed; their attempts stay unknown and are read back",
+            len(declined),
+        )
+        stats = {}
+    timing.record_outcomes(stats)
+    for case, attempt, result in alone:
+        try:
+            engine.attempt_resolve(
+                case=case,
+                attempt=attempt,
+                outcome=result.outcome,
+                decline=result.decline,
+                at=now,
+                amount=result.amount,
+                message=result.message,
+                retry_after=result.retry_after,
+            )
+        except Exception:
+            logger.exception("recording the retry of case %s failed", case.pk)
+
+
+def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
+    """In the caller's transaction: the declines of the batch, as `engine.attempt_resolve`
+    records one. Returns the results it left to the one-at-a-time path."""
+    if not declined:
+        return []
+    fresh = {
+        c.pk: c
+        for c in RecoveryCase.objects.select_for_update(of=("self",))
+        .select_related("store", "customer", "customer__default_payment_method", "invoice", "order")
+        .filter(pk__in=[case.pk for case, _, _ in declined])
+        .order_by("pk")
+    }
+    alone, mine = [], []
+    for case, attempt, result in declined:
+        row = fresh.get(case.pk)
+        if (
+            row is None
+            or not row.is_open
+            or row.inflight_key != attempt.idempotency_key
+            or row.customer.disputed_at
+        ):
+            alone.append((case, attempt, result))  # changed while the call was out
+            continue
+        row._facts = case._facts
+        mine.append((row, attempt, result))
+    charges = {r.decline.charge_id for _, _, r in mine if r.decline.charge_id}
+    taken = set(
+        PaymentAttempt.objects.filter(charge_id__in=charges)
+        .exclude(pk__in=[a.pk for _, a, _ in mine])
+        .values_list("store_id", "charge_id")
+    )
+    writes = Writes()
+    invoices = {}
+    orders = []
+    updated_at = timezone.now()
+    for case, attempt, result in mine:
+        fields = engine.attempt_resolved_fields(
+            attempt, outcome=result.outcome, decline=result.decline
+        )
+        if (case.store_id, fields.get("charge_id")) in taken:
+            fields.pop("charge_id")  # another row holds this charge; history stays
+        for name, value in fields.items():
+            setattr(attempt, name, value)
+        if case.invoice_id and attempt.invoice_attempt_number:
+            invoices[case.invoice_id] = attempt.invoice_attempt_number
+        if attempt.source == PaymentAttempt.Source.RECOUP_RETRY:
+            key = timing.outcome_key(
+                store_id=case.store_id,
+                group=engine._classification(case).decline_group,
+                failed_at=case.window_start,
+                at=now,
+                tz=case.customer.time_zone or case.store.timezone,
+            )
+            s, f = stats.get(key, (0, 0))
+            stats[key] = (s, f + 1)
+        decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
+        classification = decline_classification(decline)
+        updates, event = case_failure_changes(
+            case=case, decline=decline, classification=classification, at=now, amount=case.amount
+        )
+        if event is not None:
+            writes.events.append(event)
+        updates.update(
+            inflight_key="",
+            attempt_count=case.attempt_count + 1,
+            last_attempt_at=now,
+            card_changed_at=None,
+            updated_at=updated_at,
+        )
+        for name, value in updates.items():
+            setattr(case, name, value)
+        writes.case_changed(case, updates)
+        _facts_after_decline(case, attempt)
+        writes.events.append(
+            case_event_build(
+                case=case,
+                kind="retry_failed",
+                at=now,
+                message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
+            )
+        )
+        engine.case_plan(case, now=engine.replan_time(now), writes=writes)
+        if case.order_id:
+            orders.append(case)
+    rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
+    if invoices:
+        # Stripe counted these attempts on the invoices; keep our counts in step so that
+        # a later read-back compares against the right number.
+        Invoice.objects.filter(pk__in=invoices).update(
+            attempt_count=Case(
+                *[When(pk=pk, attempt_count__lt=n, then=Value(n)) for pk, n in invoices.items()],
+                default=F("attempt_count"),
+                output_field=Invoice._meta.get_field("attempt_count"),
+            )
+        )
+    writes.flush()
+    if orders:
+        from orders.services import order_payment_failed
+
+        for case in orders:
+            # Each line's hold is decided again against the new plan.
+            order_payment_failed(order=case.order, case=case, at=now)
+    return alone
+
+
+def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:
+    """The batch's facts, as they are once the decline is recorded."""
+    facts = case._facts
+    facts.attempts = [
+        a
+        for a in facts.attempts
+        if not (a[0] == attempt.source and a[2] == attempt.attempted_at and a[1] == "unknown")
+    ] + [
+        (
+            attempt.source,
+            attempt.outcome,
+            attempt.attempted_at,
+            attempt.card_brand,
+            attempt.card_fingerprint,
+            attempt.payment_method_id,
+        )
+    ]
+    rows = facts.card_rows.get(_card(case)) if facts.card_rows is not None else None
+    if rows is not None:
+        # The attempt's advice now known (a do-not-retry or wait advice binds the card).
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i] == (attempt.attempted_at, "", ""):
+                rows[i] = (attempt.attempted_at, attempt.advice_code, attempt.network_advice_code)
+                break
