@@ -300,6 +300,7 @@ def _worker() -> int:
 
         buf = io.StringIO()
         pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(30)
         Path(os.environ["BENCH_PROFILE"]).write_text(buf.getvalue())
     print(
         json.dumps(

@@ -9,6 +9,8 @@ queries (`facts_load`), and the writes go out in bulk. The guarantees are those 
   transaction that holds its card's lock and re-checks the card's network budget with
   every attempt counted, the batch's own included;
 - never two attempts in flight for one case: the in-flight key is set on the locked row;
+- at most one attempt per card per batch: a second case on the card is decided after the
+  first one's answer is recorded (it may say never, or wait, for the whole card);
 - the gateway is called outside any transaction; an answer that is not a plain decline
   (a payment, an unknown outcome, a refusal before the network, a fraud signal) is
   recorded by `engine.attempt_resolve`, one case at a time, as ever;
@@ -128,7 +130,15 @@ def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
 
 
 def retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report):
-    """Act on the batch's due retries. Returns the cases left for one-at-a-time handling."""
+    """Act on the batch's due retries. Returns the cases left for one-at-a-time handling,
+    which reads its facts afresh: the batch's may be out of date by then."""
+    rest = _retries_process(cases, now=now, gateways=gateways, report=report)
+    for case in rest:
+        case.__dict__.pop("_facts", None)
+    return rest
+
+
+def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report):
     due, rest = [], []
     for case in cases:
         if (
@@ -216,8 +226,14 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     engine.cards_lock(cards.values())
     rows = budgets.budget_rows_for_cards(set(cards.values()), at=now)
     writes = Writes()
-    sending = []
+    sending, charged = [], set()
     for case in cases:
+        if cards[case.pk] in charged:
+            # One attempt per card per batch: the next case on the card is decided after
+            # this one's answer (a do-not-retry or wait advice binds the card), by the
+            # one-at-a-time path once the batch is recorded.
+            alone.append(case)
+            continue
         case._facts.card_rows = rows
         verdict = engine._budget_verdict(case, at=now)
         if not verdict.allowed:
@@ -232,7 +248,7 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
             engine.case_plan(case, now=now, writes=writes)
             continue
         attempt = engine.attempt_in_flight(case, now=now, key=keys[case.pk])
-        # Counted at once: a second case of the batch on the same card sees this attempt.
+        charged.add(cards[case.pk])
         rows[cards[case.pk]].append((now, "", ""))
         case._facts.attempts.append(
             (

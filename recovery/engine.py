@@ -853,7 +853,8 @@ def attempt_resolved_fields(attempt: PaymentAttempt, *, outcome: str, decline: D
     for name in DECLINE_FIELDS:
         value = getattr(decline, name)
         if value:
-            fields[name] = value
+            # A gateway's words are kept, cut to what the column holds.
+            fields[name] = value[: PaymentAttempt._meta.get_field(name).max_length]
     if decline.card_brand and not attempt.card_brand:
         fields["card_brand"] = decline.card_brand
     if decline.card_fingerprint and not attempt.card_fingerprint:

@@ -64,3 +64,41 @@ def test_two_retries_on_one_card_at_the_same_moment_take_its_last_attempt_once(w
     )
     refused = RecoveryCase.objects.filter(events__kind="retry_refused").distinct().count()
     assert refused == len(ids) - 1
+
+
+def test_workers_batching_cases_of_one_card_take_its_last_attempt_once(
+    webhooks, store, monkeypatch
+):
+    """The same race through the scheduler: three workers, each claiming batches of three
+    of the nine cases, all due at once on a card with one attempt left."""
+    from tests.recovery.test_scheduler_concurrency import run_workers
+
+    monkeypatch.setattr("recovery.scheduler.BATCH", 3)
+    with time_machine.travel(OPENED, tick=False) as traveller:
+        for i in range(9):
+            webhooks.deliver(
+                "invoice.payment_failed",
+                sf.failed_invoice(
+                    subscription=f"sub_race_{i}",
+                    fingerprint="fp_race_mc",
+                    brand="mastercard",
+                    decline_code="insufficient_funds",
+                ),
+            )
+        now = SLOT + dt.timedelta(minutes=5)
+        traveller.move_to(now)
+        assert (
+            RecoveryCase.objects.filter(next_action="retry", next_action_at__lte=now).count() == 9
+        )
+        gateway = CountingGateway(seed=3)
+        reports = run_workers(3, now=now, gateways={store.pk: gateway})
+
+    assert not any(r.actions.get("error") for r in reports), [r.actions for r in reports]
+    assert sum(r.claimed for r in reports) >= 9
+    assert len(gateway.calls) == 1  # ten in 24 h on a Mastercard: one was left
+    assert (
+        PaymentAttempt.objects.filter(card_fingerprint="fp_race_mc")
+        .exclude(outcome="not_sent")
+        .count()
+        == 10
+    )

@@ -1,0 +1,246 @@
+"""The scheduler acts on a claimed batch's due retries together (recovery/batch.py).
+
+The batch must decide and record exactly what the one-at-a-time path
+(`engine.case_process_due`, still used for everything else) would: the same attempts at
+the same moments with the same keys, the same plans, the same timeline. Two identical
+stores are run side by side, one through `run_due`, the other one case at a time, and
+compared. Cards shared by several cases, a do-not-retry advice on a shared card, an
+authentication request, a timeout read back and payments are all in the script.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import threading
+
+import pytest
+import time_machine
+
+from common.bulk import rows_update
+from recovery import engine
+from recovery.gateways.base import ChargeResult, ReadBack
+from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase
+from recovery.scheduler import cases_claim, cases_release, run_due
+from recovery.stripe_payloads import DeclineInfo
+from stores.services import store_create
+from tests import stripe_factory as sf
+from tests.conftest import Webhooks
+from tests.recovery.test_engine import DAY, HOUR, T0
+
+# invoice number -> (customer, brand, fingerprint, first decline)
+SCRIPT = {
+    0: ("cus_eq_0", "mastercard", "fp_eq_0", "insufficient_funds"),
+    1: ("cus_eq_0", "mastercard", "fp_eq_0", "do_not_honor"),
+    2: ("cus_eq_0", "mastercard", "fp_eq_0", "insufficient_funds"),
+    3: ("cus_eq_1", "visa", "fp_eq_1", "try_again_later"),
+    4: ("cus_eq_1", "visa", "fp_eq_1", "insufficient_funds"),
+    5: ("cus_eq_2", "mastercard", "fp_eq_2", "insufficient_funds"),
+    6: ("cus_eq_2", "mastercard", "fp_eq_2", "generic_decline"),
+    7: ("cus_eq_3", "visa", "fp_eq_3", "processing_error"),
+    8: ("cus_eq_4", "visa", "fp_eq_4", "insufficient_funds"),
+}
+
+
+class ScriptedIssuer:
+    """An issuer whose answer depends only on the invoice's number and the attempt's
+    number, so that two stores get the same answers for the same story."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}
+        self.paid: set[str] = set()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _numbers(invoice_id: str, key: str) -> tuple[int, int]:
+        return int(invoice_id.rsplit("_", 1)[1]), int(re.search(r"attempt-(\d+)", key)[1])
+
+    def invoice_pay(self, *, invoice_id, idempotency_key, payment_method="", amount=0, hint=None):
+        with self._lock:
+            self.calls.append((invoice_id, idempotency_key))
+            self.counts[invoice_id] = self.counts.get(invoice_id, 1) + 1
+        i, n = self._numbers(invoice_id, idempotency_key)
+        charge = "ch_" + hashlib.sha1(f"{invoice_id}:{idempotency_key}".encode()).hexdigest()[:16]
+        if (i, n) == (8, 1):
+            return ChargeResult(outcome="unknown", message="timed out after 30 s")
+        if (i + n) % 4 == 0:
+            self.paid.add(invoice_id)
+            return ChargeResult(
+                outcome="succeeded", amount=amount, decline=DeclineInfo(charge_id=charge)
+            )
+        if (i, n) == (4, 1):
+            return ChargeResult(
+                outcome="requires_action",
+                decline=DeclineInfo(failure_code="authentication_required", charge_id=charge),
+            )
+        return ChargeResult(
+            outcome="failed",
+            decline=DeclineInfo(
+                decline_code=SCRIPT[i][3] if n == 1 else "insufficient_funds",
+                failure_code="card_declined",
+                # Mastercard's "never retry this card" on the shared card of 5 and 6.
+                network_advice_code="03" if (i, n) == (5, 1) else "",
+                charge_id=charge,
+                failure_message="Declined. " * 80,  # longer than the column: kept, cut
+            ),
+        )
+
+    def invoice_read(self, *, invoice_id):
+        return ReadBack(
+            paid=invoice_id in self.paid,
+            attempt_count=self.counts.get(invoice_id, 1),
+            status="paid" if invoice_id in self.paid else "open",
+        )
+
+    def payment_intent_confirm(self, **kwargs):  # pragma: no cover - invoices only here
+        raise AssertionError("no order payments in this script")
+
+    def payment_intent_read(self, **kwargs):  # pragma: no cover
+        raise AssertionError("no order payments in this script")
+
+
+def _open(webhooks: Webhooks, tag: str) -> None:
+    for i, (customer, brand, fingerprint, code) in SCRIPT.items():
+        webhooks.deliver(
+            "invoice.payment_failed",
+            sf.failed_invoice(
+                customer=customer,
+                subscription=f"sub_eq_{i}",
+                invoice_id=f"in_eq_{tag}_{i}",
+                brand=brand,
+                fingerprint=fingerprint,
+                decline_code=code,
+                email=f"{customer}@example.com",
+            ),
+        )
+
+
+def _one_at_a_time(*, now, store, gateway) -> None:
+    """A pass as it was before batches: each claimed case through case_process_due."""
+    while ids := cases_claim(now=now, store_id=store.pk):
+        cases = RecoveryCase.objects.filter(pk__in=ids).select_related(
+            "store", "customer", "customer__default_payment_method", "invoice", "subscription"
+        )
+        for case in cases.order_by("next_action_at", "pk"):
+            engine.case_process_due(case, now=now, gateway=gateway)
+        cases_release(case_ids=ids)
+
+
+def _story(store) -> dict:
+    out = {}
+    for case in RecoveryCase.objects.filter(store=store).select_related("invoice"):
+        number = case.invoice.stripe_id.rsplit("_", 1)[1]
+        out[number] = {
+            "case": (
+                case.status,
+                case.track,
+                case.decline_code,
+                case.recovered_via,
+                case.attempt_count,
+                case.last_attempt_at,
+                case.next_action,
+                case.next_action_at,
+                case.retry_at,
+                case.retry_reason,
+                case.message_at,
+                case.dunning_stage,
+                case.inflight_key.rsplit("-", 1)[-1],
+            ),
+            "attempts": [
+                (
+                    a.source,
+                    a.outcome,
+                    a.attempted_at,
+                    a.idempotency_key.rsplit("-", 1)[-1],
+                    a.decline_code,
+                    a.network_advice_code,
+                    a.card_fingerprint,
+                    len(a.failure_message),
+                )
+                for a in PaymentAttempt.objects.filter(case=case).order_by("attempted_at", "id")
+            ],
+            "timeline": [
+                (e.at, e.kind, re.sub(r"case-\d+", "case-N", e.message))
+                for e in CaseEvent.objects.filter(case=case).order_by("at", "id")
+            ],
+        }
+    return out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
+    client, django_capture_on_commit_callbacks
+):
+    stores = {
+        tag: store_create(
+            name=f"Twin {tag}",
+            timezone="Europe/Berlin",
+            stripe_webhook_secret=f"whsec_twin_{tag}_secret",
+            gateway="sandbox",
+        )
+        for tag in ("batch", "single")
+    }
+    issuers = {tag: ScriptedIssuer() for tag in stores}
+    with time_machine.travel(T0, tick=False) as traveller:
+        for tag, store in stores.items():
+            _open(
+                Webhooks(
+                    client, store, django_capture_on_commit_callbacks, store.stripe_webhook_secret
+                ),
+                tag,
+            )
+        at = T0.replace(minute=17) + HOUR
+        while at <= T0 + 6 * DAY:
+            traveller.move_to(at)
+            run_due(
+                now=at, gateways={stores["batch"].pk: issuers["batch"]}, store_id=stores["batch"].pk
+            )
+            _one_at_a_time(now=at, store=stores["single"], gateway=issuers["single"])
+            at += HOUR
+
+    batch, single = _story(stores["batch"]), _story(stores["single"])
+    assert batch.keys() == single.keys() == {str(i) for i in SCRIPT}
+    for number in sorted(batch):
+        assert batch[number] == single[number], f"invoice {number} differs"
+
+    # The story did what it was written to do.
+    ours = PaymentAttempt.objects.filter(store=stores["batch"], source__in=engine.OUR_SOURCES)
+    assert ours.filter(outcome="failed").exists() and ours.filter(outcome="succeeded").exists()
+    assert not ours.filter(outcome="unknown").exists()  # the timeout was read back
+    assert all(len(a.failure_message) <= 500 for a in ours)
+    # Mastercard's 03 on card fp_eq_2: no attempt of ours on that card after it.
+    stop = ours.get(card_fingerprint="fp_eq_2", network_advice_code="03")
+    assert not ours.filter(card_fingerprint="fp_eq_2", attempted_at__gt=stop.attempted_at).exists()
+    assert RecoveryCase.objects.filter(store=stores["batch"], status="recovered").exists()
+    assert RecoveryCase.objects.filter(store=stores["batch"], track="authentication").exists()
+
+
+@pytest.mark.django_db
+def test_rows_update_writes_each_rows_own_values(store):
+    from subscriptions.models import Customer
+
+    people = [
+        Customer.objects.create(
+            store=store,
+            stripe_id=f"cus_rows_{i}",
+            email=f"r{i}@example.com",
+            first_seen_at=T0,
+            disputed_at=T0,
+        )
+        for i in range(3)
+    ]
+    when = dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC)
+    people[0].email, people[0].disputed_at = "first@example.com", when
+    people[1].email, people[1].disputed_at = "second@example.com", None
+    people[2].email, people[2].disputed_at = "third@example.com", when + DAY
+    assert rows_update(people, ["email", "disputed_at"]) == 3
+    got = {c.stripe_id: (c.email, c.disputed_at) for c in Customer.objects.filter(store=store)}
+    assert got == {
+        "cus_rows_0": ("first@example.com", when),
+        "cus_rows_1": ("second@example.com", None),
+        "cus_rows_2": ("third@example.com", when + DAY),
+    }
