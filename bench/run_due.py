@@ -273,7 +273,13 @@ def _worker() -> int:
 
     scheduler.cases_claim = claim_and_measure
     connection.ensure_connection()
-    print("ready", flush=True)
+    # The console email and SMS backends write every message to stdout. The parent reads
+    # the workers' pipes one after the other, so a worker whose pipe filled up would wait
+    # on it (that made a second worker look idle): messages go to /dev/null, and the
+    # parent hears from the worker on a copy of the original stdout.
+    proto = os.fdopen(os.dup(1), "w")
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
+    print("ready", file=proto, flush=True)
     sys.stdin.readline()  # the parent starts every worker at once
     profiler = None
     if os.environ.get("BENCH_PROFILE"):
@@ -318,6 +324,7 @@ def _worker() -> int:
                 "rss_curve": rss_curve,
             }
         ),
+        file=proto,
         flush=True,
     )
     return 0
