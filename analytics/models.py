@@ -10,7 +10,8 @@ share one combination of dimensions. The `basis` says which day and which dimens
 - ``duration`` day closed × exact seconds from failure to recovery (recovered cases only:
   the histogram the median days to recovery is read from)
 
-Dimensions a basis does not use are "" (and `duration` NULL). Rows are written only by
+Dimensions a basis does not use are "" (and `duration` NULL); `attempts` is summed for the
+bases by closing day only (attempts per recovery). Rows are written only by
 `analytics.services.rollup_refresh`, which replaces whole days.
 """
 
@@ -56,8 +57,9 @@ class CaseDay(models.Model):
 
 class RollupState(models.Model):
     """How far a store's rollup is up to date: the refresh watermark, the time zone its
-    days were cut in, and the open cases per opened day it last saw (a case closed with
-    a back-dated time is found by its day's open count, not by its `updated_at`)."""
+    days were cut in, the open cases per opened day it last saw (a case closed with a
+    back-dated time is found by its day's open count, not by its `updated_at`), and the
+    saves it already counted."""
 
     store = models.OneToOneField(
         Store, on_delete=models.CASCADE, primary_key=True, related_name="+"
@@ -65,6 +67,11 @@ class RollupState(models.Model):
     timezone = models.CharField(max_length=64, blank=True, default="")
     watermark = models.DateTimeField(null=True, blank=True)
     open_days = models.JSONField(default=dict, blank=True)
+    # The saves the last refresh counted within the next check's look-back window, by case
+    # id: [updated_at, opened day, closed day or None] (so the check can skip them).
+    seen = models.JSONField(default=dict, blank=True)
+    # The highest case id counted: an open case with a higher id is new, not reopened.
+    last_case_id = models.BigIntegerField(default=0)
     refreshed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

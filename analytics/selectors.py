@@ -31,6 +31,7 @@ from django.db.models import (
     Count,
     DateField,
     F,
+    IntegerField,
     OuterRef,
     Q,
     Subquery,
@@ -45,6 +46,7 @@ from stores.models import Store
 from subscriptions.models import Subscription
 
 from .metrics import DurationSeconds, Median
+from .sql import as_date, fetch, statement
 
 S = RecoveryCase.Status
 DAY = dt.timedelta(days=1)
@@ -199,18 +201,25 @@ def closed_figures(*, store: Store, period: Period) -> dict:
     ).aggregate(**out)
 
 
-def predunning_figures(*, store: Store, period: Period) -> dict:
-    prev = period.previous
+def _predunning_aggregates(period: Period) -> dict:
     cur_q, prev_q = Q(warned_at__gte=period.start), Q(warned_at__lt=period.start)
     saved = Q(saved_at__isnull=False)
+    return {
+        "c_sent": Count("pk", filter=cur_q),
+        "p_sent": Count("pk", filter=prev_q),
+        "c_saved": Count("pk", filter=cur_q & saved),
+        "p_saved": Count("pk", filter=prev_q & saved),
+    }
+
+
+def _predunning(*, store: Store, period: Period):
     return ExpiryWarning.objects.filter(
-        store=store, warned_at__gte=prev.start, warned_at__lt=period.end
-    ).aggregate(
-        c_sent=Count("pk", filter=cur_q),
-        p_sent=Count("pk", filter=prev_q),
-        c_saved=Count("pk", filter=cur_q & saved),
-        p_saved=Count("pk", filter=prev_q & saved),
+        store=store, warned_at__gte=period.previous.start, warned_at__lt=period.end
     )
+
+
+def predunning_figures(*, store: Store, period: Period) -> dict:
+    return _predunning(store=store, period=period).aggregate(**_predunning_aggregates(period))
 
 
 def at_risk_now(*, store: Store) -> dict:
@@ -459,9 +468,7 @@ def trend(*, store: Store, period: Period) -> list[dict]:
     return out
 
 
-def subscription_figures(*, store: Store, period: Period) -> dict:
-    """The figures that count each subscription once, live: recovered MRR (at today's
-    MRR), subscriptions active, and subscriptions lost to payment failure."""
+def _subscription_aggregates(*, store: Store, period: Period) -> dict:
     prev = period.previous
 
     def subs(p: Period, status: str):
@@ -478,52 +485,147 @@ def subscription_figures(*, store: Store, period: Period) -> dict:
         return Q(created_at__lt=p.end) & (Q(canceled_at__isnull=True) | Q(canceled_at__gte=p.start))
 
     money = Q(currency=store.currency)
+    return {
+        "c_recovered_mrr": Sum("mrr", filter=Q(pk__in=subs(period, S.RECOVERED)) & money),
+        "p_recovered_mrr": Sum("mrr", filter=Q(pk__in=subs(prev, S.RECOVERED)) & money),
+        "c_active": Count("pk", filter=active(period)),
+        "p_active": Count("pk", filter=active(prev)),
+        "c_churned_subscriptions": Count("pk", filter=Q(pk__in=subs(period, S.LOST))),
+        "p_churned_subscriptions": Count("pk", filter=Q(pk__in=subs(prev, S.LOST))),
+    }
+
+
+def subscription_figures(*, store: Store, period: Period) -> dict:
+    """The figures that count each subscription once, live: recovered MRR (at today's
+    MRR), subscriptions active, and subscriptions lost to payment failure."""
     return Subscription.objects.filter(store=store).aggregate(
-        c_recovered_mrr=Sum("mrr", filter=Q(pk__in=subs(period, S.RECOVERED)) & money),
-        p_recovered_mrr=Sum("mrr", filter=Q(pk__in=subs(prev, S.RECOVERED)) & money),
-        c_active=Count("pk", filter=active(period)),
-        p_active=Count("pk", filter=active(prev)),
-        c_churned_subscriptions=Count("pk", filter=Q(pk__in=subs(period, S.LOST))),
-        p_churned_subscriptions=Count("pk", filter=Q(pk__in=subs(prev, S.LOST))),
+        **_subscription_aggregates(store=store, period=period)
     )
+
+
+SUBSCRIPTION_FIGURES = (
+    "c_recovered_mrr",
+    "p_recovered_mrr",
+    "c_active",
+    "p_active",
+    "c_churned_subscriptions",
+    "p_churned_subscriptions",
+)
+PREDUNNING_FIGURES = ("c_sent", "p_sent", "c_saved", "p_saved")
+
+
+def live_figures(*, store: Store, period: Period) -> tuple[dict, dict]:
+    """`subscription_figures` and `predunning_figures` in one statement (a UNION of the
+    two aggregates, the second padded to the first's six columns)."""
+
+    def build():
+        subs = _subscription_aggregates(store=store, period=period)
+        pre = _predunning_aggregates(period)
+        assert (tuple(subs), tuple(pre)) == (SUBSCRIPTION_FIGURES, PREDUNNING_FIGURES)
+        pad = {f"pad{i}": Value(0, output_field=IntegerField()) for i in range(len(subs) - 4)}
+        a = (
+            Subscription.objects.filter(store=store)
+            .annotate(k=Value(1, output_field=IntegerField()))
+            .values("k")
+            .annotate(**subs)
+            .order_by()
+        )
+        b = (
+            _predunning(store=store, period=period)
+            .annotate(k=Value(2, output_field=IntegerField()))
+            .values("k")
+            .annotate(**pre, **pad)
+            .order_by()
+        )
+        return a.union(b, all=True)
+
+    key = ("live", store.pk, store.currency, period.start, period.end)
+    rows = {
+        r[0]: [int(v) if v is not None else None for v in r[1:]]
+        for r in fetch(*statement(key, build))
+    }
+    return (
+        dict(zip(SUBSCRIPTION_FIGURES, rows[1], strict=True)),
+        dict(zip(PREDUNNING_FIGURES, rows[2][: len(PREDUNNING_FIGURES)], strict=True)),
+    )
+
+
+ROLLUP_COLUMNS = (
+    "cur",
+    "basis",
+    "dkey",
+    "track",
+    "decline_code",
+    "product",
+    "status",
+    "currency",
+    "recovered_via",
+    "channel",
+    "duration",
+    "n",
+    "amount_sum",
+    "recovered_sum",
+    "attempts_sum",
+)
 
 
 def rollup_rows(*, store: Store, period: Period) -> list[dict]:
     """The rollup of the period and the one before, summed over days in SQL (except the
-    trend's days): a few hundred rows whatever the data size."""
+    trend's days): a few hundred rows whatever the data size. The previous period needs
+    only its totals and its histogram of durations, so its rows are summed over the
+    breakdowns' dimensions too, and its products and days are not read."""
     from .models import CaseDay
 
-    return list(
-        CaseDay.objects.filter(
-            store=store, day__gte=period.previous.start.date(), day__lte=period.last_day
+    B = CaseDay.Basis
+    start = period.start.date()
+
+    def current(name: str):
+        return Case(When(day__gte=start, then=F(name)), default=Value(""), output_field=CharField())
+
+    def build():
+        return (
+            CaseDay.objects.filter(
+                store=store, day__gte=period.previous.start.date(), day__lte=period.last_day
+            )
+            .exclude(basis__in=[B.PRODUCT, B.DAY], day__lt=start)
+            .annotate(
+                cur=Case(When(day__gte=start, then=Value(1)), default=Value(0)),
+                dkey=Case(When(basis=B.DAY, then=F("day")), default=None, output_field=DateField()),
+                g_track=current("track"),
+                g_decline=current("decline_code"),
+                g_via=current("recovered_via"),
+                g_channel=current("channel"),
+            )
+            .values(
+                "cur",
+                "basis",
+                "dkey",
+                "g_track",
+                "g_decline",
+                "product",
+                "status",
+                "currency",
+                "g_via",
+                "g_channel",
+                "duration",
+            )
+            .annotate(
+                n=Sum("cases"),
+                amount_sum=Sum("amount"),
+                recovered_sum=Sum("recovered_amount"),
+                attempts_sum=Sum("attempts"),
+            )
+            .order_by()
         )
-        .annotate(
-            cur=Case(When(day__gte=period.start.date(), then=Value(1)), default=Value(0)),
-            dkey=Case(
-                When(basis=CaseDay.Basis.DAY, then=F("day")), default=None, output_field=DateField()
-            ),
-        )
-        .values(
-            "cur",
-            "basis",
-            "dkey",
-            "track",
-            "decline_code",
-            "product",
-            "status",
-            "currency",
-            "recovered_via",
-            "channel",
-            "duration",
-        )
-        .annotate(
-            n=Sum("cases"),
-            amount_sum=Sum("amount"),
-            recovered_sum=Sum("recovered_amount"),
-            attempts_sum=Sum("attempts"),
-        )
-        .order_by()
-    )
+
+    out = []
+    for r in fetch(*statement(("rollup", store.pk, period.start, period.end), build)):
+        row = dict(zip(ROLLUP_COLUMNS, r, strict=True))
+        row["dkey"] = as_date(row["dkey"])
+        for k in ("n", "amount_sum", "recovered_sum", "attempts_sum"):
+            row[k] = int(row[k] or 0)
+        out.append(row)
+    return out
 
 
 OUTCOME_KEYS = ("failed", "failed_amount", "recovered", "recovered_amount", "lost", "in_progress")
@@ -565,13 +667,14 @@ def _median(histogram: list[tuple[float, int]]) -> float | None:
 def home(*, store: Store, period: Period) -> Home:
     """Everything the home page shows: the rollup, brought up to date first (so nothing
     shown is older than the request), read in one statement, plus the figures that count
-    subscriptions once and the pre-dunning rate, live. Eight statements at any data size."""
+    subscriptions once and the pre-dunning rate, live, in another. At any data size: four
+    statements when no case changed since the last refresh (its check, and the revenue at
+    risk with it), ten when some did (the refresh recomputes their days first)."""
     from .services import rollup_refresh
 
     refresh = rollup_refresh(store=store)
     rows = rollup_rows(store=store, period=period)
-    subs = subscription_figures(store=store, period=period)
-    pre = predunning_figures(store=store, period=period)
+    subs, pre = live_figures(store=store, period=period)
     channels_on = message_model() is not None
 
     totals: dict[str, dict] = {"c": {}, "p": {}}

@@ -1,23 +1,27 @@
 """Dashboard at scale: one store with 200,000 cases and 1,000,000 attempts on PostgreSQL.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/recoup_bench .venv/bin/python bench/dashboard.py
+    flock /tmp/bench.lock .venv/bin/python bench/dashboard.py   # see --help
 
-Seeds once (INSERT … SELECT generate_series: seeding is not what is measured; a second
-run reuses the data) and builds the analytics rollup through its service
+Uses the database of `--db` (default: $DATABASE_URL, else recoup_bench on 127.0.0.1, created
+if missing). Seeds once (INSERT … SELECT generate_series: seeding is not what is measured; a
+second run reuses the data) and builds the analytics rollup through its service
 (`analytics.services.rollup_refresh`), then measures server-side with Django's test
-Client, after a warm-up: p50/p95 of the home page, the case list and the queue, their
-query counts, and in the same run the bare SQL behind the home page — the statements
-the page's selector issues now (the rollup's refresh and read, the live figures), run on
-a cursor with nothing around them. Targets: p95 < 250 ms, ≤ 15 queries a page, home
-within 2× its bare statements.
+Client, after a warm-up: p50/p95 of the home page, the case list and the queue, and their
+query counts. The home page is measured in alternating rounds with its bare SQL — the
+statements its selector issues (the rollup's check and read, the live figures), run on a
+cursor with nothing around them — so that the ratio of the two compares like with like on
+a busy machine. Targets: p95 < 250 ms, ≤ 15 queries a page, home within 2× its bare
+statements.
 
-Also shown, not targets: the home page while 50 cases changed in the last minutes (its
-refresh recomputes their days), and the direct aggregation the page ran before the
+Also shown, not targets (but held to 15 queries): the home page when 50 cases were saved
+just before each request, and when 5 cases were recovered just before each request (the
+refresh recomputes their days first), and the direct aggregation the page ran before the
 rollup (`selectors.home_direct`, ten scans), whose figures the rollup's must equal.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
@@ -26,6 +30,38 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recoup_bench"),
+        help="PostgreSQL URL (default: $DATABASE_URL, else recoup_bench on 127.0.0.1)",
+    )
+    parser.add_argument("--cases", type=int, default=int(os.environ.get("BENCH_CASES", 200_000)))
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=int(os.environ.get("BENCH_RUNS", 40)),
+        help="requests measured per page",
+    )
+    parser.add_argument(
+        "--reseed", action="store_true", help="delete the seeded store's data and seed again"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        default=0,
+        help="also profile N home requests (cProfile) and print the top functions",
+    )
+    return parser.parse_args()
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS:
+    os.environ["DATABASE_URL"] = ARGS.db
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Measured as it runs in production: DEBUG off (DEBUG keeps every query and renders
 # templates with debug information). Bench-only secrets; nothing here is kept.
@@ -46,10 +82,10 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-CASES = int(os.environ.get("BENCH_CASES", 200_000))
+CASES = ARGS.cases if ARGS else 200_000
 ATTEMPTS_PER_CASE = 5
 CUSTOMERS = CASES // 4
-RUNS = int(os.environ.get("BENCH_RUNS", 40))
+RUNS = ARGS.runs if ARGS else 40
 STORE_NAME = "Bench Store (dashboard)"
 
 # Indexes an earlier version of this script created itself, now in recovery's migrations:
@@ -84,7 +120,7 @@ def insert_select(model, n: int, exprs: dict[str, str], *, series: str = "g") ->
         cur.execute(sql, params)
 
 
-def seed():
+def seed(*, reseed: bool = False):
     from recovery.models import PaymentAttempt, RecoveryCase
     from stores.models import Store
     from stores.services import membership_create, store_create
@@ -92,7 +128,9 @@ def seed():
     from support.models import QueueItem
 
     store = Store.objects.filter(name=STORE_NAME).first()
-    if store and RecoveryCase.objects.filter(store=store).count() >= CASES:
+    if store and (reseed or stale_seed(store)):
+        wipe(store)
+    elif store and RecoveryCase.objects.filter(store=store).count() >= CASES:
         print(f"reusing the seeded store ({CASES:,} cases)")
         return store
     t0 = time.perf_counter()
@@ -131,15 +169,21 @@ def seed():
     smin = (
         Subscription.objects.filter(store=store).order_by("pk").values_list("pk", flat=True).first()
     )
-    # Cases over the last 365 days; those older than their 21-day window are decided.
+    # Cases over the last 365 days; those older than their 21-day window are decided. A
+    # case closes 1-20 days after it failed: one whose closing time is still to come is
+    # open (nothing is stamped in the future, as nothing is in production).
     opened = "(now() - ((g * 7919) % 525600) * interval '1 minute')"
+    closes = f"({opened} + ((g % 20) + 1) * interval '1 day' - interval '1 hour')"
     decided = f"({opened} < now() - interval '21 days')"
     roll = "((g * 31) % 100)"
     status = (
         f"CASE WHEN NOT {decided} AND {roll} < 55 THEN 'open' "
         f"WHEN {roll} < 58 THEN 'cancelled' WHEN {roll} < 78 THEN 'lost' ELSE 'recovered' END"
     )
-    status_sql = f"(CASE WHEN {decided} OR {roll} >= 55 THEN ({status}) ELSE 'open' END)"
+    status_sql = (
+        f"(CASE WHEN {closes} > now() THEN 'open' "
+        f"WHEN {decided} OR {roll} >= 55 THEN ({status}) ELSE 'open' END)"
+    )
     insert_select(
         RecoveryCase,
         CASES,
@@ -159,7 +203,7 @@ def seed():
             "window_end": f"{opened} + interval '21 days'",
             "decline_code": "(ARRAY['insufficient_funds','do_not_honor','generic_decline','expired_card','lost_card','authentication_required','fraudulent','card_velocity_exceeded'])[1 + g % 8]",
             "attempt_count": "1 + g % 5",
-            "closed_at": f"CASE WHEN {status_sql} <> 'open' THEN {opened} + ((g % 20) + 1) * interval '1 day' - interval '1 hour' END",
+            "closed_at": f"CASE WHEN {status_sql} <> 'open' THEN {closes} END",
             "recovered_via": f"CASE WHEN {status_sql} = 'recovered' THEN (ARRAY['recoup_retry','stripe_retry','customer','card_updater','agent'])[1 + g % 5] ELSE '' END",
             "recovered_amount": f"CASE WHEN {status_sql} = 'recovered' THEN (ARRAY[1500,2900,4900,9900,12000])[1 + g % 5] ELSE 0 END",
             "escalated": "g % 50 = 0",
@@ -167,7 +211,7 @@ def seed():
             "next_action_at": f"CASE WHEN {status_sql} = 'open' THEN now() + (g % 72) * interval '1 hour' END",
             # Last saved when opened or closed (not all at seeding time: the rollup's
             # refresh would see every case as just changed).
-            "updated_at": f"CASE WHEN {status_sql} <> 'open' THEN {opened} + ((g % 20) + 1) * interval '1 day' - interval '1 hour' ELSE {opened} END",
+            "updated_at": f"CASE WHEN {status_sql} <> 'open' THEN {closes} ELSE {opened} END",
         },
     )
     kmin = (
@@ -220,6 +264,46 @@ def seed():
     return store
 
 
+def stale_seed(store) -> bool:
+    """Seeded by an earlier version of this script, which closed cases in the future (their
+    updated_at too, so every refresh recomputed their days)."""
+    from recovery.models import RecoveryCase
+
+    if RecoveryCase.objects.filter(store=store, closed_at__gt=timezone.now()).exists():
+        print("the seeded store has cases closed in the future (an older seed): seeding again")
+        return True
+    return False
+
+
+def wipe(store) -> None:
+    """Delete the store's data, not the store and its users: every row of a model with a
+    foreign key to the store (and order lines through their order), in one transaction
+    (Django's foreign keys are deferred, so the order does not matter)."""
+    from django.apps import apps
+    from django.db import transaction
+
+    from stores.models import Store
+
+    t = time.perf_counter()
+    keep = {"stores.membership", "stores.apitoken"}
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(
+            "DELETE FROM orders_orderline WHERE order_id IN "
+            "(SELECT id FROM orders_order WHERE store_id = %s)",
+            [store.pk.hex],
+        )
+        for model in apps.get_models():
+            if model._meta.label_lower in keep:
+                continue
+            for field in model._meta.concrete_fields:
+                if field.is_relation and field.related_model is Store:
+                    cur.execute(
+                        f'DELETE FROM "{model._meta.db_table}" WHERE "{field.column}" = %s',
+                        [store.pk.hex],
+                    )
+    print(f"deleted the seeded data in {time.perf_counter() - t:.1f} s")
+
+
 def drop_old_bench_indexes() -> None:
     from django.db.migrations.recorder import MigrationRecorder
 
@@ -255,15 +339,21 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(k, len(values) - 1)]
 
 
-def measure(client: Client, path: str) -> dict:
+def measure(client: Client, path: str, *, before=None) -> dict:
+    """p50/p95 of RUNS requests after a warm-up, and the queries of one more; `before`
+    runs (untimed) before each request."""
     for _ in range(3):  # warm-up: connections, caches, query plans
         assert client.get(path).status_code == 200, path
     times = []
     for _ in range(RUNS):
+        if before:
+            before()
         t = time.perf_counter()
         response = client.get(path)
         times.append((time.perf_counter() - t) * 1000)
         assert response.status_code == 200
+    if before:
+        before()
     with CaptureQueriesContext(connection) as ctx:
         client.get(path)
     return {
@@ -273,51 +363,121 @@ def measure(client: Client, path: str) -> dict:
     }
 
 
-def bare_statements(store, selector: str = "home") -> tuple[float, float, int]:
+def statements_of(store, selector: str = "home") -> list[str]:
     """The statements of the home page's selector (`home`: what the page runs now; or
-    `home_direct`: the direct aggregation), run bare on a cursor: p50, p95 (ms), count."""
+    `home_direct`: the direct aggregation), as the second of two calls issues them."""
     from analytics import selectors
 
     period = selectors.period_for(store=store, now=timezone.now())
-    selectors.message_model()  # its table check is cached per process, as in the page
+    getattr(selectors, selector)(store=store, period=period)
     with CaptureQueriesContext(connection) as ctx:
         getattr(selectors, selector)(store=store, period=period)
-    statements = [q["sql"] for q in ctx.captured_queries]
+    return [q["sql"] for q in ctx.captured_queries]
+
+
+def run_bare(statements: list[str], runs: int) -> list[float]:
+    """Run the statements on a cursor with nothing around them: ms per run."""
     times = []
     with connection.cursor() as cur:
-        for _ in range(3):
-            for sql in statements:
-                cur.execute(sql)
-                if cur.description:  # not BEGIN/COMMIT, DELETE, INSERT, UPDATE
-                    cur.fetchall()
-        for _ in range(RUNS):
+        for _ in range(runs):
             t = time.perf_counter()
             for sql in statements:
                 cur.execute(sql)
                 if cur.description:  # not BEGIN/COMMIT, DELETE, INSERT, UPDATE
                     cur.fetchall()
             times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def bare_statements(store, selector: str = "home_direct") -> tuple[float, float, int]:
+    """A selector's statements run bare, after a warm-up: p50, p95 (ms), count."""
+    statements = statements_of(store, selector)
+    run_bare(statements, 3)
+    times = run_bare(statements, RUNS)
     return statistics.median(times), percentile(times, 95), len(statements)
 
 
-def measure_with_changes(client: Client, path: str, store) -> dict:
-    """The home page while 50 open cases were saved moments ago (within the refresh's
-    look-back, so every request recomputes their days); their updated_at is put back."""
-    with connection.cursor() as cur:
-        cur.execute(
-            "UPDATE recovery_recoverycase SET updated_at = now() WHERE id IN (SELECT id FROM "
-            "recovery_recoverycase WHERE store_id = %s AND status = 'open' ORDER BY id LIMIT 50)",
-            [store.pk.hex],
-        )
+def measure_home_and_bare(client: Client, path: str, store, rounds: int = 4) -> tuple[dict, dict]:
+    """The home page and its bare statements, measured in alternating rounds, so that
+    whatever else the machine is doing weighs on both alike."""
+    statements = statements_of(store)
+    for _ in range(3):
+        assert client.get(path).status_code == 200
+    run_bare(statements, 3)
+    page, bare = [], []
+    for i in range(rounds):
+        n = RUNS // rounds + (1 if i < RUNS % rounds else 0)
+        for _ in range(n):
+            t = time.perf_counter()
+            assert client.get(path).status_code == 200
+            page.append((time.perf_counter() - t) * 1000)
+        bare += run_bare(statements, n)
+    with CaptureQueriesContext(connection) as ctx:
+        client.get(path)
+    summary = lambda times, queries: {  # noqa: E731
+        "p50": statistics.median(times),
+        "p95": percentile(times, 95),
+        "queries": queries,
+    }
+    return summary(page, len(ctx.captured_queries)), summary(bare, len(statements))
+
+
+def open_case_ids(store, n: int) -> list[int]:
+    from recovery.models import RecoveryCase
+
+    return list(
+        RecoveryCase.objects.filter(store=store, status="open")
+        .order_by("pk")
+        .values_list("pk", flat=True)[:n]
+    )
+
+
+def measure_with_saves(client: Client, path: str, store) -> dict:
+    """The home page when 50 open cases were saved just before each request (so every
+    request recomputes their days); their updated_at is put back afterwards."""
+    ids = open_case_ids(store, 50)
+
+    def save():
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE recovery_recoverycase SET updated_at = now() WHERE id = ANY(%s)", [ids]
+            )
+
     try:
-        return measure(client, path)
+        return measure(client, path, before=save)
     finally:
         with connection.cursor() as cur:
             cur.execute(
-                "UPDATE recovery_recoverycase SET updated_at = opened_at WHERE id IN (SELECT id "
-                "FROM recovery_recoverycase WHERE store_id = %s AND status = 'open' ORDER BY id "
-                "LIMIT 50)",
-                [store.pk.hex],
+                "UPDATE recovery_recoverycase SET updated_at = opened_at WHERE id = ANY(%s)",
+                [ids],
+            )
+
+
+def measure_with_closes(client: Client, path: str, store) -> dict:
+    """The home page when 5 open cases were recovered just before each request (each
+    close recomputes its opened day and every closing day since); all are reopened
+    afterwards."""
+    ids = open_case_ids(store, 5 * (RUNS + 5))
+    batches = iter([ids[i : i + 5] for i in range(0, len(ids), 5)])
+
+    def close():
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE recovery_recoverycase SET status = 'recovered', closed_at = now(), "
+                "recovered_via = 'recoup_retry', recovered_amount = amount, "
+                "updated_at = now() WHERE id = ANY(%s)",
+                [next(batches)],
+            )
+
+    try:
+        return measure(client, path, before=close)
+    finally:
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE recovery_recoverycase SET status = 'open', closed_at = NULL, "
+                "recovered_via = '', recovered_amount = 0, updated_at = opened_at "
+                "WHERE id = ANY(%s)",
+                [ids],
             )
 
 
@@ -346,14 +506,44 @@ def same(a, b) -> bool:
     return a == b
 
 
+def create_database() -> None:
+    """Create the database of --db if it does not exist (connecting to `postgres`)."""
+    import psycopg
+
+    name = connection.settings_dict["NAME"]
+    given = connection.get_connection_params()
+    params = {k: given[k] for k in ("user", "password", "host", "port") if given.get(k)}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+            print(f"created database {name}")
+
+
+def profile(client: Client, path: str, n: int) -> None:
+    """cProfile over n requests of a page: where its Python time goes."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        client.get(path)
+    prof.disable()
+    stats = pstats.Stats(prof).strip_dirs()
+    print(f"\nprofile of {n} requests of {path} (top by own time, then cumulative):")
+    stats.sort_stats("tottime").print_stats(20)
+    stats.sort_stats("cumulative").print_stats(30)
+
+
 def main() -> int:
     if connection.vendor != "postgresql":
-        print("bench/dashboard.py needs PostgreSQL: set DATABASE_URL=postgres://…")
+        print("bench/dashboard.py needs PostgreSQL: --db postgres://… (or DATABASE_URL)")
         return 2
+    create_database()
     drop_old_bench_indexes()
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)  # as deployed
-    store = seed()
+    store = seed(reseed=ARGS.reseed)
     ensure_rollup(store)
     # Earlier runs rewrote rollup days; autovacuum would clean up after them in production,
     # but this server may run with it off. Measure the tables as autovacuum keeps them.
@@ -374,10 +564,12 @@ def main() -> int:
         "case list (open, soft)": f"/s/{store.pk}/cases/?status=open&track=soft",
         "queue": f"/s/{store.pk}/queue/",
     }
-    results = {name: measure(client, path) for name, path in pages.items()}
-    bare50, bare95, n = bare_statements(store)
+    home, bare = measure_home_and_bare(client, pages["home"], store)
+    results = {"home": home}
+    results |= {name: measure(client, path) for name, path in pages.items() if name != "home"}
     direct50, direct95, direct_n = bare_statements(store, "home_direct")
-    changed = measure_with_changes(client, pages["home"], store)
+    saves = measure_with_saves(client, pages["home"], store)
+    closes = measure_with_closes(client, pages["home"], store)
     same = figures_match(store)
     print(f"\n{CASES:,} cases, {CASES * ATTEMPTS_PER_CASE:,} attempts; {RUNS} requests per page\n")
     print(f"{'page':26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
@@ -385,19 +577,22 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:26} {r['p50']:8.1f} {r['p95']:8.1f} {r['queries']:8d}")
         ok &= r["p95"] < 250 and r["queries"] <= 15
-    ratio = results["home"]["p50"] / bare50
-    print(f"{'bare home statements':26} {bare50:8.1f} {bare95:8.1f} {n:8d}")
-    print(f"\nhome page / its bare statements (p50): {ratio:.2f}x (target ≤ 2x)")
-    ok &= ratio <= 2
-    print("\nnot targets:")
+    ratio = home["p50"] / bare["p50"]
+    print(f"{'bare home statements':26} {bare['p50']:8.1f} {bare['p95']:8.1f} {bare['queries']:8d}")
     print(
-        f"{'home, 50 cases changed':26} {changed['p50']:8.1f} {changed['p95']:8.1f} "
-        f"{changed['queries']:8d}"
+        f"\nhome page / its bare statements (p50, alternating rounds): {ratio:.2f}x (target ≤ 2x)"
     )
+    ok &= ratio <= 2
+    print("\nnot targets (but at most 15 queries):")
+    for name, r in (("home, 50 cases saved", saves), ("home, 5 cases recovered", closes)):
+        print(f"{name:26} {r['p50']:8.1f} {r['p95']:8.1f} {r['queries']:8d}")
+        ok &= r["queries"] <= 15
     print(f"{'direct aggregation (old)':26} {direct50:8.1f} {direct95:8.1f} {direct_n:8d}")
     print(f"rollup figures equal the direct aggregation: {'yes' if same else 'NO'}")
     ok &= same
     print("targets met" if ok else "TARGETS MISSED")
+    if ARGS.profile:
+        profile(client, pages["home"], ARGS.profile)
     return 0 if ok else 1
 
 

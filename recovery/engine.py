@@ -531,7 +531,9 @@ def case_attempt_seen(
 ) -> None:
     if not created or attempt.outcome == PaymentAttempt.Outcome.NOT_SENT:
         return
-    RecoveryCase.objects.filter(pk=case.pk).update(attempt_count=F("attempt_count") + 1)
+    RecoveryCase.objects.filter(pk=case.pk).update(
+        attempt_count=F("attempt_count") + 1, updated_at=timezone.now()
+    )
     RecoveryCase.objects.filter(
         Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
     ).update(last_attempt_at=at)
@@ -945,7 +947,7 @@ def attempt_resolve(
         case_plan(case, now=at + (retry_after or dt.timedelta()))
         return
     RecoveryCase.objects.filter(pk=case.pk).update(
-        attempt_count=F("attempt_count") + 1, last_attempt_at=at
+        attempt_count=F("attempt_count") + 1, last_attempt_at=at, updated_at=timezone.now()
     )
     case.refresh_from_db()
     success = outcome == PaymentAttempt.Outcome.SUCCEEDED

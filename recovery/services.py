@@ -354,7 +354,9 @@ def recovery_case_close(
         next_action="",
         next_action_at=None,
         next_action_reason="",
-        updated_at=at,
+        # Saved now, whatever moment the close is dated: the analytics rollup finds the
+        # cases that changed since its last read by this.
+        updated_at=timezone.now(),
     )
     if updated != 1:
         return False  # already closed, by another event or worker
