@@ -7,8 +7,11 @@ applied to it, and an older snapshot never overwrites a newer one.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from recovery.stripe_payloads import (
@@ -91,12 +94,9 @@ def customer_mark_disputed(*, customer: Customer, at: dt.datetime) -> None:
     Customer.objects.filter(pk=customer.pk, disputed_at__isnull=True).update(disputed_at=at)
 
 
-def payment_method_upsert(
-    *, store: Store, customer: Customer, data: dict, make_default: bool = False
-) -> PaymentMethod:
-    """A card from a PaymentMethod (`card` sub-object) or a legacy Card source."""
+def _card_values(data: dict, *, customer: Customer) -> dict:
     card = obj(data.get("card")) or (data if data.get("object") == "card" else {})
-    values = {
+    return {
         "customer": customer,
         "brand": str(card.get("brand") or card.get("display_brand") or "")[:32].lower(),
         "last4": str(card.get("last4") or "")[:4],
@@ -104,6 +104,13 @@ def payment_method_upsert(
         "exp_year": card.get("exp_year"),
         "fingerprint": str(card.get("fingerprint") or "")[:64],
     }
+
+
+def payment_method_upsert(
+    *, store: Store, customer: Customer, data: dict, make_default: bool = False
+) -> PaymentMethod:
+    """A card from a PaymentMethod (`card` sub-object) or a legacy Card source."""
+    values = _card_values(data, customer=customer)
     pm, created = _get_or_create(
         PaymentMethod, lookup={"store": store, "stripe_id": str(data["id"])}, defaults=values
     )
@@ -158,20 +165,25 @@ def subscription_ref(
     return subscription
 
 
-def subscription_upsert(
-    *, store: Store, customer: Customer, data: dict, at: dt.datetime
-) -> Subscription:
+def _subscription_values(data: dict, *, customer: Customer) -> dict:
     summary = subscription_summary(data)
     status = str(data.get("status") or Subscription.Status.ACTIVE)
     if status not in Subscription.Status.values:
         status = Subscription.Status.ACTIVE
-    values = {
+    return {
         "customer": customer,
         "status": status,
         "cancel_at_period_end": bool(data.get("cancel_at_period_end")),
         "canceled_at": ts(data.get("canceled_at")) or ts(data.get("ended_at")),
         **{k: v for k, v in summary.items() if v not in (None, "")},
     }
+
+
+def subscription_upsert(
+    *, store: Store, customer: Customer, data: dict, at: dt.datetime
+) -> Subscription:
+    values = _subscription_values(data, customer=customer)
+    status = values["status"]
     with transaction.atomic():
         subscription, created = _get_or_create(
             Subscription,
@@ -194,6 +206,127 @@ def subscription_upsert(
         subscription.stripe_updated = at
         subscription.save()
         return subscription
+
+
+@dataclass(frozen=True)
+class CustomerImport:
+    """A Stripe customer as of `seen_at`, with its default card (a Stripe PaymentMethod)
+    and its subscriptions (Stripe Subscription objects)."""
+
+    stripe_id: str
+    seen_at: dt.datetime
+    email: str = ""
+    name: str = ""
+    phone: str = ""
+    payment_method: dict | None = None
+    subscriptions: tuple[dict, ...] = ()
+
+
+@transaction.atomic
+def customers_import(*, store: Store, items: Sequence[CustomerImport]) -> list[Customer]:
+    """A store's existing customers at once, each with its default card and subscriptions
+    (the demo store's, or a backfill when a store connects): the rows that
+    `customer_upsert`, `payment_method_upsert(make_default=True)` and
+    `subscription_upsert` write, in a fixed number of statements for customers new to
+    Recoup. A customer, card or subscription Recoup already has (or a customer listed
+    twice) goes through those upserts instead. Returns the customers in `items`' order."""
+    known_customers = set(
+        Customer.objects.filter(
+            store=store, stripe_id__in=[i.stripe_id for i in items]
+        ).values_list("stripe_id", flat=True)
+    )
+    known_cards = set(
+        PaymentMethod.objects.filter(
+            store=store,
+            stripe_id__in=[str(i.payment_method["id"]) for i in items if i.payment_method],
+        ).values_list("stripe_id", flat=True)
+    )
+    known_subscriptions = set(
+        Subscription.objects.filter(
+            store=store, stripe_id__in=[str(d["id"]) for i in items for d in i.subscriptions]
+        ).values_list("stripe_id", flat=True)
+    )
+    fresh: list[CustomerImport] = []
+    one_by_one: list[CustomerImport] = []
+    seen: set[str] = set()
+    for item in items:
+        ids = {item.stripe_id}
+        if item.payment_method:
+            ids.add(str(item.payment_method["id"]))
+        ids.update(str(d["id"]) for d in item.subscriptions)
+        if (
+            item.stripe_id in known_customers
+            or (item.payment_method and str(item.payment_method["id"]) in known_cards)
+            or known_subscriptions.intersection(str(d["id"]) for d in item.subscriptions)
+            or seen.intersection(ids)
+        ):
+            one_by_one.append(item)
+        else:
+            fresh.append(item)
+        seen.update(ids)
+
+    customers = Customer.objects.bulk_create(
+        [
+            Customer(
+                store=store,
+                stripe_id=item.stripe_id,
+                email=item.email[:254],
+                name=item.name[:200],
+                phone=item.phone[:32],
+                first_seen_at=item.seen_at,
+            )
+            for item in fresh
+        ]
+    )
+    by_id = {c.stripe_id: c for c in customers}
+    cards = PaymentMethod.objects.bulk_create(
+        [
+            PaymentMethod(
+                store=store,
+                stripe_id=str(item.payment_method["id"]),
+                is_default=True,
+                **_card_values(item.payment_method, customer=by_id[item.stripe_id]),
+            )
+            for item in fresh
+            if item.payment_method
+        ]
+    )
+    for card in cards:
+        card.customer.default_payment_method = card
+    Customer.objects.filter(pk__in=[card.customer_id for card in cards]).update(
+        default_payment_method=Subquery(
+            PaymentMethod.objects.filter(customer=OuterRef("pk"), is_default=True).values("pk")
+        )
+    )
+    Subscription.objects.bulk_create(
+        [
+            Subscription(
+                store=store,
+                stripe_id=str(data["id"]),
+                stripe_updated=item.seen_at,
+                **_subscription_values(data, customer=by_id[item.stripe_id]),
+            )
+            for item in fresh
+            for data in item.subscriptions
+        ]
+    )
+    for item in one_by_one:
+        customer = customer_upsert(
+            store=store,
+            stripe_id=item.stripe_id,
+            email=item.email,
+            name=item.name,
+            phone=item.phone,
+            seen_at=item.seen_at,
+        )
+        if item.payment_method:
+            payment_method_upsert(
+                store=store, customer=customer, data=item.payment_method, make_default=True
+            )
+        for data in item.subscriptions:
+            subscription_upsert(store=store, customer=customer, data=data, at=item.seen_at)
+        by_id[item.stripe_id] = customer
+    return [by_id[item.stripe_id] for item in items]
 
 
 def subscription_mark_past_due(*, subscription: Subscription, at: dt.datetime) -> None:
