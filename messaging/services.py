@@ -667,6 +667,39 @@ def consent_sms_opt_in(*, phone: str, at: dt.datetime, source: str, detail: str 
 
 
 @transaction.atomic
+def consent_sms_signup(
+    *, customer: Customer, at: dt.datetime, source: str, detail: str = ""
+) -> bool:
+    """The customer agreed to texts about their payments when they signed up (a consent
+    box at the merchant's checkout): SMS may reach their number from now on. Recorded
+    with where it came from. A number that replied STOP stays suppressed (only START
+    lifts that), and a customer without a number cannot opt in. Returns whether the
+    customer is opted in now."""
+    customer = Customer.objects.select_for_update().get(pk=customer.pk)
+    if customer.sms_opt_in:
+        return True
+    if (
+        not customer.phone
+        or Suppression.objects.filter(
+            store_id=customer.store_id, channel=Channel.SMS, address=customer.phone
+        ).exists()
+    ):
+        return False
+    Customer.objects.filter(pk=customer.pk).update(sms_opt_in=True)
+    _consent_event(
+        store_id=customer.store_id,
+        customer=customer,
+        channel=Channel.SMS,
+        action="opt_in",
+        source=source,
+        address=customer.phone,
+        at=at,
+        detail=detail,
+    )
+    return True
+
+
+@transaction.atomic
 def email_suppress(
     *, store_id, address: str, reason: str, at: dt.datetime, source: str = "postmark"
 ) -> None:
