@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 from django.core.management import call_command
 
+from messaging.models import ConsentEvent, Message
 from orders.models import InventoryHold, Order
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, StripeEvent, Track
 from recovery.simulation import Attempt, network_violations
@@ -20,6 +21,7 @@ from subscriptions.models import Customer, Invoice, PaymentMethod, Subscription
 
 END = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 SMALL = {"customers": 60, "days": 30, "seed": 3, "failure_rate": 0.3, "end": END}
+START = END - dt.timedelta(days=30)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,50 @@ def test_failed_orders_hold_stock_and_messages_are_due(store):
     assert CaseEvent.objects.filter(store=store, kind="card_changed").exists()
 
 
+def test_cases_escalate_to_the_queue_and_failed_orders_hold_stock(store):
+    assert RecoveryCase.objects.filter(store=store, escalated=True).exists()
+    assert CaseEvent.objects.filter(store=store, kind="escalated").exists()
+    holds = InventoryHold.objects.filter(store=store, case__isnull=False)
+    assert holds.filter(status="held").exists() or holds.filter(status="released").exists()
+    assert holds.filter(status="committed").exists()
+
+
+def test_customers_from_before_the_period_were_imported_with_card_and_subscription(store):
+    before = Customer.objects.filter(store=store, first_seen_at__lt=START)
+    during = Customer.objects.filter(store=store, first_seen_at__gte=START)
+    assert before.exists() and during.exists()
+    for customer in Customer.objects.filter(store=store).select_related("default_payment_method"):
+        card = customer.default_payment_method
+        assert card is not None and card.is_default and card.customer_id == customer.pk
+        assert card.last4 and card.exp_year and card.fingerprint
+        sub = Subscription.objects.get(customer=customer)
+        assert sub.mrr > 0 and sub.product_name and sub.current_period_end
+        # Recoup has the rows from when it connected, just before the period, or for
+        # those who joined later from their signup: never before the customer existed.
+        assert sub.created_at >= customer.first_seen_at, customer
+        assert (sub.created_at < START) == (customer.first_seen_at < START), customer
+
+
+def test_some_customers_opted_in_to_sms_at_signup_and_got_texts(store):
+    opted = Customer.objects.filter(store=store, sms_opt_in=True)
+    assert opted.exists()
+    assert opted.count() < Customer.objects.filter(store=store).exclude(phone="").count()
+    assert not opted.filter(phone="").exists()
+    # Each consent came through messaging's consent service: one event each, at signup.
+    events = ConsentEvent.objects.filter(store=store, channel="sms", action="opt_in")
+    assert sorted(events.values_list("customer_id", flat=True)) == sorted(
+        opted.values_list("pk", flat=True)
+    )
+    for event in events.select_related("customer"):
+        assert event.source == "signup"
+        assert event.at == event.customer.first_seen_at
+        assert event.address == event.customer.phone
+    texts = Message.objects.filter(store=store, channel="sms", status="sent")
+    assert texts.exists()
+    assert not texts.exclude(customer__in=opted).exists()
+    assert set(texts.values_list("to", flat=True)) <= set(opted.values_list("phone", flat=True))
+
+
 def test_logins_and_token_come_last(store, seeded):
     roles = set(Membership.objects.filter(store=store).values_list("user__username", "role"))
     assert roles == {("operator", "operator"), ("agent", "agent")}
@@ -146,6 +192,8 @@ def test_the_summary_reports_what_the_product_recorded(seeded, db):
     assert summary.counts["customers"] == 60
     assert summary.counts["errors"] == 0, summary.counts["first_errors"]
     assert "recovery rate" in summary.text
+    assert summary.counts["sms_sent_during_replay"] > 0
+    assert "import" in summary.timing and "the period" in summary.timing
 
 
 def test_the_plan_is_the_same_for_the_same_seed():
