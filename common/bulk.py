@@ -27,7 +27,12 @@ def rows_update(objs: list, fields) -> int:
     postgres = connection.vendor == "postgresql"
 
     def slot(field) -> str:
-        return f"CAST(%s AS {field.db_type(connection)})" if postgres else "%s"
+        if not postgres:
+            return "%s"
+        kind = field.db_type(connection)
+        # varchar without its length: an explicit CAST to varchar(n) would cut a longer
+        # value silently, where assigning it to the column refuses it, as update() does.
+        return f"CAST(%s AS {'varchar' if kind.startswith('varchar(') else kind})"
 
     if postgres:
         alias = ["pk", *(f"c{i}" for i in range(len(columns)))]

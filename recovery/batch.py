@@ -23,8 +23,10 @@ Everything else a pass does (messages, step-downs, closings, read-backs) goes th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 
 from django.db import transaction
@@ -39,6 +41,10 @@ from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .services import case_event_build, case_failure_changes, decline_classification
 
 logger = logging.getLogger(__name__)
+
+# How long after recording its attempts a batch may go on sending them: well inside the
+# claim lease (engine.CLAIM_LEASE), which the recording renews.
+SEND_WITHIN = dt.timedelta(minutes=4)
 
 ATTEMPT_FACT_FIELDS = (
     "case_id",
@@ -179,17 +185,41 @@ def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: d
         logger.exception(
             "recording a batch of %s retries failed; trying them one by one", len(send)
         )
+        for case in send:  # rolled back: nothing of this batch is in flight
+            case.inflight_key = ""
         return rest + send
     rest += handled_alone
-    results = []
+    results, late = [], []
+    deadline = time.monotonic() + SEND_WITHIN.total_seconds()
     for case, attempt in sending:
+        if time.monotonic() > deadline:
+            # The gateway is slow: what is not sent by now goes back, recorded as not
+            # sent, before the cases' lease could run out and another worker read them
+            # back while they were still to be sent.
+            late.append((case, attempt))
+            continue
         gateway = gateways[case.store_id]  # the scheduler resolved each store's gateway
         results.append(
             (case, attempt, engine.gateway_charge(case, attempt, now=now, gateway=gateway))
         )
         report.count("retried")
+    if late:
+        _attempts_unsent(late, now=now)
+        report.actions["deferred"] = report.actions.get("deferred", 0) + len(late)
     _results_record(results, now=now)
     return rest
+
+
+def _attempts_unsent(late: list, *, now: dt.datetime) -> None:
+    """Attempts recorded in flight that the batch did not send: not sent, keys cleared."""
+    with transaction.atomic():
+        for case, attempt in late:
+            PaymentAttempt.objects.filter(pk=attempt.pk, outcome="unknown").update(
+                outcome=PaymentAttempt.Outcome.NOT_SENT, resolved_at=timezone.now()
+            )
+            RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
+                inflight_key=""
+            )
 
 
 def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
@@ -211,17 +241,26 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
         ).values_list("idempotency_key", flat=True)
     )
     alone = [c for c in cases if keys[c.pk] in used]
-    free = set(
-        RecoveryCase.objects.select_for_update(of=("self",))
+    locked = {
+        pk: (default_pm, changed)
+        for pk, default_pm, changed in RecoveryCase.objects.select_for_update(of=("self",))
         .filter(
             pk__in=[c.pk for c in cases if keys[c.pk] not in used],
             status=RecoveryCase.Status.OPEN,
             inflight_key="",
         )
         .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-    cases = [c for c in cases if c.pk in free]  # the others changed since the claim
+        .values_list("pk", "customer__default_payment_method_id", "card_changed_at")
+    }
+    moved = [
+        c
+        for c in cases
+        if c.pk in locked
+        and locked[c.pk] != (c.customer.default_payment_method_id, c.card_changed_at)
+    ]
+    alone += moved  # the card changed since the claim: decided afresh, one at a time
+    # The others closed, or have an attempt in flight, since the claim.
+    cases = [c for c in cases if c.pk in locked and c not in moved]
     cards = {c.pk: _card(c) for c in cases}
     engine.cards_lock(cards.values())
     rows = budgets.budget_rows_for_cards(set(cards.values()), at=now)
@@ -265,20 +304,19 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     PaymentAttempt.objects.bulk_create([a for _, a in sending], batch_size=500)
     if sending:
         RecoveryCase.objects.filter(pk__in=[c.pk for c, _ in sending]).update(
-            inflight_key=Case(*[When(pk=c.pk, then=Value(c.inflight_key)) for c, _ in sending])
+            inflight_key=Case(*[When(pk=c.pk, then=Value(c.inflight_key)) for c, _ in sending]),
+            # The lease runs from now, not from the pass's start: the sends come next.
+            claimed_until=timezone.now() + engine.CLAIM_LEASE,
         )
     writes.flush()
     return sending, alone
 
 
 def _plain_decline(result) -> bool:
-    if result.outcome not in (
+    return result.outcome in (
         PaymentAttempt.Outcome.FAILED,
         PaymentAttempt.Outcome.REQUIRES_ACTION,
-    ):
-        return False
-    cls = decline_classification(result.decline)
-    return cls.track != Track.FRAUD and not cls.fraud_review
+    )
 
 
 def _results_record(results: list, *, now: dt.datetime) -> None:
@@ -286,16 +324,27 @@ def _results_record(results: list, *, now: dt.datetime) -> None:
     declined = [r for r in results if _plain_decline(r[2])]
     alone = [r for r in results if not _plain_decline(r[2])]
     stats: dict[tuple, tuple[int, int]] = {}
+    orders = []
     try:
         with transaction.atomic():
-            alone += _declines_record(declined, now=now, stats=stats)
+            more, orders = _declines_record(declined, now=now, stats=stats)
+            alone += more
     except Exception:
         logger.exception(
             "recording %s declines failed; their attempts stay unknown and are read back",
             len(declined),
         )
         stats = {}
-    timing.record_outcomes(stats)
+    if orders:
+        from orders.services import order_payment_failed
+
+        for case in orders:
+            try:
+                with transaction.atomic():
+                    # Each line's hold is decided again against the new plan.
+                    order_payment_failed(order=case.order, case=case, at=now)
+            except Exception:
+                logger.exception("deciding the holds of case %s's order failed", case.pk)
     for case, attempt, result in alone:
         try:
             engine.attempt_resolve(
@@ -310,13 +359,19 @@ def _results_record(results: list, *, now: dt.datetime) -> None:
             )
         except Exception:
             logger.exception("recording the retry of case %s failed", case.pk)
+    try:
+        timing.record_outcomes(stats)
+    except Exception:  # learning only: the attempts themselves are recorded
+        logger.exception("adding the batch's results to the retry statistics failed")
 
 
-def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
+def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[list, list]:
     """In the caller's transaction: the declines of the batch, as `engine.attempt_resolve`
-    records one. Returns the results it left to the one-at-a-time path."""
+    records one. Returns the results it left to the one-at-a-time path, and the cases
+    whose orders' holds are to be decided again (after the commit, one order at a time:
+    stock rows are locked in one order per order, never across a batch)."""
     if not declined:
-        return []
+        return [], []
     fresh = {
         c.pk: c
         for c in RecoveryCase.objects.select_for_update(of=("self",))
@@ -332,8 +387,17 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
             or not row.is_open
             or row.inflight_key != attempt.idempotency_key
             or row.customer.disputed_at
+            or row.track == Track.FRAUD
         ):
             alone.append((case, attempt, result))  # changed while the call was out
+            continue
+        # What the case will be told (a copy: the attempt keeps the gateway's own words).
+        told = engine.failure_decline(
+            row, outcome=result.outcome, decline=dataclasses.replace(result.decline)
+        )
+        classification = decline_classification(told)
+        if classification.track == Track.FRAUD or classification.fraud_review:
+            alone.append((case, attempt, result))  # to a person: attempt_resolve routes it
             continue
         row._facts = case._facts
         mine.append((row, attempt, result))
@@ -365,8 +429,12 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
                 at=now,
                 tz=case.customer.time_zone or case.store.timezone,
             )
-            s, f = stats.get(key, (0, 0))
-            stats[key] = (s, f + 1)
+            s_, f_ = stats.get(key, (0, 0))
+            stats[key] = (s_, f_ + 1)
+            # Later plans in this batch learn from it, as they would one case at a time.
+            learned = case._facts.stats.setdefault(key[:2], {})
+            s_, f_ = learned.get(key[2:], (0, 0))
+            learned[key[2:]] = (s_, f_ + 1)
         decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
         classification = decline_classification(decline)
         updates, event = case_failure_changes(
@@ -378,13 +446,15 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
             inflight_key="",
             attempt_count=case.attempt_count + 1,
             last_attempt_at=now,
-            card_changed_at=None,
             updated_at=updated_at,
         )
+        if engine.card_change_spent(case, attempt):
+            updates["card_changed_at"] = None
         for name, value in updates.items():
             setattr(case, name, value)
         writes.case_changed(case, updates)
         _facts_after_decline(case, attempt)
+        engine.case_plan(case, now=engine.replan_time(now), writes=writes)
         writes.events.append(
             case_event_build(
                 case=case,
@@ -393,7 +463,6 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
                 message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
             )
         )
-        engine.case_plan(case, now=engine.replan_time(now), writes=writes)
         if case.order_id:
             orders.append(case)
     rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
@@ -408,13 +477,7 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> list:
             )
         )
     writes.flush()
-    if orders:
-        from orders.services import order_payment_failed
-
-        for case in orders:
-            # Each line's hold is decided again against the new plan.
-            order_payment_failed(order=case.order, case=case, at=now)
-    return alone
+    return alone, orders
 
 
 def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:

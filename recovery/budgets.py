@@ -71,7 +71,6 @@ def budget_rows(*, store_id, fingerprint: str, payment_method_id: str, customer_
             ),
             store_id=store_id,
             attempted_at__gt=at - LONGEST,
-            attempted_at__lte=at,
         )
         .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
         .values_list(*BUDGET_ROW)
@@ -97,7 +96,7 @@ def budget_rows_for_cards(cards: set[tuple], *, at) -> dict[tuple, list]:
             either |= Q(customer_id__in=kinds["customer"])
         match |= Q(either, store_id=store_id)
     rows = (
-        PaymentAttempt.objects.filter(match, attempted_at__gt=at - LONGEST, attempted_at__lte=at)
+        PaymentAttempt.objects.filter(match, attempted_at__gt=at - LONGEST)
         .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
         .values_list(
             "store_id", "card_fingerprint", "payment_method_id", "customer_id", *BUDGET_ROW
@@ -157,7 +156,9 @@ def budget_verdict(
     """The verdict from the card's attempts (`BUDGET_ROW` tuples); no query."""
     brand = (brand or "").lower()
     limits = LIMITS.get(brand, DEFAULT_LIMITS)
-    counted = sorted(r for r in rows if at - LONGEST < r[0] <= at)
+    # Attempts dated after `at` count too: another worker's pass, or Stripe, may be a
+    # little ahead of this one's clock.
+    counted = sorted(r for r in rows if at - LONGEST < r[0])
     since = since_card_change or (at - LONGEST)
     if any(
         r[0] > since and (r[1] == "do_not_try_again" or r[2] in DO_NOT_RETRY_NETWORK_ADVICE)

@@ -864,6 +864,12 @@ def attempt_resolved_fields(attempt: PaymentAttempt, *, outcome: str, decline: D
     return fields
 
 
+def card_change_spent(case: RecoveryCase, attempt: PaymentAttempt) -> bool:
+    """Did this declined attempt use up the card change that allowed it? A change made
+    while the attempt was out (a new card on the pay page) still stands."""
+    return case.card_changed_at is None or case.card_changed_at <= attempt.attempted_at
+
+
 def failure_decline(case: RecoveryCase, *, outcome: str, decline: DeclineInfo) -> DeclineInfo:
     """The decline a failed attempt of ours reports to the case: an authentication request
     when the bank asked for one, the case's code when the answer carried none."""
@@ -929,11 +935,14 @@ def attempt_resolve(
         Invoice.objects.filter(
             pk=case.invoice_id, attempt_count__lt=attempt.invoice_attempt_number
         ).update(attempt_count=attempt.invoice_attempt_number)
-    PaymentAttempt.objects.filter(pk=attempt.pk, outcome=PaymentAttempt.Outcome.UNKNOWN).update(
-        **fields
+    if not PaymentAttempt.objects.filter(
+        pk=attempt.pk, outcome=PaymentAttempt.Outcome.UNKNOWN
+    ).update(**fields):
+        return  # resolved already (read back by another worker): recorded once
+    RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
+        inflight_key=""
     )
-    RecoveryCase.objects.filter(pk=case.pk).update(inflight_key="")
-    case.inflight_key = ""
+    case.inflight_key = "" if case.inflight_key == attempt.idempotency_key else case.inflight_key
     if outcome == PaymentAttempt.Outcome.NOT_SENT:
         case_event_record(
             case=case,
@@ -989,8 +998,9 @@ def attempt_resolve(
         )
         return
     decline = failure_decline(case, outcome=outcome, decline=decline)
-    RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
-    case.card_changed_at = None
+    if card_change_spent(case, attempt):
+        RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
+        case.card_changed_at = None
     recovery_case_open(
         store=case.store,
         customer=case.customer,
@@ -1020,7 +1030,9 @@ def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:
     """Read back an attempt of unknown outcome and record the truth."""
     attempt = case.attempts.filter(idempotency_key=case.inflight_key).first()
     if attempt is None:
-        RecoveryCase.objects.filter(pk=case.pk).update(inflight_key="")
+        RecoveryCase.objects.filter(pk=case.pk, inflight_key=case.inflight_key).update(
+            inflight_key=""
+        )
         return
     try:
         if case.invoice_id:

@@ -43,7 +43,9 @@ class PassReport:
 def cases_claim(*, now: dt.datetime, limit: int = BATCH, store_id=None) -> list[int]:
     """Claim up to `limit` due open cases for this worker (of one store when given);
     returns their ids."""
-    lease_end = now + engine.CLAIM_LEASE
+    # From the wall clock: a pass's `now` is fixed at its start, and a batch claimed late
+    # in a long pass must still hold its cases for the whole lease.
+    lease_end = max(now, timezone.now()) + engine.CLAIM_LEASE
     with transaction.atomic():
         qs = (
             RecoveryCase.objects.filter(status=RecoveryCase.Status.OPEN, next_action_at__lte=now)

@@ -21,10 +21,11 @@ import time_machine
 from common.bulk import rows_update
 from recovery import engine
 from recovery.gateways.base import ChargeResult, ReadBack
-from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase
+from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryStat
 from recovery.scheduler import cases_claim, cases_release, run_due
 from recovery.stripe_payloads import DeclineInfo
 from stores.services import store_create
+from subscriptions.models import Invoice
 from tests import stripe_factory as sf
 from tests.conftest import Webhooks
 from tests.recovery.test_engine import DAY, HOUR, T0
@@ -173,7 +174,7 @@ def _story(store) -> dict:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
-    client, django_capture_on_commit_callbacks
+    client, django_capture_on_commit_callbacks, caplog
 ):
     stores = {
         tag: store_create(
@@ -202,10 +203,30 @@ def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
             _one_at_a_time(now=at, store=stores["single"], gateway=issuers["single"])
             at += HOUR
 
+    # The batch really ran: a batch that fell back to one case at a time logs an error.
+    assert not [r for r in caplog.records if r.name == "recovery.batch"], caplog.text
     batch, single = _story(stores["batch"]), _story(stores["single"])
     assert batch.keys() == single.keys() == {str(i) for i in SCRIPT}
     for number in sorted(batch):
         assert batch[number] == single[number], f"invoice {number} differs"
+    # What the engine learned, and what it told the invoices, is the same too.
+    learned = {
+        tag: sorted(
+            RetryStat.objects.filter(store=store).values_list(
+                "decline_group", "hours_bucket", "slot", "successes", "failures"
+            )
+        )
+        for tag, store in stores.items()
+    }
+    assert learned["batch"] == learned["single"] and learned["batch"]
+    counts = {
+        tag: sorted(
+            (i.stripe_id.rsplit("_", 1)[1], i.attempt_count, i.status)
+            for i in Invoice.objects.filter(store=store)
+        )
+        for tag, store in stores.items()
+    }
+    assert counts["batch"] == counts["single"]
 
     # The story did what it was written to do.
     ours = PaymentAttempt.objects.filter(store=stores["batch"], source__in=engine.OUR_SOURCES)
