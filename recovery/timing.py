@@ -191,7 +191,8 @@ def record_outcomes(counts: dict[tuple, tuple[int, int]]) -> None:
     each row's lock only for the statement."""
     from django.db import connection
 
-    rows = [(k, v) for k, v in counts.items() if v[0] or v[1]]
+    # In one order for every worker: two upserts of overlapping rows wait, not deadlock.
+    rows = sorted(((k, v) for k, v in counts.items() if v[0] or v[1]), key=lambda r: str(r[0]))
     if not rows:
         return
     q = connection.ops.quote_name
