@@ -192,7 +192,7 @@ def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: d
     results, late = [], []
     deadline = time.monotonic() + SEND_WITHIN.total_seconds()
     for case, attempt in sending:
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             # The gateway is slow: what is not sent by now goes back, recorded as not
             # sent, before the cases' lease could run out and another worker read them
             # back while they were still to be sent.
@@ -203,10 +203,13 @@ def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: d
             (case, attempt, engine.gateway_charge(case, attempt, now=now, gateway=gateway))
         )
         report.count("retried")
-    if late:
-        _attempts_unsent(late, now=now)
-        report.actions["deferred"] = report.actions.get("deferred", 0) + len(late)
     _results_record(results, now=now)
+    if late:
+        try:
+            _attempts_unsent(late, now=now)
+        except Exception:  # left unknown and in flight: the next pass reads them back
+            logger.exception("giving back %s unsent attempts failed", len(late))
+        report.actions["deferred"] = report.actions.get("deferred", 0) + len(late)
     return rest
 
 
@@ -217,8 +220,10 @@ def _attempts_unsent(late: list, *, now: dt.datetime) -> None:
             PaymentAttempt.objects.filter(pk=attempt.pk, outcome="unknown").update(
                 outcome=PaymentAttempt.Outcome.NOT_SENT, resolved_at=timezone.now()
             )
+            # Put off a little, like any case a pass could not finish: not claimed again
+            # by this pass, retried by a later one with the next key.
             RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
-                inflight_key=""
+                inflight_key="", next_action_at=now + engine.RECONCILE_DELAY
             )
 
 

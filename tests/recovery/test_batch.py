@@ -265,3 +265,39 @@ def test_rows_update_writes_each_rows_own_values(store):
         "cus_rows_1": ("second@example.com", None),
         "cus_rows_2": ("third@example.com", when + DAY),
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_attempts_a_slow_batch_could_not_send_in_time_go_back_unsent(webhooks, store, monkeypatch):
+    """Past the batch's sending time, recorded attempts are not sent: they are recorded
+    not_sent with their keys cleared (before the lease could lapse and another worker
+    read them back while still to go out), and the next pass retries with a new key."""
+    issuer = ScriptedIssuer()
+    with time_machine.travel(T0, tick=False) as traveller:
+        for i in (0, 3):
+            customer, brand, fingerprint, code = SCRIPT[i]
+            webhooks.deliver(
+                "invoice.payment_failed",
+                sf.failed_invoice(
+                    customer=customer,
+                    subscription=f"sub_slow_{i}",
+                    invoice_id=f"in_slow_x_{i}",
+                    brand=brand,
+                    fingerprint=fingerprint,
+                    decline_code=code,
+                ),
+            )
+        due = RecoveryCase.objects.order_by("next_action_at").first().next_action_at
+        traveller.move_to(due)
+        monkeypatch.setattr("recovery.batch.SEND_WITHIN", dt.timedelta(0))
+        run_due(now=due, gateways={store.pk: issuer}, store_id=store.pk)
+        assert issuer.calls == []
+        ours = PaymentAttempt.objects.filter(source__in=engine.OUR_SOURCES)
+        assert ours.exists() and set(ours.values_list("outcome", flat=True)) == {"not_sent"}
+        assert not RecoveryCase.objects.exclude(inflight_key="").exists()
+
+        monkeypatch.setattr("recovery.batch.SEND_WITHIN", dt.timedelta(minutes=4))
+        later = due + engine.RECONCILE_DELAY
+        traveller.move_to(later)
+        run_due(now=later, gateways={store.pk: issuer}, store_id=store.pk)
+    assert issuer.calls and all(key.endswith("-attempt-2") for _, key in issuer.calls)
