@@ -352,16 +352,7 @@ def _results_record(results: list, *, now: dt.datetime) -> None:
                 logger.exception("deciding the holds of case %s's order failed", case.pk)
     for case, attempt, result in alone:
         try:
-            engine.attempt_resolve(
-                case=case,
-                attempt=attempt,
-                outcome=result.outcome,
-                decline=result.decline,
-                at=now,
-                amount=result.amount,
-                message=result.message,
-                retry_after=result.retry_after,
-            )
+            engine.attempt_record_result(case=case, attempt=attempt, result=result, at=now)
         except Exception:
             logger.exception("recording the retry of case %s failed", case.pk)
     try:

@@ -750,6 +750,23 @@ def gateway_charge(case: RecoveryCase, attempt: PaymentAttempt, *, now: dt.datet
         return ChargeResult(outcome="unknown", message=f"{type(exc).__name__}: {exc}"[:300])
 
 
+def attempt_record_result(
+    *, case: RecoveryCase, attempt: PaymentAttempt, result, at: dt.datetime, actor: str = "system"
+) -> None:
+    """Record the gateway's answer (a ChargeResult) to an attempt of ours."""
+    attempt_resolve(
+        case=case,
+        attempt=attempt,
+        outcome=result.outcome,
+        decline=result.decline,
+        at=at,
+        amount=result.amount,
+        message=result.message,
+        actor=actor,
+        retry_after=result.retry_after,
+    )
+
+
 def case_retry(
     case: RecoveryCase,
     *,
@@ -818,17 +835,7 @@ def case_retry(
         return None
     case.inflight_key = key
     result = gateway_charge(case, attempt, now=now, gateway=gateway)
-    attempt_resolve(
-        case=case,
-        attempt=attempt,
-        outcome=result.outcome,
-        decline=result.decline,
-        at=now,
-        amount=result.amount,
-        message=result.message,
-        actor=actor,
-        retry_after=result.retry_after,
-    )
+    attempt_record_result(case=case, attempt=attempt, result=result, at=now, actor=actor)
     _ = case_event_record
     return attempt
 

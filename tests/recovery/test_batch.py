@@ -104,8 +104,9 @@ class ScriptedIssuer:
         raise AssertionError("no order payments in this script")
 
 
-def _open(webhooks: Webhooks, tag: str) -> None:
-    for i, (customer, brand, fingerprint, code) in SCRIPT.items():
+def _open(webhooks: Webhooks, tag: str, numbers=tuple(SCRIPT)) -> None:
+    for i in numbers:
+        customer, brand, fingerprint, code = SCRIPT[i]
         webhooks.deliver(
             "invoice.payment_failed",
             sf.failed_invoice(
@@ -274,19 +275,7 @@ def test_attempts_a_slow_batch_could_not_send_in_time_go_back_unsent(webhooks, s
     read them back while still to go out), and the next pass retries with a new key."""
     issuer = ScriptedIssuer()
     with time_machine.travel(T0, tick=False) as traveller:
-        for i in (0, 3):
-            customer, brand, fingerprint, code = SCRIPT[i]
-            webhooks.deliver(
-                "invoice.payment_failed",
-                sf.failed_invoice(
-                    customer=customer,
-                    subscription=f"sub_slow_{i}",
-                    invoice_id=f"in_slow_x_{i}",
-                    brand=brand,
-                    fingerprint=fingerprint,
-                    decline_code=code,
-                ),
-            )
+        _open(webhooks, "slow", numbers=(0, 3))
         due = RecoveryCase.objects.order_by("next_action_at").first().next_action_at
         traveller.move_to(due)
         monkeypatch.setattr("recovery.batch.SEND_WITHIN", dt.timedelta(0))

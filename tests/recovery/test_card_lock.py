@@ -18,6 +18,20 @@ from tests.recovery.test_scheduler_concurrency import OPENED, SLOT, CountingGate
 pytestmark = [requires_postgres(), pytest.mark.django_db(transaction=True)]
 
 
+def _nine_cases_on_one_mastercard(webhooks) -> None:
+    """Nine failed renewals on one Mastercard: nine attempts in 24 h, one left."""
+    for i in range(9):
+        webhooks.deliver(
+            "invoice.payment_failed",
+            sf.failed_invoice(
+                subscription=f"sub_race_{i}",
+                fingerprint="fp_race_mc",
+                brand="mastercard",
+                decline_code="insufficient_funds",
+            ),
+        )
+
+
 def test_two_retries_on_one_card_at_the_same_moment_take_its_last_attempt_once(webhooks, store):
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +39,7 @@ def test_two_retries_on_one_card_at_the_same_moment_take_its_last_attempt_once(w
     from django.db import connection
 
     with time_machine.travel(OPENED, tick=False) as traveller:
-        for i in range(9):
-            webhooks.deliver(
-                "invoice.payment_failed",
-                sf.failed_invoice(
-                    subscription=f"sub_race_{i}",
-                    fingerprint="fp_race_mc",
-                    brand="mastercard",
-                    decline_code="insufficient_funds",
-                ),
-            )
+        _nine_cases_on_one_mastercard(webhooks)
         now = SLOT + dt.timedelta(minutes=5)
         traveller.move_to(now)
         gateway = CountingGateway(seed=3)
@@ -75,16 +80,7 @@ def test_workers_batching_cases_of_one_card_take_its_last_attempt_once(
 
     monkeypatch.setattr("recovery.scheduler.BATCH", 3)
     with time_machine.travel(OPENED, tick=False) as traveller:
-        for i in range(9):
-            webhooks.deliver(
-                "invoice.payment_failed",
-                sf.failed_invoice(
-                    subscription=f"sub_race_{i}",
-                    fingerprint="fp_race_mc",
-                    brand="mastercard",
-                    decline_code="insufficient_funds",
-                ),
-            )
+        _nine_cases_on_one_mastercard(webhooks)
         now = SLOT + dt.timedelta(minutes=5)
         traveller.move_to(now)
         assert (
