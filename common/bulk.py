@@ -13,9 +13,10 @@ from django.db import connection
 CHUNK = 500
 
 
-def rows_update(objs: list, fields) -> int:
+def rows_update(objs: list, fields, *, where: dict | None = None) -> int:
     """Write `fields` of each model instance in `objs` (one model). Returns rows updated.
-    Like `bulk_update`, it sends what the instances hold: no save() and no signals."""
+    Like `bulk_update`, it sends what the instances hold: no save() and no signals.
+    `where` ({field: value}) writes only the rows that still hold those values."""
     objs = [o for o in objs if o.pk is not None]
     if not objs:
         return 0
@@ -43,6 +44,11 @@ def rows_update(objs: list, fields) -> int:
     row = "(" + ", ".join([slot(pk), *(slot(f) for f in columns)]) + ")"
     sets = ", ".join(f"{q(f.column)} = v.{alias[i + 1]}" for i, f in enumerate(columns))
     table = q(meta.db_table)
+    guard, guard_params = "", []
+    for name, value in (where or {}).items():
+        field = meta.get_field(name)
+        guard += f" AND {table}.{q(field.column)} = %s"
+        guard_params.append(field.get_db_prep_save(value, connection))
     done = 0
     with connection.cursor() as cursor:
         for lo in range(0, len(objs), CHUNK):
@@ -53,8 +59,8 @@ def rows_update(objs: list, fields) -> int:
                 params += [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns]
             cursor.execute(
                 f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([row] * len(chunk))}) {head} "
-                f"WHERE {table}.{q(pk.column)} = v.{alias[0]}",
-                params,
+                f"WHERE {table}.{q(pk.column)} = v.{alias[0]}{guard}",
+                params + guard_params,
             )
             done += cursor.rowcount
     return done

@@ -166,11 +166,12 @@ def message_context(
     pay_url: str = "",
     now: dt.datetime,
     extra: dict | None = None,
+    conf: MessagingSettings | None = None,
 ) -> dict[str, str]:
     """The documented variables (rendering.VARIABLES) for one message, all strings."""
     tz = customer.time_zone or store.timezone
     locale = customer.locale or "en"
-    conf = messaging_settings(store=store)
+    conf = conf or messaging_settings(store=store)
     pm = payment_method or customer.default_payment_method
     ctx = {name: "" for name in rendering.VARIABLES}
     ctx.update(

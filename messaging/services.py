@@ -20,12 +20,15 @@ import re
 from email.utils import formataddr
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.core.mail import get_connection
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Max, Q
+from django.db.models.functions import Upper
 from django.urls import reverse
 from django.utils import timezone
 from postmarker.django import PostmarkEmailMultiAlternatives
 
+from common.bulk import rows_update
 from common.errors import ApplicationError
 from recovery.models import ExpiryWarning, RecoveryCase, Track
 from stores.models import Store
@@ -123,14 +126,67 @@ def message_send_for_case(*, case: RecoveryCase, purpose: str, at: dt.datetime) 
     ]
 
 
-def _email_blocked(customer: Customer) -> str:
+class Known:
+    """What deciding, rendering and delivering a batch of emails reads, read once for the
+    batch: suppressed addresses, each case's dunning emails so far, and (as they are
+    asked for) the stores' settings and templates."""
+
+    def __init__(self, *, customers, case_ids=()) -> None:
+        addresses = {c.email.upper() for c in customers if c.email}
+        self.suppressed: dict[tuple, Suppression] = {}
+        if addresses:
+            for row in (
+                Suppression.objects.annotate(upper=Upper("address"))
+                .filter(
+                    store_id__in={c.store_id for c in customers},
+                    channel=Channel.EMAIL,
+                    upper__in=addresses,
+                )
+                .order_by("pk")
+            ):
+                self.suppressed.setdefault((row.store_id, row.upper), row)
+        self.history = {
+            row["case_id"]: (row["n"], row["last"])
+            for row in Message.objects.filter(
+                case_id__in=case_ids,
+                channel=Channel.EMAIL,
+                purpose__in=DUNNING,
+                status__in=selectors.ACTIVE_STATUSES,
+            )
+            .values("case_id")
+            .annotate(n=Count("pk"), last=Max("created_at"))
+        }
+        self._confs: dict = {}
+        self._templates: dict = {}
+
+    def suppression(self, customer: Customer) -> Suppression | None:
+        return self.suppressed.get((customer.store_id, customer.email.upper()))
+
+    def conf(self, store: Store):
+        if store.pk not in self._confs:
+            self._confs[store.pk] = selectors.messaging_settings(store=store)
+        return self._confs[store.pk]
+
+    def template(self, *, store: Store, purpose: str, channel: str, locale: str):
+        key = (store.pk, purpose, channel, locale)
+        if key not in self._templates:
+            self._templates[key] = selectors.template_for(
+                store=store, purpose=purpose, channel=channel, locale=locale
+            )
+        return self._templates[key]
+
+
+def _email_blocked(customer: Customer, known: Known | None = None) -> str:
     if not customer.email:
         return "no email address on file"
     if customer.email_opt_out:
         return "the customer opted out of email"
-    suppressed = Suppression.objects.filter(
-        store_id=customer.store_id, channel=Channel.EMAIL, address__iexact=customer.email
-    ).first()
+    if known is not None:
+        suppressed = known.suppression(customer)
+    else:
+        suppressed = Suppression.objects.filter(
+            store_id=customer.store_id, channel=Channel.EMAIL, address__iexact=customer.email
+        ).first()
     if suppressed:
         return f"the address is suppressed ({suppressed.get_reason_display().lower()})"
     return ""
@@ -246,43 +302,22 @@ def message_send(
         if existing is not None:
             return existing
         customer.refresh_from_db()
-        status, reason, when = _decide(
-            customer=customer, case=case, purpose=purpose, channel=channel, at=at
-        )
-        link = ""
-        if purpose not in NO_LINK and status != Message.Status.SKIPPED:
-            link = make_pay_url(customer=customer, case=case)
-        rendered = _render(
+        message = _message_build(
             store=store,
             customer=customer,
             case=case,
             purpose=purpose,
             channel=channel,
-            pay_url=link,
-            payment_method=payment_method,
             at=at,
+            expiry_warning=expiry_warning,
+            payment_method=payment_method,
+            idempotency_key=idempotency_key,
             extra=extra,
+            actor=actor,
         )
         try:
             with transaction.atomic():
-                message = Message.objects.create(
-                    store=store,
-                    customer=customer,
-                    case=case,
-                    expiry_warning=expiry_warning,
-                    purpose=purpose,
-                    channel=channel,
-                    idempotency_key=idempotency_key,
-                    to=customer.email if channel == Channel.EMAIL else customer.phone,
-                    locale=customer.locale or "en",
-                    pay_url=link,
-                    status=status,
-                    status_reason=reason[:300],
-                    created_at=at,
-                    scheduled_for=when,
-                    actor=actor[:150],
-                    **rendered,
-                )
+                message.save(force_insert=True)
         except IntegrityError:
             # Another worker recorded this step first: theirs is the one.
             found = _existing(
@@ -296,27 +331,135 @@ def message_send(
             if found is None:
                 raise
             return found
-        if case is not None and status == Message.Status.SKIPPED:
-            _case_event(
-                case=case,
-                kind="message_skipped",
-                at=at,
-                text=f"{Purpose(purpose).label} by {channel} not sent: {reason}",
-                message=message,
-            )
-        elif case is not None and status == Message.Status.SCHEDULED:
-            _case_event(
-                case=case,
-                kind="message_scheduled",
-                at=at,
-                text=f"{Purpose(purpose).label} by SMS waits for the customer's morning "
-                f"({when:%Y-%m-%d %H:%M} UTC)",
-                message=message,
-            )
-        if status == Message.Status.QUEUED:
+        _message_recorded(message)
+        if message.status == Message.Status.QUEUED:
             message_id = message.pk
             transaction.on_commit(lambda: message_deliver(message_id=message_id))
     return message
+
+
+def messages_send_for_cases(*, cases: list[RecoveryCase], purpose: str, at: dt.datetime) -> None:
+    """`message_send_for_case` for a batch of cases whose rows the caller's transaction
+    holds locked (the scheduler's batch). Their emails are decided, rendered and recorded
+    together and, once the transaction commits, handed to the provider in one batch
+    (`messages_deliver`). A case whose customer may also get an SMS, or whose step was
+    recorded already, goes through `message_send_for_case`."""
+    if not cases:
+        return
+    done = set(
+        Message.objects.filter(
+            case_id__in=[c.pk for c in cases],
+            purpose=purpose,
+            channel=Channel.EMAIL,
+            idempotency_key="",
+        ).values_list("case_id", flat=True)
+    )
+    mine = []
+    for case in cases:
+        if case.pk in done or (case.customer.sms_opt_in and case.customer.phone):
+            message_send_for_case(case=case, purpose=purpose, at=at)
+        else:
+            mine.append(case)
+    if not mine:
+        return
+    known = Known(customers=[c.customer for c in mine], case_ids=[c.pk for c in mine])
+    messages = [
+        _message_build(
+            store=case.store,
+            customer=case.customer,
+            case=case,
+            purpose=purpose,
+            channel=Channel.EMAIL,
+            at=at,
+            known=known,
+        )
+        for case in mine
+    ]
+    Message.objects.bulk_create(messages)
+    for message in messages:
+        _message_recorded(message)
+    queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
+    if queued:
+        transaction.on_commit(lambda: messages_deliver(message_ids=queued))
+
+
+def _message_build(
+    *,
+    store: Store,
+    customer: Customer,
+    case: RecoveryCase | None,
+    purpose: str,
+    channel: str,
+    at: dt.datetime,
+    expiry_warning: ExpiryWarning | None = None,
+    payment_method: PaymentMethod | None = None,
+    idempotency_key: str = "",
+    extra: dict | None = None,
+    actor: str = "system",
+    known: Known | None = None,
+) -> Message:
+    """A new message, decided and rendered; not saved."""
+    status, reason, when = _decide(
+        customer=customer, case=case, purpose=purpose, channel=channel, at=at, known=known
+    )
+    link = ""
+    if purpose not in NO_LINK and status != Message.Status.SKIPPED:
+        link = make_pay_url(customer=customer, case=case)
+    rendered = _render(
+        store=store,
+        customer=customer,
+        case=case,
+        purpose=purpose,
+        channel=channel,
+        pay_url=link,
+        payment_method=payment_method,
+        at=at,
+        extra=extra,
+        known=known,
+    )
+    return Message(
+        store=store,
+        customer=customer,
+        case=case,
+        expiry_warning=expiry_warning,
+        purpose=purpose,
+        channel=channel,
+        idempotency_key=idempotency_key,
+        to=customer.email if channel == Channel.EMAIL else customer.phone,
+        locale=customer.locale or "en",
+        pay_url=link,
+        status=status,
+        status_reason=reason[:300],
+        created_at=at,
+        scheduled_for=when,
+        actor=actor[:150],
+        **rendered,
+    )
+
+
+def _message_recorded(message: Message) -> None:
+    """The case's timeline learns of a message that was not sent at once."""
+    case = message.case
+    if case is None:
+        return
+    label = Purpose(message.purpose).label
+    if message.status == Message.Status.SKIPPED:
+        _case_event(
+            case=case,
+            kind="message_skipped",
+            at=message.created_at,
+            text=f"{label} by {message.channel} not sent: {message.status_reason}",
+            message=message,
+        )
+    elif message.status == Message.Status.SCHEDULED:
+        _case_event(
+            case=case,
+            kind="message_scheduled",
+            at=message.created_at,
+            text=f"{label} by SMS waits for the customer's morning "
+            f"({message.scheduled_for:%Y-%m-%d %H:%M} UTC)",
+            message=message,
+        )
 
 
 def _existing(
@@ -342,7 +485,13 @@ def _existing(
 
 
 def _decide(
-    *, customer: Customer, case: RecoveryCase | None, purpose: str, channel: str, at: dt.datetime
+    *,
+    customer: Customer,
+    case: RecoveryCase | None,
+    purpose: str,
+    channel: str,
+    at: dt.datetime,
+    known: Known | None = None,
 ) -> tuple[str, str, dt.datetime | None]:
     """(status, reason, scheduled_for) for a new message."""
     skip = Message.Status.SKIPPED
@@ -357,18 +506,26 @@ def _decide(
             return skip, "fraud or dispute risk: a person handles this case", None
         if purpose in DUNNING and case.dunning_paused:
             return skip, "dunning is paused on this case", None
-    blocked = _email_blocked(customer) if channel == Channel.EMAIL else _sms_blocked(customer)
+    blocked = (
+        _email_blocked(customer, known) if channel == Channel.EMAIL else _sms_blocked(customer)
+    )
     if blocked:
         return skip, blocked, None
     if case is not None and purpose in DUNNING:
-        sent = Message.objects.filter(
-            case=case, channel=channel, purpose__in=DUNNING, status__in=selectors.ACTIVE_STATUSES
-        )
+        if known is not None and channel == Channel.EMAIL:
+            count, last_at = known.history.get(case.pk, (0, None))
+        else:
+            sent = Message.objects.filter(
+                case=case,
+                channel=channel,
+                purpose__in=DUNNING,
+                status__in=selectors.ACTIVE_STATUSES,
+            )
+            count, last_at = sent.aggregate(n=Count("pk"), last=Max("created_at")).values()
         cap = _max_per_case(channel)
-        if sent.count() >= cap:
+        if count >= cap:
             return skip, f"at most {cap} {channel} messages per case", None
-        last = sent.order_by("-created_at").first()
-        if last is not None and at - last.created_at < _min_gap():
+        if last_at is not None and at - last_at < _min_gap():
             hours = _min_gap().total_seconds() / 3600
             return skip, f"the last {channel} went out less than {hours:g} h ago", None
     if channel == Channel.SMS:
@@ -389,6 +546,7 @@ def _render(
     payment_method: PaymentMethod | None,
     at: dt.datetime,
     extra: dict | None,
+    known: Known | None = None,
 ) -> dict:
     context = selectors.message_context(
         store=store,
@@ -398,10 +556,16 @@ def _render(
         pay_url=pay_url,
         now=at,
         extra=extra,
+        conf=known.conf(store) if known is not None else None,
     )
-    template = selectors.template_for(
-        store=store, purpose=purpose, channel=channel, locale=customer.locale
-    )
+    if known is not None:
+        template = known.template(
+            store=store, purpose=purpose, channel=channel, locale=customer.locale
+        )
+    else:
+        template = selectors.template_for(
+            store=store, purpose=purpose, channel=channel, locale=customer.locale
+        )
     try:
         return _render_template(template, context, store=store)
     except Exception:
@@ -448,7 +612,7 @@ def _case_event(
 # ------------------------------------------------------------------ delivery
 
 
-def _still_blocked(message: Message) -> str:
+def _still_blocked(message: Message, known: Known | None = None) -> str:
     customer = message.customer
     if customer.disputed_at:
         return "the customer has an open dispute: no messages"
@@ -460,7 +624,7 @@ def _still_blocked(message: Message) -> str:
         elif message.purpose != Purpose.AGENT and not case.is_open:
             return f"the case closed ({case.status}) before the message went out"
     if message.channel == Channel.EMAIL:
-        return _email_blocked(customer)
+        return _email_blocked(customer, known)
     return _sms_blocked(customer)
 
 
@@ -525,8 +689,102 @@ def message_deliver(*, message_id: int, now: dt.datetime | None = None) -> Messa
     return message
 
 
+def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) -> None:
+    """`message_deliver` for many: the queued emails among them are claimed together
+    (so two workers never both send one), checked again, handed to the provider in one
+    batch (Postmark's batch API: one request per 500) and recorded together. Anything
+    else goes through `message_deliver`."""
+    from recovery.models import CaseEvent
+    from recovery.services import case_event_build
+
+    now = now or timezone.now()
+    if not message_ids:
+        return
+    table = Message._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s WHERE id IN ({', '.join(['%s'] * len(message_ids))})"
+            " AND channel = %s AND status = %s RETURNING id",
+            [Message.Status.SENDING, *message_ids, Channel.EMAIL, Message.Status.QUEUED],
+        )
+        claimed = {row[0] for row in cursor.fetchall()}
+    for pk in message_ids:
+        if pk not in claimed:
+            message_deliver(message_id=pk, now=now)  # claims it, or finds it taken
+    messages = list(
+        Message.objects.select_related("store", "customer", "customer__store", "case")
+        .filter(pk__in=claimed)
+        .order_by("pk")
+    )
+    if not messages:
+        return
+    known = Known(customers=[m.customer for m in messages])
+    going, done = [], []
+    for message in messages:
+        blocked = _still_blocked(message, known)
+        if blocked:
+            message.status, message.status_reason = Message.Status.SKIPPED, blocked[:300]
+            done.append(message)
+        else:
+            going.append(message)
+    emails = [_email_build(m, conf=known.conf(m.store)) for m in going]
+    error = None
+    if emails:
+        try:
+            get_connection(fail_silently=False).send_messages(emails)
+        except Exception as exc:
+            logger.warning("a batch of %s emails was not all sent: %s", len(emails), exc)
+            error = f"{type(exc).__name__}: {exc}"[:300]
+    provider = _email_provider()
+    sent = []
+    for message, email in zip(going, emails, strict=True):
+        code = getattr(email, "postmark_error_code", None)
+        if error is None or code == 0:
+            message.status, message.sent_at = Message.Status.SENT, now
+            message.provider = provider
+            message.provider_id = getattr(email, "postmark_message_id", "") or ""
+            sent.append(message)
+        else:
+            message.status, message.failed_at = Message.Status.FAILED, now
+            message.status_reason = (f"Postmark error {code}; " if code else "") + error
+            message.status_reason = message.status_reason[:300]
+            done.append(message)
+    rows_update(
+        sent,
+        ["status", "sent_at", "provider", "provider_id"],
+        where={"status": Message.Status.SENDING},
+    )
+    rows_update(
+        done,
+        ["status", "status_reason", "failed_at"],
+        where={"status": Message.Status.SENDING},
+    )
+    events = [
+        case_event_build(
+            case=m.case,
+            kind="message_sent",
+            at=now,
+            message=f"{Purpose(m.purpose).label} sent by {m.channel}",
+            data={"message": m.pk, "channel": m.channel, "purpose": m.purpose},
+        )
+        for m in sent
+        if m.case_id and m.case.is_open
+    ]
+    if events:
+        CaseEvent.objects.bulk_create(events)
+
+
+def _email_provider() -> str:
+    return "postmark" if "postmark" in settings.EMAIL_BACKEND.lower() else "django"
+
+
 def _send_email(message: Message) -> tuple[str, str]:
-    conf = selectors.messaging_settings(store=message.store)
+    email = _email_build(message, conf=selectors.messaging_settings(store=message.store))
+    email.send(fail_silently=False)
+    return _email_provider(), getattr(email, "postmark_message_id", "") or ""
+
+
+def _email_build(message: Message, *, conf) -> PostmarkEmailMultiAlternatives:
     from_email = conf.from_email or settings.DEFAULT_FROM_EMAIL
     email = PostmarkEmailMultiAlternatives(
         subject=message.subject,
@@ -547,9 +805,7 @@ def _send_email(message: Message) -> tuple[str, str]:
     )
     if message.body_html:
         email.attach_alternative(message.body_html, "text/html")
-    email.send(fail_silently=False)
-    provider = "postmark" if "postmark" in settings.EMAIL_BACKEND.lower() else "django"
-    return provider, getattr(email, "postmark_message_id", "") or ""
+    return email
 
 
 def _send_sms(message: Message) -> tuple[str, str]:

@@ -34,11 +34,19 @@ from django.db.models import Case, F, Min, Value, When
 from django.utils import timezone
 
 from common.bulk import rows_update
+from messaging.models import Purpose
 from subscriptions.models import Invoice
+from subscriptions.services import INVOICE_MARK_FIELDS, invoice_mark_apply
 
 from . import budgets, engine, timing
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
-from .services import case_event_build, case_failure_changes, decline_classification
+from .services import (
+    case_close_event,
+    case_close_fields,
+    case_event_build,
+    case_failure_changes,
+    decline_classification,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -317,29 +325,32 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     return sending, alone
 
 
-def _plain_decline(result) -> bool:
+def _answered(result) -> bool:
+    """A plain decline or a payment: recorded with the batch."""
     return result.outcome in (
         PaymentAttempt.Outcome.FAILED,
         PaymentAttempt.Outcome.REQUIRES_ACTION,
+        PaymentAttempt.Outcome.SUCCEEDED,
     )
 
 
 def _results_record(results: list, *, now: dt.datetime) -> None:
-    """Record the gateway's answers: plain declines together, the rest one at a time."""
-    declined = [r for r in results if _plain_decline(r[2])]
-    alone = [r for r in results if not _plain_decline(r[2])]
+    """Record the gateway's answers: declines and payments together, the rest one at a
+    time."""
+    answered = [r for r in results if _answered(r[2])]
+    alone = [r for r in results if not _answered(r[2])]
     stats: dict[tuple, tuple[int, int]] = {}
     orders = []
     try:
         with transaction.atomic():
-            more, orders = _declines_record(declined, now=now, stats=stats)
+            more, orders = _answers_record(answered, now=now, stats=stats)
             alone += more
     except Exception:
         logger.exception(
-            "recording %s declines failed; their attempts stay unknown and are read back",
-            len(declined),
+            "recording %s answers failed; their attempts stay unknown and are read back",
+            len(answered),
         )
-        stats = {}
+        stats, orders = {}, []
     if orders:
         from orders.services import order_payment_failed
 
@@ -361,31 +372,44 @@ def _results_record(results: list, *, now: dt.datetime) -> None:
         logger.exception("adding the batch's results to the retry statistics failed")
 
 
-def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[list, list]:
-    """In the caller's transaction: the declines of the batch, as `engine.attempt_resolve`
-    records one. Returns the results it left to the one-at-a-time path, and the cases
-    whose orders' holds are to be decided again (after the commit, one order at a time:
-    stock rows are locked in one order per order, never across a batch)."""
-    if not declined:
+def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[list, list]:
+    """In the caller's transaction: the declines and payments of the batch, as
+    `engine.attempt_resolve` records one. Returns the results it left to the
+    one-at-a-time path, and the declined cases whose orders' holds are to be decided
+    again (after the commit, one order at a time: stock rows are locked in one order per
+    order, never across a batch)."""
+    if not answered:
         return [], []
     fresh = {
         c.pk: c
         for c in RecoveryCase.objects.select_for_update(of=("self",))
-        .select_related("store", "customer", "customer__default_payment_method", "invoice", "order")
-        .filter(pk__in=[case.pk for case, _, _ in declined])
+        .select_related(
+            "store",
+            "customer",
+            "customer__default_payment_method",
+            "invoice",
+            "order",
+            "subscription",
+        )
+        .filter(pk__in=[case.pk for case, _, _ in answered])
         .order_by("pk")
     }
-    alone, mine = [], []
-    for case, attempt, result in declined:
+    alone, declined, paid = [], [], []
+    for case, attempt, result in answered:
         row = fresh.get(case.pk)
-        if (
-            row is None
-            or not row.is_open
-            or row.inflight_key != attempt.idempotency_key
-            or row.customer.disputed_at
-            or row.track == Track.FRAUD
-        ):
+        if row is None or not row.is_open or row.inflight_key != attempt.idempotency_key:
             alone.append((case, attempt, result))  # changed while the call was out
+            continue
+        row._facts = case._facts
+        if result.outcome == PaymentAttempt.Outcome.SUCCEEDED:
+            if row.order_id:
+                # The order's stock and shipment are settled in the close's transaction.
+                alone.append((case, attempt, result))
+            else:
+                paid.append((row, attempt, result))
+            continue
+        if row.customer.disputed_at or row.track == Track.FRAUD:
+            alone.append((case, attempt, result))
             continue
         # What the case will be told (a copy: the attempt keeps the gateway's own words).
         told = engine.failure_decline(
@@ -395,8 +419,8 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[
         if classification.track == Track.FRAUD or classification.fraud_review:
             alone.append((case, attempt, result))  # to a person: attempt_resolve routes it
             continue
-        row._facts = case._facts
-        mine.append((row, attempt, result))
+        declined.append((row, attempt, result))
+    mine = declined + paid
     charges = {r.decline.charge_id for _, _, r in mine if r.decline.charge_id}
     taken = set(
         PaymentAttempt.objects.filter(charge_id__in=charges)
@@ -405,8 +429,6 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[
     )
     writes = Writes()
     invoices = {}
-    orders = []
-    updated_at = timezone.now()
     for case, attempt, result in mine:
         fields = engine.attempt_resolved_fields(
             attempt, outcome=result.outcome, decline=result.decline
@@ -425,12 +447,43 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[
                 at=now,
                 tz=case.customer.time_zone or case.store.timezone,
             )
+            success = int(result.outcome == PaymentAttempt.Outcome.SUCCEEDED)
             s_, f_ = stats.get(key, (0, 0))
-            stats[key] = (s_, f_ + 1)
+            stats[key] = (s_ + success, f_ + 1 - success)
             # Later plans in this batch learn from it, as they would one case at a time.
             learned = case._facts.stats.setdefault(key[:2], {})
             s_, f_ = learned.get(key[2:], (0, 0))
-            learned[key[2:]] = (s_, f_ + 1)
+            learned[key[2:]] = (s_ + success, f_ + 1 - success)
+    orders = _declines_record(declined, now=now, writes=writes)
+    closed, paid_invoices = _payments_record(paid, now=now, writes=writes)
+    rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
+    if invoices:
+        # Stripe counted these attempts on the invoices; keep our counts in step so that
+        # a later read-back compares against the right number.
+        Invoice.objects.filter(pk__in=invoices).update(
+            attempt_count=Case(
+                *[When(pk=pk, attempt_count__lt=n, then=Value(n)) for pk, n in invoices.items()],
+                default=F("attempt_count"),
+                output_field=Invoice._meta.get_field("attempt_count"),
+            )
+        )
+    rows_update(paid_invoices, INVOICE_MARK_FIELDS)
+    writes.flush()
+    if closed:
+        # As `engine.case_after_close` does for a recovered case without an order.
+        engine.subscriptions_restore([c.subscription_id for c in closed if c.subscription_id])
+        engine.messaging_due_for_cases(
+            closed, purpose=Purpose.RECOVERED, at=now, events=writes.events
+        )
+        writes.flush()
+    return alone, orders
+
+
+def _declines_record(declined: list, *, now: dt.datetime, writes: Writes) -> list:
+    """The cases' side of the batch's declines. Returns the cases with orders."""
+    orders = []
+    updated_at = timezone.now()
+    for case, attempt, result in declined:
         decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
         classification = decline_classification(decline)
         updates, event = case_failure_changes(
@@ -461,19 +514,40 @@ def _declines_record(declined: list, *, now: dt.datetime, stats: dict) -> tuple[
         )
         if case.order_id:
             orders.append(case)
-    rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
-    if invoices:
-        # Stripe counted these attempts on the invoices; keep our counts in step so that
-        # a later read-back compares against the right number.
-        Invoice.objects.filter(pk__in=invoices).update(
-            attempt_count=Case(
-                *[When(pk=pk, attempt_count__lt=n, then=Value(n)) for pk, n in invoices.items()],
-                default=F("attempt_count"),
-                output_field=Invoice._meta.get_field("attempt_count"),
-            )
+    return orders
+
+
+def _payments_record(paid: list, *, now: dt.datetime, writes: Writes) -> tuple[list, list]:
+    """The cases' side of the batch's payments: each case closed as recovered (as
+    `services.recovery_case_close` closes one) and its invoice marked paid. Returns the
+    closed cases and the invoices to save."""
+    closed, invoices = [], []
+    for case, attempt, result in paid:
+        amount = result.amount or case.amount
+        reason = f"{attempt.get_source_display()} succeeded"
+        updates = case_close_fields(
+            case,
+            status=RecoveryCase.Status.RECOVERED,
+            reason=reason,
+            via=engine.recovered_via(case, attempt),
+            amount=amount,
         )
-    writes.flush()
-    return alone, orders
+        updates.update(
+            inflight_key="",
+            attempt_count=case.attempt_count + 1,
+            last_attempt_at=now,
+            closed_at=now,
+        )
+        for name, value in updates.items():
+            setattr(case, name, value)
+        writes.case_changed(case, updates)
+        writes.events.append(case_close_event(case, at=now, reason=reason, actor="system"))
+        if case.invoice_id and invoice_mark_apply(
+            invoice=case.invoice, status=Invoice.Status.PAID, at=now, amount_paid=amount
+        ):
+            invoices.append(case.invoice)
+        closed.append(case)
+    return closed, invoices
 
 
 def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:

@@ -545,20 +545,10 @@ def case_attempt_seen(
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
     from .services import case_event_record
 
-    # Nothing stays scheduled on a closed case.
-    RecoveryCase.objects.filter(pk=case.pk).update(retry_at=None, message_at=None)
-    case.retry_at = case.message_at = None
-
     sub = case.subscription
     if case.status == RecoveryCase.Status.RECOVERED:
         if sub is not None:
-            others = RecoveryCase.objects.filter(
-                subscription=sub, status=RecoveryCase.Status.OPEN
-            ).exclude(pk=case.pk)
-            if not others.exists():
-                Subscription.objects.filter(pk=sub.pk).exclude(
-                    status=Subscription.Status.CANCELED
-                ).update(status=Subscription.Status.ACTIVE, access=Subscription.Access.FULL)
+            subscriptions_restore([sub.pk])
         if case.order_id:
             from orders.services import order_payment_succeeded
 
@@ -592,6 +582,33 @@ def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
         from orders.services import inventory_holds_release_for_case
 
         inventory_holds_release_for_case(case=case, at=at)
+
+
+def subscriptions_restore(subscription_ids) -> None:
+    """Paid: each subscription with no other open case gets its full access back (one
+    that was canceled meanwhile stays canceled)."""
+    busy = RecoveryCase.objects.filter(
+        subscription_id__in=subscription_ids, status=RecoveryCase.Status.OPEN
+    ).values_list("subscription_id", flat=True)
+    Subscription.objects.filter(pk__in=set(subscription_ids) - set(busy)).exclude(
+        status=Subscription.Status.CANCELED
+    ).update(status=Subscription.Status.ACTIVE, access=Subscription.Access.FULL)
+
+
+def recovered_via(case: RecoveryCase, attempt: PaymentAttempt) -> str:
+    """Who is credited when an attempt of ours pays."""
+    via = {
+        PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
+        PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
+        PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
+    }.get(attempt.source)
+    if via is None:  # after a card change: the updater or the customer
+        via = (
+            RecoveryCase.RecoveredVia.CARD_UPDATER
+            if case.card_updater_result == "updated"
+            else RecoveryCase.RecoveredVia.CUSTOMER
+        )
+    return via
 
 
 def case_route_to_person(*, case: RecoveryCase, at: dt.datetime, track: str, reason: str) -> None:
@@ -648,16 +665,28 @@ def customer_card_changed(*, customer, at: dt.datetime, source: str, message: st
 
 
 def messaging_due(*, case: RecoveryCase, purpose: str, at: dt.datetime) -> None:
-    """Hand a due message to the messaging service, or record that it is due."""
-    from .services import case_event_record
+    """Hand a due message to the messaging service, and record that it was due."""
+    from messaging.services import message_send_for_case
 
-    try:
-        from messaging.services import message_send_for_case
-    except ImportError:
-        message_send_for_case = None
-    if message_send_for_case is not None:
-        message_send_for_case(case=case, purpose=purpose, at=at)
-    case_event_record(
+    message_send_for_case(case=case, purpose=purpose, at=at)
+    _message_due_event(case, purpose=purpose, at=at).save(force_insert=True)
+
+
+def messaging_due_for_cases(
+    cases: list[RecoveryCase], *, purpose: str, at: dt.datetime, events: list
+) -> None:
+    """`messaging_due` for a batch whose rows the caller's transaction holds locked; the
+    timeline entries are added to `events` for the caller to save."""
+    from messaging.services import messages_send_for_cases
+
+    messages_send_for_cases(cases=cases, purpose=purpose, at=at)
+    events += [_message_due_event(case, purpose=purpose, at=at) for case in cases]
+
+
+def _message_due_event(case: RecoveryCase, *, purpose: str, at: dt.datetime):
+    from .services import case_event_build
+
+    return case_event_build(
         case=case,
         kind="message_due",
         at=at,
@@ -977,17 +1006,7 @@ def attempt_resolve(
             success=success,
         )
     if success:
-        via = {
-            PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
-            PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
-            PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
-        }.get(attempt.source)
-        if via is None:  # after a card change: the updater or the customer
-            via = (
-                RecoveryCase.RecoveredVia.CARD_UPDATER
-                if case.card_updater_result == "updated"
-                else RecoveryCase.RecoveredVia.CUSTOMER
-            )
+        via = recovered_via(case, attempt)
         if case.invoice_id:
             from subscriptions.services import invoice_mark
 

@@ -328,6 +328,44 @@ def case_failure_changes(
     return updates, event
 
 
+def case_close_fields(
+    case: RecoveryCase, *, status: str, reason: str, via: str = "", amount: int | None = None
+) -> dict:
+    """The fields that close an open case (nothing stays scheduled on it)."""
+    recovered = status == RecoveryCase.Status.RECOVERED
+    return {
+        "status": status,
+        "closed_reason": reason[:300],
+        "recovered_via": via if recovered else "",
+        "recovered_amount": (case.amount if amount is None else amount) if recovered else 0,
+        "next_action": "",
+        "next_action_at": None,
+        "next_action_reason": "",
+        "retry_at": None,
+        "message_at": None,
+        # Saved now, whatever moment the close is dated: the analytics rollup finds the
+        # cases that changed since its last read by this.
+        "updated_at": timezone.now(),
+    }
+
+
+def case_close_event(case: RecoveryCase, *, at: dt.datetime, reason: str, actor: str) -> CaseEvent:
+    """The timeline entry of a close, built from the closed case (not yet saved)."""
+    days = (at - case.opened_at).total_seconds() / 86400
+    return case_event_build(
+        case=case,
+        kind=case.status,
+        at=at,
+        actor=actor,
+        message=(
+            f"Recovered via {case.get_recovered_via_display()} after {days:.1f} days: {reason}"
+            if case.status == RecoveryCase.Status.RECOVERED
+            else f"Case {case.status}: {reason}"
+        ),
+        data={"days_to_close": round(days, 2), "recovered_amount": case.recovered_amount},
+    )
+
+
 @transaction.atomic
 def recovery_case_close(
     *,
@@ -343,37 +381,14 @@ def recovery_case_close(
     from . import engine
 
     at = at or timezone.now()
+    fields = case_close_fields(case, status=status, reason=reason, via=via, amount=amount)
     updated = RecoveryCase.objects.filter(pk=case.pk, status=RecoveryCase.Status.OPEN).update(
-        status=status,
-        closed_at=at,
-        closed_reason=reason[:300],
-        recovered_via=via if status == RecoveryCase.Status.RECOVERED else "",
-        recovered_amount=(case.amount if amount is None else amount)
-        if status == RecoveryCase.Status.RECOVERED
-        else 0,
-        next_action="",
-        next_action_at=None,
-        next_action_reason="",
-        # Saved now, whatever moment the close is dated: the analytics rollup finds the
-        # cases that changed since its last read by this.
-        updated_at=timezone.now(),
+        closed_at=at, **fields
     )
     if updated != 1:
         return False  # already closed, by another event or worker
     case.refresh_from_db()
-    days = (at - case.opened_at).total_seconds() / 86400
-    case_event_record(
-        case=case,
-        kind=status,
-        at=at,
-        actor=actor,
-        message=(
-            f"Recovered via {case.get_recovered_via_display()} after {days:.1f} days: {reason}"
-            if status == RecoveryCase.Status.RECOVERED
-            else f"Case {status}: {reason}"
-        ),
-        data={"days_to_close": round(days, 2), "recovered_amount": case.recovered_amount},
-    )
+    case_close_event(case, at=at, reason=reason, actor=actor).save(force_insert=True)
     engine.case_after_close(case=case, at=at)
     return True
 

@@ -397,15 +397,27 @@ def invoice_upsert(
     return invoice
 
 
-def invoice_mark(
+INVOICE_MARK_FIELDS = ("status", "paid_at", "next_payment_attempt", "amount_paid")
+
+
+def invoice_mark_apply(
     *, invoice: Invoice, status: str, at: dt.datetime, amount_paid: int | None = None
-) -> None:
+) -> bool:
+    """Set `status` on the instance, never backwards; False if it would go back (nothing
+    set). A batch saves the instances together (INVOICE_MARK_FIELDS)."""
     if _INVOICE_RANK[status] < _INVOICE_RANK.get(invoice.status, 0):
-        return
+        return False
     invoice.status = status
     if status == Invoice.Status.PAID:
         invoice.paid_at = invoice.paid_at or at
         invoice.next_payment_attempt = None
         if amount_paid:
             invoice.amount_paid = amount_paid
-    invoice.save(update_fields=["status", "paid_at", "next_payment_attempt", "amount_paid"])
+    return True
+
+
+def invoice_mark(
+    *, invoice: Invoice, status: str, at: dt.datetime, amount_paid: int | None = None
+) -> None:
+    if invoice_mark_apply(invoice=invoice, status=status, at=at, amount_paid=amount_paid):
+        invoice.save(update_fields=INVOICE_MARK_FIELDS)

@@ -19,6 +19,7 @@ import pytest
 import time_machine
 
 from common.bulk import rows_update
+from messaging.models import Message, Purpose
 from recovery import engine
 from recovery.gateways.base import ChargeResult, ReadBack
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryStat
@@ -132,9 +133,13 @@ def _one_at_a_time(*, now, store, gateway) -> None:
         cases_release(case_ids=ids)
 
 
+def _no_ids(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "message"}  # a Message row's id
+
+
 def _story(store) -> dict:
     out = {}
-    for case in RecoveryCase.objects.filter(store=store).select_related("invoice"):
+    for case in RecoveryCase.objects.filter(store=store).select_related("invoice", "subscription"):
         number = case.invoice.stripe_id.rsplit("_", 1)[1]
         out[number] = {
             "case": (
@@ -151,7 +156,16 @@ def _story(store) -> dict:
                 case.message_at,
                 case.dunning_stage,
                 case.inflight_key.rsplit("-", 1)[-1],
+                case.closed_at,
+                case.closed_reason,
+                case.recovered_amount,
             ),
+            "invoice": (case.invoice.status, case.invoice.paid_at, case.invoice.amount_paid),
+            "subscription": (case.subscription.status, case.subscription.access),
+            "messages": [  # (the wording names the store)
+                (m.purpose, m.channel, m.status, m.status_reason, m.created_at, m.sent_at)
+                for m in Message.objects.filter(case=case).order_by("created_at", "id")
+            ],
             "attempts": [
                 (
                     a.source,
@@ -166,7 +180,7 @@ def _story(store) -> dict:
                 for a in PaymentAttempt.objects.filter(case=case).order_by("attempted_at", "id")
             ],
             "timeline": [
-                (e.at, e.kind, re.sub(r"case-\d+", "case-N", e.message))
+                (e.at, e.kind, re.sub(r"case-\d+", "case-N", e.message), _no_ids(e.data))
                 for e in CaseEvent.objects.filter(case=case).order_by("at", "id")
             ],
         }
@@ -238,6 +252,13 @@ def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
     stop = ours.get(card_fingerprint="fp_eq_2", network_advice_code="03")
     assert not ours.filter(card_fingerprint="fp_eq_2", attempted_at__gt=stop.attempted_at).exists()
     assert RecoveryCase.objects.filter(store=stores["batch"], status="recovered").exists()
+    # The thank-you went out from the batch, once per recovered case.
+    thanks = Message.objects.filter(
+        store=stores["batch"], purpose=Purpose.RECOVERED, status="sent"
+    )
+    assert thanks.count() == RecoveryCase.objects.filter(
+        store=stores["batch"], status="recovered"
+    ).count()
     assert RecoveryCase.objects.filter(store=stores["batch"], track="authentication").exists()
 
 
