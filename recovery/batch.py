@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 
 from django.db import transaction
-from django.db.models import Case, F, Min, Value, When
+from django.db.models import Min
 from django.utils import timezone
 
 from common.bulk import rows_update
@@ -315,12 +315,11 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
         case.inflight_key = keys[case.pk]
         sending.append((case, attempt))
     PaymentAttempt.objects.bulk_create([a for _, a in sending], batch_size=500)
-    if sending:
-        RecoveryCase.objects.filter(pk__in=[c.pk for c, _ in sending]).update(
-            inflight_key=Case(*[When(pk=c.pk, then=Value(c.inflight_key)) for c, _ in sending]),
-            # The lease runs from now, not from the pass's start: the sends come next.
-            claimed_until=timezone.now() + engine.CLAIM_LEASE,
-        )
+    # The lease runs from now, not from the pass's start: the sends come next.
+    lease = timezone.now() + engine.CLAIM_LEASE
+    for case, _ in sending:
+        case.claimed_until = lease
+    rows_update([c for c, _ in sending], ["inflight_key", "claimed_until"])
     writes.flush()
     return sending, alone
 
@@ -457,16 +456,13 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     orders = _declines_record(declined, now=now, writes=writes)
     closed, paid_invoices = _payments_record(paid, now=now, writes=writes)
     rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
-    if invoices:
-        # Stripe counted these attempts on the invoices; keep our counts in step so that
-        # a later read-back compares against the right number.
-        Invoice.objects.filter(pk__in=invoices).update(
-            attempt_count=Case(
-                *[When(pk=pk, attempt_count__lt=n, then=Value(n)) for pk, n in invoices.items()],
-                default=F("attempt_count"),
-                output_field=Invoice._meta.get_field("attempt_count"),
-            )
-        )
+    # Stripe counted these attempts on the invoices; keep our counts in step so that a
+    # later read-back compares against the right number.
+    rows_update(
+        [Invoice(pk=pk, attempt_count=n) for pk, n in invoices.items()],
+        ["attempt_count"],
+        rising=True,
+    )
     rows_update(paid_invoices, INVOICE_MARK_FIELDS)
     writes.flush()
     if closed:

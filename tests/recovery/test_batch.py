@@ -287,6 +287,22 @@ def test_rows_update_writes_each_rows_own_values(store):
         "cus_rows_1": ("second@example.com", None),
         "cus_rows_2": ("third@example.com", when + DAY),
     }
+    # Only rows that still hold the guarded value are written.
+    people[0].email, people[1].email = "guarded@example.com", "skipped@example.com"
+    assert rows_update(people[:2], ["email"], where={"disputed_at": when}) == 1
+    assert list(
+        Customer.objects.filter(store=store).order_by("stripe_id").values_list("email", flat=True)
+    ) == ["guarded@example.com", "second@example.com", "third@example.com"]
+
+
+@pytest.mark.django_db
+def test_rows_update_rising_never_lowers_a_count(failed_invoice):
+    invoice = Invoice.objects.get()
+    Invoice.objects.filter(pk=invoice.pk).update(attempt_count=3)
+    assert rows_update([Invoice(pk=invoice.pk, attempt_count=2)], ["attempt_count"], rising=True) == 0
+    assert Invoice.objects.get().attempt_count == 3
+    assert rows_update([Invoice(pk=invoice.pk, attempt_count=5)], ["attempt_count"], rising=True) == 1
+    assert Invoice.objects.get().attempt_count == 5
 
 
 @pytest.mark.django_db(transaction=True)
