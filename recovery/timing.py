@@ -11,6 +11,7 @@ little, and records why it chose what it chose.
 from __future__ import annotations
 
 import calendar
+import functools
 import datetime as dt
 import random
 import zoneinfo
@@ -45,9 +46,13 @@ def hours_bucket(hours: float) -> str:
     return "h3"
 
 
+@functools.lru_cache(maxsize=512)
+def _last_day(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
 def is_payday(local: dt.datetime) -> bool:
-    last = calendar.monthrange(local.year, local.month)[1]
-    return local.day in (1, 15, last) or local.weekday() == 4
+    return local.day in (1, 15, _last_day(local.year, local.month)) or local.weekday() == 4
 
 
 def slot_of(local: dt.datetime) -> str:
@@ -65,6 +70,7 @@ class Choice:
     reason: str
 
 
+@functools.lru_cache(maxsize=1024)
 def _zone(name: str) -> dt.tzinfo:
     try:
         return zoneinfo.ZoneInfo(name or "UTC")
@@ -93,13 +99,9 @@ def candidates(
     if group == "try_again":
         # Transient network trouble: within hours, whatever the local time.
         out += [failed_at + dt.timedelta(hours=h) for h in (1, 2, 4, 8)]
-    local_start = start.astimezone(zone)
+    first_day = start.astimezone(zone).date()
     for day in range(0, 21):
-        date = (local_start + dt.timedelta(days=day)).date()
-        for hour in DAYTIME_HOURS:
-            out.append(
-                dt.datetime(date.year, date.month, date.day, hour, tzinfo=zone).astimezone(dt.UTC)
-            )
+        out += _daytime_utc(tz or "UTC", first_day + dt.timedelta(days=day))
     out = sorted({c for c in out if start <= c <= until})
     if first:
         # The first retry comes soon: hours, not days.
@@ -109,6 +111,16 @@ def candidates(
         paydays = [c for c in out if is_payday(c.astimezone(zone))]
         out = paydays or out
     return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _daytime_utc(tz: str, date: dt.date) -> tuple[dt.datetime, ...]:
+    """The day's daytime hours in the zone `tz`, in UTC."""
+    zone = _zone(tz)
+    return tuple(
+        dt.datetime(date.year, date.month, date.day, hour, tzinfo=zone).astimezone(dt.UTC)
+        for hour in DAYTIME_HOURS
+    )
 
 
 def stats_for(*, store_id, group: str) -> dict[tuple[str, str], tuple[int, int]]:
