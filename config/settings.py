@@ -159,11 +159,18 @@ STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 # django-q2: Redis as the broker when REDIS_URL is set (several machines share one
 # PostgreSQL), otherwise the ORM broker in the project's own database.
 REDIS_URL = env.str("REDIS_URL", default="")
+# The scheduler's pass (recovery/scheduler.py): how many gateway calls a batch has in the
+# air at once, and for how long one pass claims new batches before leaving the rest to the
+# next pass (a pass's last batch may then take up to batch.SEND_WITHIN, 4 minutes, to
+# send; Q_TIMEOUT must stay above the sum).
+RECOUP_GATEWAY_CONCURRENCY = env.int("RECOUP_GATEWAY_CONCURRENCY", default=8)
+RECOUP_PASS_SECONDS = env.int("RECOUP_PASS_SECONDS", default=240)
+Q_TIMEOUT = env.int("Q_TIMEOUT", default=600)
 Q_CLUSTER = {
     "name": "recoup",
     "workers": env.int("Q_WORKERS", default=2),
-    "timeout": 120,
-    "retry": 300,
+    "timeout": Q_TIMEOUT,
+    "retry": Q_TIMEOUT + 60,  # django-q2: must exceed the timeout
     "max_attempts": 3,
     "catch_up": False,
     "save_limit": 1000,

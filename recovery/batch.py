@@ -28,7 +28,9 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
@@ -143,16 +145,21 @@ def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
         case._facts.card_rows = card_rows
 
 
-def retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report):
+def retries_process(
+    cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report, released: set
+):
     """Act on the batch's due retries. Returns the cases left for one-at-a-time handling,
-    which reads its facts afresh: the batch's may be out of date by then."""
-    rest = _retries_process(cases, now=now, gateways=gateways, report=report)
+    which reads its facts afresh: the batch's may be out of date by then. The ids of the
+    cases whose claim the batch gave back with its last write are added to `released`."""
+    rest = _retries_process(cases, now=now, gateways=gateways, report=report, released=released)
     for case in rest:
         case.__dict__.pop("_facts", None)
     return rest
 
 
-def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report):
+def _retries_process(
+    cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report, released: set
+):
     due, rest = [], []
     for case in cases:
         if (
@@ -198,20 +205,13 @@ def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: d
         return rest + send
     rest += handled_alone
     results, late = [], []
-    deadline = time.monotonic() + SEND_WITHIN.total_seconds()
-    for case, attempt in sending:
-        if time.monotonic() >= deadline:
-            # The gateway is slow: what is not sent by now goes back, recorded as not
-            # sent, before the cases' lease could run out and another worker read them
-            # back while they were still to be sent.
+    for (case, attempt), result in zip(sending, _sends(sending, now=now, gateways=gateways)):
+        if result is None:
             late.append((case, attempt))
-            continue
-        gateway = gateways[case.store_id]  # the scheduler resolved each store's gateway
-        results.append(
-            (case, attempt, engine.gateway_charge(case, attempt, now=now, gateway=gateway))
-        )
-        report.count("retried")
-    _results_record(results, now=now)
+        else:
+            results.append((case, attempt, result))
+            report.count("retried")
+    _results_record(results, now=now, released=released)
     if late:
         try:
             _attempts_unsent(late, now=now)
@@ -219,6 +219,31 @@ def _retries_process(cases: list[RecoveryCase], *, now: dt.datetime, gateways: d
             logger.exception("giving back %s unsent attempts failed", len(late))
         report.actions["deferred"] = report.actions.get("deferred", 0) + len(late)
     return rest
+
+
+def _sends(sending: list, *, now: dt.datetime, gateways: dict) -> list:
+    """Call the gateway for each recorded attempt, up to RECOUP_GATEWAY_CONCURRENCY calls
+    in the air at once (each is a network round trip to Stripe: one after another, a
+    batch of 200 would take minutes). Returns each one's answer in order, or None for an
+    attempt not sent before the deadline."""
+    deadline = time.monotonic() + SEND_WITHIN.total_seconds()
+
+    def send(item):
+        case, attempt = item
+        if time.monotonic() >= deadline:
+            # The gateway is slow: what is not sent by now goes back, recorded as not
+            # sent, before the cases' lease could run out and another worker read them
+            # back while they were still to be sent.
+            return None
+        gateway = gateways[case.store_id]  # the scheduler resolved each store's gateway
+        return engine.gateway_charge(case, attempt, now=now, gateway=gateway)
+
+    workers = min(len(sending), max(1, int(settings.RECOUP_GATEWAY_CONCURRENCY)))
+    if workers <= 1:
+        return [send(item) for item in sending]
+    # The calls touch no database: the cases and their cards were read before.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recoup-gateway") as pool:
+        return list(pool.map(send, sending))
 
 
 def _attempts_unsent(late: list, *, now: dt.datetime) -> None:
@@ -333,7 +358,7 @@ def _answered(result) -> bool:
     )
 
 
-def _results_record(results: list, *, now: dt.datetime) -> None:
+def _results_record(results: list, *, now: dt.datetime, released: set) -> None:
     """Record the gateway's answers: declines and payments together, the rest one at a
     time."""
     answered = [r for r in results if _answered(r[2])]
@@ -342,8 +367,9 @@ def _results_record(results: list, *, now: dt.datetime) -> None:
     orders = []
     try:
         with transaction.atomic():
-            more, orders = _answers_record(answered, now=now, stats=stats)
+            more, orders, written = _answers_record(answered, now=now, stats=stats)
             alone += more
+        released.update(written)
     except Exception:
         logger.exception(
             "recording %s answers failed; their attempts stay unknown and are read back",
@@ -378,7 +404,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     again (after the commit, one order at a time: stock rows are locked in one order per
     order, never across a batch)."""
     if not answered:
-        return [], []
+        return [], [], []
     fresh = {
         c.pk: c
         for c in RecoveryCase.objects.select_for_update(of=("self",))
@@ -472,7 +498,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             closed, purpose=Purpose.RECOVERED, at=now, events=writes.events
         )
         writes.flush()
-    return alone, orders
+    return alone, orders, [c.pk for c, _, _ in mine]
 
 
 def _declines_record(declined: list, *, now: dt.datetime, writes: Writes) -> list:
@@ -492,6 +518,7 @@ def _declines_record(declined: list, *, now: dt.datetime, writes: Writes) -> lis
             attempt_count=case.attempt_count + 1,
             last_attempt_at=now,
             updated_at=updated_at,
+            claimed_until=None,  # done with: the claim goes back with this write
         )
         if engine.card_change_spent(case, attempt):
             updates["card_changed_at"] = None
@@ -533,6 +560,7 @@ def _payments_record(paid: list, *, now: dt.datetime, writes: Writes) -> tuple[l
             attempt_count=case.attempt_count + 1,
             last_attempt_at=now,
             closed_at=now,
+            claimed_until=None,
         )
         for name, value in updates.items():
             setattr(case, name, value)

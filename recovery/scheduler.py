@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 
 from django.db import connection, transaction
@@ -35,6 +36,7 @@ class PassReport:
     holds_released: int = 0
     messages_sent: int = 0
     rollups_refreshed: int = 0
+    stopped_early: bool = False  # out of time: due work is left to the next pass
 
     def count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
@@ -64,7 +66,8 @@ def cases_claim(*, now: dt.datetime, limit: int = BATCH, store_id=None) -> list[
 
 def cases_release(*, case_ids: list[int]) -> None:
     """Give the cases back: what is still due at the pass's time is claimed again."""
-    RecoveryCase.objects.filter(pk__in=case_ids).update(claimed_until=None)
+    if case_ids:
+        RecoveryCase.objects.filter(pk__in=case_ids).update(claimed_until=None)
 
 
 def run_due(
@@ -74,10 +77,12 @@ def run_due(
     gateways: dict | None = None,
     store_id=None,
     rollups: bool = True,
+    max_seconds: float | None = None,
 ) -> PassReport:
     """One pass over everything due at `now` (cases of one store when `store_id` is
     given; the store-independent sweeps run either way). `rollups=False` leaves the
     analytics rollup to its next refresh (a replay refreshes it once at the end).
+    `max_seconds`: claim no new batch after that long; the next pass goes on from there.
     Returns what it did."""
     from .intake import stripe_event_reprocess_pending
     from .predunning import predunning_pass
@@ -86,7 +91,11 @@ def run_due(
     report = PassReport()
     report.events_retried = stripe_event_reprocess_pending()
     gateways = gateways if gateways is not None else {}
+    started = time.monotonic()
     while max_cases is None or report.claimed < max_cases:
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            report.stopped_early = True
+            break
         ids = cases_claim(
             now=now,
             limit=min(BATCH, (max_cases - report.claimed) if max_cases else BATCH),
@@ -107,10 +116,13 @@ def run_due(
             )
             .order_by("next_action_at", "pk")
         )
+        released: set = set()
         try:
             cases = _with_gateways(list(cases), gateways=gateways, now=now, report=report)
             # Due retries go together (recovery/batch.py); the rest one at a time.
-            rest = batch.retries_process(cases, now=now, gateways=gateways, report=report)
+            rest = batch.retries_process(
+                cases, now=now, gateways=gateways, report=report, released=released
+            )
             for case in rest:
                 try:
                     gateway = gateways[case.store_id]
@@ -122,7 +134,7 @@ def run_due(
                         next_action_at=now + engine.RECONCILE_DELAY
                     )
         finally:
-            cases_release(case_ids=ids)
+            cases_release(case_ids=[pk for pk in ids if pk not in released])
     report.expiry_warnings = predunning_pass(now=now)
     from orders.services import inventory_holds_expire
 

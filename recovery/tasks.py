@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from django.conf import settings
 from django.db import transaction
 from django_q.brokers import get_broker
 from django_q.tasks import async_task
@@ -38,7 +39,7 @@ def run_due_task() -> str:
     """The every-minute pass registered with django-q2's scheduler."""
     from .scheduler import run_due
 
-    report = run_due()
+    report = run_due(max_seconds=settings.RECOUP_PASS_SECONDS)
     return f"claimed {report.claimed}: {report.actions}"
 
 

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import re
 import threading
+import time
 
 import pytest
 import time_machine
@@ -327,3 +328,57 @@ def test_attempts_a_slow_batch_could_not_send_in_time_go_back_unsent(webhooks, s
         traveller.move_to(later)
         run_due(now=later, gateways={store.pk: issuer}, store_id=store.pk)
     assert issuer.calls and all(key.endswith("-attempt-2") for _, key in issuer.calls)
+
+
+class SlowIssuer(ScriptedIssuer):
+    """Each charge takes a network round trip; counts how many are in the air at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_air = self.peak = 0
+        self.threads: set[str] = set()
+
+    def invoice_pay(self, **kwargs):
+        with self._lock:
+            self.in_air += 1
+            self.peak = max(self.peak, self.in_air)
+            self.threads.add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)
+            return super().invoice_pay(**kwargs)
+        finally:
+            with self._lock:
+                self.in_air -= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_has_several_gateway_calls_in_the_air_and_records_each_answer_once(
+    webhooks, store, settings
+):
+    settings.RECOUP_GATEWAY_CONCURRENCY = 3
+    issuer = SlowIssuer()
+    numbers = (0, 3, 5, 7)  # four cases on four cards, due together
+    with time_machine.travel(T0, tick=False) as traveller:
+        _open(webhooks, "air", numbers=numbers)
+        at = max(RecoveryCase.objects.values_list("next_action_at", flat=True))
+        traveller.move_to(at)
+        report = run_due(now=at, gateways={store.pk: issuer}, store_id=store.pk)
+
+    # Calls overlapped, never more than the setting allows, from the pool's threads.
+    assert 1 < issuer.peak <= 3, (issuer.peak, report.actions)
+    assert all(name.startswith("recoup-gateway") for name in issuer.threads)
+    # Each key was charged once and each answer is recorded on its own case.
+    keys = [key for _, key in issuer.calls]
+    assert len(keys) == len(set(keys)) == report.actions["retried"] >= 2
+    for invoice_id, key in issuer.calls:
+        attempt = PaymentAttempt.objects.get(idempotency_key=key)
+        assert attempt.case.invoice.stripe_id == invoice_id
+        assert attempt.outcome in ("failed", "succeeded")
+        assert attempt.case.inflight_key == ""
+    # What paid closed its case; what did not is planned again.
+    for case in RecoveryCase.objects.filter(store=store):
+        outcomes = set(case.attempts.filter(source="recoup_retry").values_list("outcome", flat=True))
+        if "succeeded" in outcomes:
+            assert case.status == "recovered"
+        else:
+            assert case.status == "open" and case.next_action_at > at

@@ -33,6 +33,15 @@ from tests.recovery.test_engine import DAY, T0
 PAYS, DECLINED = 3, 0
 
 
+@pytest.fixture(autouse=True)
+def one_call_at_a_time(settings):
+    """These scenarios stage a race at a fixed point inside one gateway call (a webhook,
+    another worker's pass, a count of attempts in flight) on the test's own database
+    connection, so the batch's calls go one after another here. tests/recovery/
+    test_batch.py runs them concurrently, as in production."""
+    settings.RECOUP_GATEWAY_CONCURRENCY = 1
+
+
 class Issuer(ScriptedIssuer):
     """The scripted issuer, with what Stripe does around it: an invoice already paid is
     refused before any charge (`invoices.pay` answers "Invoice is already paid"), and

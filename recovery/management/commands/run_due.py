@@ -11,6 +11,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--max-cases", type=int, default=None)
         parser.add_argument(
+            "--max-seconds",
+            type=float,
+            default=None,
+            help="claim no new batch after this long (the next run goes on from there)",
+        )
+        parser.add_argument(
             "--store", default=None, help="only this store's cases (its id, as in the admin)"
         )
 
@@ -25,10 +31,13 @@ class Command(BaseCommand):
             if store is None:
                 raise CommandError(f"No store {opts['store']!r}.")
             store_id = store.pk
-        report = run_due(max_cases=opts["max_cases"], store_id=store_id)
+        report = run_due(
+            max_cases=opts["max_cases"], store_id=store_id, max_seconds=opts["max_seconds"]
+        )
         self.stdout.write(
             f"claimed {report.claimed} cases; {report.actions or 'nothing due'}; "
             f"events retried {report.events_retried}; expiry warnings {report.expiry_warnings}"
+            + ("; out of time, the rest is left to the next run" if report.stopped_early else "")
         )
 
 
