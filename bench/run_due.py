@@ -13,6 +13,7 @@ one-worker ratio, and the statements that dominate per case. Drops the database 
 
     .venv/bin/python bench/run_due.py --cases 5000
     .venv/bin/python bench/run_due.py --cases 20000 --top 20
+    .venv/bin/python bench/run_due.py --cases 2000 --latency-ms 300 --concurrency 1
 
 Targets (the scheduler issue): >= 2,000 cases/s per worker, constant queries per case
 (compare two sizes), peak memory < 300 MB whatever N, two workers >= 1.7x one.
@@ -272,6 +273,19 @@ def _worker() -> int:
         return ids
 
     scheduler.cases_claim = claim_and_measure
+    latency = float(os.environ.get("BENCH_LATENCY_MS") or 0) / 1000
+    if latency:
+        # Stripe is a network round trip away: each sandbox charge waits that long, as a
+        # call to Stripe would (the batch has RECOUP_GATEWAY_CONCURRENCY in the air).
+        from recovery.gateways.sandbox import SandboxGateway
+
+        charge = SandboxGateway._charge
+
+        def slow_charge(self, **kwargs):
+            time.sleep(latency)
+            return charge(self, **kwargs)
+
+        SandboxGateway._charge = slow_charge
     connection.ensure_connection()
     # The console email and SMS backends write every message to stdout. The parent reads
     # the workers' pipes one after the other, so a worker whose pipe filled up would wait
@@ -477,6 +491,18 @@ def main() -> int:
     )
     ap.add_argument("--top", type=int, default=12, help="statements listed per case (0: none)")
     ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="each sandbox charge waits this long, as a round trip to Stripe would",
+    )
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="RECOUP_GATEWAY_CONCURRENCY for the workers (default: the setting's default)",
+    )
+    ap.add_argument(
         "--profile",
         metavar="FILE",
         help="also profile the one-worker run with cProfile and write the top functions to FILE",
@@ -513,6 +539,12 @@ def main() -> int:
         # The thank-you emails go to Django's dummy backend: the provider's own time is
         # not the scheduler's (in production, one Postmark batch request per 500 emails;
         # the console backend would add ~1 ms per email of MIME encoding to /dev/null).
+        "BENCH_LATENCY_MS": str(args.latency_ms),
+        **(
+            {"RECOUP_GATEWAY_CONCURRENCY": str(args.concurrency)}
+            if args.concurrency is not None
+            else {}
+        ),
         "EMAIL_BACKEND": os.environ.get(
             "BENCH_EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailBackend"
         ),
@@ -544,6 +576,11 @@ def main() -> int:
             f"due 1 min ago), one sandbox store, PostgreSQL {version}, database {dbname} "
             f"(migrated in {migrate_s:.1f} s); {os.cpu_count()} CPUs"
         )
+        if args.latency_ms or args.concurrency is not None:
+            print(
+                f"gateway: {args.latency_ms:g} ms per charge, "
+                f"{env.get('RECOUP_GATEWAY_CONCURRENCY', 'default')} calls in the air per batch"
+            )
         phases = {}
         for workers in (1, 2):
             if workers == 2:
