@@ -221,6 +221,97 @@ def _retries_process(
     return rest
 
 
+def messages_process(cases: list[RecoveryCase], *, now: dt.datetime, report, released: set):
+    """Act on the batch's due messages together, as `engine.case_process_due` acts on one:
+    the dunning stage moves on, the messaging service is handed each purpose's cases at
+    once (`engine.messaging_due_for_cases`: emails decided and recorded together,
+    delivered in one provider batch after the commit) and each case is planned again.
+    The cases' rows are locked for the whole step, as `messaging.services.message_send`
+    locks one. Returns the cases left for one-at-a-time handling."""
+    due, rest = [], []
+    for case in cases:
+        if (
+            case.is_open
+            and not case.inflight_key
+            and case.window_end > now
+            and case.next_action == RecoveryCase.NextAction.MESSAGE
+        ):
+            due.append(case)
+        else:
+            rest.append(case)
+    if not due:
+        return rest
+    try:
+        with transaction.atomic():
+            mine, changed = _messages_record(due, now=now)
+    except Exception:
+        logger.exception("sending a batch of %s messages failed; trying them one by one", len(due))
+        return rest + due
+    for _ in mine:
+        report.count("messaged")
+    released.update(c.pk for c in mine)
+    for case in changed:
+        case.__dict__.pop("_facts", None)
+    return rest + changed
+
+
+def _messages_record(due: list[RecoveryCase], *, now: dt.datetime) -> tuple[list, list]:
+    """In the caller's transaction. Returns (the cases messaged, the claimed cases that
+    changed since the claim, left to the one-at-a-time path)."""
+    claimed = {c.pk: c for c in due}
+    fresh = {
+        c.pk: c
+        for c in RecoveryCase.objects.select_for_update(of=("self",))
+        .select_related(
+            "store",
+            "customer",
+            "customer__default_payment_method",
+            "invoice",
+            "order",
+            "subscription",
+        )
+        .filter(pk__in=list(claimed))
+        .order_by("pk")
+    }
+    mine, changed = [], []
+    for pk, case in claimed.items():
+        row = fresh.get(pk)
+        if row is None or (
+            row.status,
+            row.inflight_key,
+            row.next_action,
+            row.next_action_reason,
+            row.dunning_stage,
+        ) != (
+            case.status,
+            case.inflight_key,
+            case.next_action,
+            case.next_action_reason,
+            case.dunning_stage,
+        ):
+            changed.append(case)
+        else:
+            mine.append(row)
+    if not mine:
+        return [], changed
+    facts_load(mine, now=now)
+    writes = Writes()
+    by_purpose = defaultdict(list)
+    for case in mine:
+        case.dunning_stage += 1
+        writes.case_changed(case, {"dunning_stage", "claimed_until"})
+        case.claimed_until = None  # done with: the claim goes back with this write
+        by_purpose[case.next_action_reason].append(case)
+    for purpose, group in by_purpose.items():
+        engine.messaging_due_for_cases(group, purpose=purpose, at=now, events=writes.events)
+        for case in group:
+            case._facts.touches.append((now, {"purpose": purpose}))
+    for case in mine:
+        engine.case_plan(case, now=now, writes=writes)
+    writes.flush()
+    return mine, changed
+
+
 def _sends(sending: list, *, now: dt.datetime, gateways: dict) -> list:
     """Call the gateway for each recorded attempt, up to RECOUP_GATEWAY_CONCURRENCY calls
     in the air at once (each is a network round trip to Stripe: one after another, a

@@ -119,10 +119,11 @@ def run_due(
         released: set = set()
         try:
             cases = _with_gateways(list(cases), gateways=gateways, now=now, report=report)
-            # Due retries go together (recovery/batch.py); the rest one at a time.
+            # Due retries and messages go together (recovery/batch.py); the rest one at a time.
             rest = batch.retries_process(
                 cases, now=now, gateways=gateways, report=report, released=released
             )
+            rest = batch.messages_process(rest, now=now, report=report, released=released)
             for case in rest:
                 try:
                     gateway = gateways[case.store_id]

@@ -180,10 +180,15 @@ def _story(store) -> dict:
                 )
                 for a in PaymentAttempt.objects.filter(case=case).order_by("attempted_at", "id")
             ],
-            "timeline": [
-                (e.at, e.kind, re.sub(r"case-\d+", "case-N", e.message), _no_ids(e.data))
-                for e in CaseEvent.objects.filter(case=case).order_by("at", "id")
-            ],
+            # In time order; entries of one moment as a set: a batch delivers its emails
+            # after it commits, so "sent" follows "due" there and precedes it one at a time.
+            "timeline": sorted(
+                (
+                    (e.at, e.kind, re.sub(r"case-\d+", "case-N", e.message), _no_ids(e.data))
+                    for e in CaseEvent.objects.filter(case=case)
+                ),
+                key=lambda e: (e[0], repr(e[1:])),
+            ),
         }
     return out
 
@@ -253,6 +258,13 @@ def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
     stop = ours.get(card_fingerprint="fp_eq_2", network_advice_code="03")
     assert not ours.filter(card_fingerprint="fp_eq_2", attempted_at__gt=stop.attempted_at).exists()
     assert RecoveryCase.objects.filter(store=stores["batch"], status="recovered").exists()
+    # The dunning emails went out from the batch, not one at a time: delivered after the
+    # batch committed, each "sent" entry follows its "due" entry (one at a time, before it).
+    sent = CaseEvent.objects.filter(store=stores["batch"], kind="message_sent")
+    assert sent.exists()
+    for event in sent:
+        due = CaseEvent.objects.get(case=event.case, kind="message_due", at=event.at)
+        assert due.pk < event.pk
     # The thank-you went out from the batch, once per recovered case.
     thanks = Message.objects.filter(
         store=stores["batch"], purpose=Purpose.RECOVERED, status="sent"
