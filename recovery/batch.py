@@ -510,7 +510,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
         .filter(pk__in=[case.pk for case, _, _ in answered])
         .order_by("pk")
     }
-    alone, declined, paid = [], [], []
+    alone, mine = [], []
     for case, attempt, result in answered:
         row = fresh.get(case.pk)
         if row is None or not row.is_open or row.inflight_key != attempt.idempotency_key:
@@ -522,7 +522,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
                 # The order's stock and shipment are settled in the close's transaction.
                 alone.append((case, attempt, result))
             else:
-                paid.append((row, attempt, result))
+                mine.append((row, attempt, result))
             continue
         if row.customer.disputed_at or row.track == Track.FRAUD:
             alone.append((case, attempt, result))
@@ -535,8 +535,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
         if classification.track == Track.FRAUD or classification.fraud_review:
             alone.append((case, attempt, result))  # to a person: attempt_resolve routes it
             continue
-        declined.append((row, attempt, result))
-    mine = declined + paid
+        mine.append((row, attempt, result))
     charges = {r.decline.charge_id for _, _, r in mine if r.decline.charge_id}
     taken = set(
         PaymentAttempt.objects.filter(charge_id__in=charges)
@@ -545,6 +544,10 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     )
     writes = Writes()
     invoices = {}
+    orders, closed, paid_invoices = [], [], []
+    updated_at = timezone.now()
+    # In the batch's order, each answer recorded before the next case is planned, as one
+    # case at a time would: a plan learns from the answers before it, not after.
     for case, attempt, result in mine:
         fields = engine.attempt_resolved_fields(
             attempt, outcome=result.outcome, decline=result.decline
@@ -570,8 +573,14 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             learned = case._facts.stats.setdefault(key[:2], {})
             s_, f_ = learned.get(key[2:], (0, 0))
             learned[key[2:]] = (s_ + success, f_ + 1 - success)
-    orders = _declines_record(declined, now=now, writes=writes)
-    closed, paid_invoices = _payments_record(paid, now=now, writes=writes)
+        if result.outcome == PaymentAttempt.Outcome.SUCCEEDED:
+            if _payment_record(case, attempt, result, now=now, writes=writes):
+                paid_invoices.append(case.invoice)
+            closed.append(case)
+        else:
+            _decline_record(case, attempt, result, now=now, writes=writes, updated_at=updated_at)
+            if case.order_id:
+                orders.append(case)
     rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
     # Stripe counted these attempts on the invoices; keep our counts in step so that a
     # later read-back compares against the right number.
@@ -592,77 +601,68 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     return alone, orders, [c.pk for c, _, _ in mine]
 
 
-def _declines_record(declined: list, *, now: dt.datetime, writes: Writes) -> list:
-    """The cases' side of the batch's declines. Returns the cases with orders."""
-    orders = []
-    updated_at = timezone.now()
-    for case, attempt, result in declined:
-        decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
-        classification = decline_classification(decline)
-        updates, event = case_failure_changes(
-            case=case, decline=decline, classification=classification, at=now, amount=case.amount
+def _decline_record(
+    case, attempt, result, *, now: dt.datetime, writes: Writes, updated_at: dt.datetime
+) -> None:
+    """The case's side of a decline in the batch: its new track, plan and timeline."""
+    decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
+    classification = decline_classification(decline)
+    updates, event = case_failure_changes(
+        case=case, decline=decline, classification=classification, at=now, amount=case.amount
+    )
+    if event is not None:
+        writes.events.append(event)
+    updates.update(
+        inflight_key="",
+        attempt_count=case.attempt_count + 1,
+        last_attempt_at=now,
+        updated_at=updated_at,
+        claimed_until=None,  # done with: the claim goes back with this write
+    )
+    if engine.card_change_spent(case, attempt):
+        updates["card_changed_at"] = None
+    for name, value in updates.items():
+        setattr(case, name, value)
+    writes.case_changed(case, updates)
+    _facts_after_decline(case, attempt)
+    engine.case_plan(case, now=engine.replan_time(now), writes=writes)
+    writes.events.append(
+        case_event_build(
+            case=case,
+            kind="retry_failed",
+            at=now,
+            message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
         )
-        if event is not None:
-            writes.events.append(event)
-        updates.update(
-            inflight_key="",
-            attempt_count=case.attempt_count + 1,
-            last_attempt_at=now,
-            updated_at=updated_at,
-            claimed_until=None,  # done with: the claim goes back with this write
-        )
-        if engine.card_change_spent(case, attempt):
-            updates["card_changed_at"] = None
-        for name, value in updates.items():
-            setattr(case, name, value)
-        writes.case_changed(case, updates)
-        _facts_after_decline(case, attempt)
-        engine.case_plan(case, now=engine.replan_time(now), writes=writes)
-        writes.events.append(
-            case_event_build(
-                case=case,
-                kind="retry_failed",
-                at=now,
-                message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
-            )
-        )
-        if case.order_id:
-            orders.append(case)
-    return orders
+    )
 
 
-def _payments_record(paid: list, *, now: dt.datetime, writes: Writes) -> tuple[list, list]:
-    """The cases' side of the batch's payments: each case closed as recovered (as
-    `services.recovery_case_close` closes one) and its invoice marked paid. Returns the
-    closed cases and the invoices to save."""
-    closed, invoices = [], []
-    for case, attempt, result in paid:
-        amount = result.amount or case.amount
-        reason = f"{attempt.get_source_display()} succeeded"
-        updates = case_close_fields(
-            case,
-            status=RecoveryCase.Status.RECOVERED,
-            reason=reason,
-            via=engine.recovered_via(case, attempt),
-            amount=amount,
-        )
-        updates.update(
-            inflight_key="",
-            attempt_count=case.attempt_count + 1,
-            last_attempt_at=now,
-            closed_at=now,
-            claimed_until=None,
-        )
-        for name, value in updates.items():
-            setattr(case, name, value)
-        writes.case_changed(case, updates)
-        writes.events.append(case_close_event(case, at=now, reason=reason, actor="system"))
-        if case.invoice_id and invoice_mark_apply(
-            invoice=case.invoice, status=Invoice.Status.PAID, at=now, amount_paid=amount
-        ):
-            invoices.append(case.invoice)
-        closed.append(case)
-    return closed, invoices
+def _payment_record(case, attempt, result, *, now: dt.datetime, writes: Writes) -> bool:
+    """The case's side of a payment in the batch: closed as recovered (as
+    `services.recovery_case_close` closes one). Returns whether its invoice is to be saved
+    as paid."""
+    amount = result.amount or case.amount
+    reason = f"{attempt.get_source_display()} succeeded"
+    updates = case_close_fields(
+        case,
+        status=RecoveryCase.Status.RECOVERED,
+        reason=reason,
+        via=engine.recovered_via(case, attempt),
+        amount=amount,
+    )
+    updates.update(
+        inflight_key="",
+        attempt_count=case.attempt_count + 1,
+        last_attempt_at=now,
+        closed_at=now,
+        claimed_until=None,
+    )
+    for name, value in updates.items():
+        setattr(case, name, value)
+    writes.case_changed(case, updates)
+    writes.events.append(case_close_event(case, at=now, reason=reason, actor="system"))
+    return bool(case.invoice_id) and invoice_mark_apply(
+        invoice=case.invoice, status=Invoice.Status.PAID, at=now, amount_paid=amount
+    )
 
 
 def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:
