@@ -161,8 +161,10 @@ STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 REDIS_URL = env.str("REDIS_URL", default="")
 # The scheduler's pass (recovery/scheduler.py): how many gateway calls a batch has in the
 # air at once, and for how long one pass claims new batches before leaving the rest to the
-# next pass (a pass's last batch may then take up to batch.SEND_WITHIN, 4 minutes, to
-# send; Q_TIMEOUT must stay above the sum).
+# next pass. Its last batch may then take up to batch.SEND_WITHIN (4 minutes) to send, and
+# the sweeps after it (scheduled SMS, read-backs) a while more: Q_TIMEOUT stays well above
+# the sum. A pass cut short by the timeout is safe (leases and read-backs cover it), only
+# wasteful.
 RECOUP_GATEWAY_CONCURRENCY = env.int("RECOUP_GATEWAY_CONCURRENCY", default=8)
 RECOUP_PASS_SECONDS = env.int("RECOUP_PASS_SECONDS", default=240)
 Q_TIMEOUT = env.int("Q_TIMEOUT", default=600)

@@ -46,6 +46,7 @@ class PostmarkEmailBackend(EmailBackend):
             for message, response in zip(email_messages, responses, strict=False):
                 message.postmark_message_id = response.get("MessageID", "")
                 message.postmark_error_code = response.get("ErrorCode", 0)
+                message.postmark_error_message = response.get("Message", "")
             sent, not_sent = partition(lambda x: x["ErrorCode"] != 0, responses)
             msg_count = len(sent)
             if not_sent:

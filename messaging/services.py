@@ -8,14 +8,19 @@ in a short transaction; the provider is called after it commits (never inside a
 transaction), and the result recorded in another.
 
 The engine (recovery/engine.py) decides *when* a message is due and calls
-`message_send_for_case`; pre-dunning calls `message_send_predunning`; the scheduler pass
-calls `messages_send_scheduled` for SMS held back by quiet hours.
+`message_send_for_case`; a scheduler batch calls `messages_send_for_cases`, which decides
+and records a batch's emails together under the batch's row locks and, after the commit,
+hands them to the provider in one batch (`messages_deliver`: one Postmark request per
+500); pre-dunning calls `message_send_predunning`; the scheduler pass calls
+`messages_send_scheduled` for SMS held back by quiet hours.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import operator
 import re
 from email.utils import formataddr
 
@@ -23,7 +28,6 @@ from django.conf import settings
 from django.core.mail import get_connection
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Max, Q
-from django.db.models.functions import Upper
 from django.urls import reverse
 from django.utils import timezone
 from postmarker.django import PostmarkEmailMultiAlternatives
@@ -126,25 +130,36 @@ def message_send_for_case(*, case: RecoveryCase, purpose: str, at: dt.datetime) 
     ]
 
 
+def _case_keys(address: str) -> tuple[str, ...]:
+    return (address.upper(), address.lower(), address.casefold())
+
+
 class Known:
     """What deciding, rendering and delivering a batch of emails reads, read once for the
     batch: suppressed addresses, each case's dunning emails so far, and (as they are
     asked for) the stores' settings and templates."""
 
     def __init__(self, *, customers, case_ids=()) -> None:
-        addresses = {c.email.upper() for c in customers if c.email}
+        addresses = {c.email for c in customers if c.email}
         self.suppressed: dict[tuple, Suppression] = {}
         if addresses:
+            # The database decides what matches, as `address__iexact` does one at a time
+            # (its idea of case is not Python's: SQLite folds only ASCII letters); each
+            # row found is then known by every spelling of its case.
+            match = functools.reduce(
+                operator.or_,
+                (Q(address__iexact=a) for a in addresses),
+                Q(address__in={a.lower() for a in addresses}),  # as email_suppress stores it
+            )
             for row in (
-                Suppression.objects.annotate(upper=Upper("address"))
-                .filter(
-                    store_id__in={c.store_id for c in customers},
-                    channel=Channel.EMAIL,
-                    upper__in=addresses,
+                Suppression.objects.filter(
+                    store_id__in={c.store_id for c in customers}, channel=Channel.EMAIL
                 )
+                .filter(match)
                 .order_by("pk")
             ):
-                self.suppressed.setdefault((row.store_id, row.upper), row)
+                for key in _case_keys(row.address):
+                    self.suppressed.setdefault((row.store_id, key), row)
         self.history = {
             row["case_id"]: (row["n"], row["last"])
             for row in Message.objects.filter(
@@ -160,7 +175,11 @@ class Known:
         self._templates: dict = {}
 
     def suppression(self, customer: Customer) -> Suppression | None:
-        return self.suppressed.get((customer.store_id, customer.email.upper()))
+        for key in _case_keys(customer.email):
+            found = self.suppressed.get((customer.store_id, key))
+            if found is not None:
+                return found
+        return None
 
     def conf(self, store: Store):
         if store.pk not in self._confs:
@@ -184,9 +203,14 @@ def _email_blocked(customer: Customer, known: Known | None = None) -> str:
     if known is not None:
         suppressed = known.suppression(customer)
     else:
-        suppressed = Suppression.objects.filter(
-            store_id=customer.store_id, channel=Channel.EMAIL, address__iexact=customer.email
-        ).first()
+        # Stored lower-cased (email_suppress); iexact for any other spelling. SQLite's
+        # iexact folds only ASCII letters, so the lower-cased form is asked for too.
+        suppressed = (
+            Suppression.objects.filter(store_id=customer.store_id, channel=Channel.EMAIL)
+            .filter(Q(address=customer.email.lower()) | Q(address__iexact=customer.email))
+            .order_by("pk")
+            .first()
+        )
     if suppressed:
         return f"the address is suppressed ({suppressed.get_reason_display().lower()})"
     return ""
@@ -380,7 +404,9 @@ def messages_send_for_cases(*, cases: list[RecoveryCase], purpose: str, at: dt.d
         _message_recorded(message)
     queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
     if queued:
-        transaction.on_commit(lambda: messages_deliver(message_ids=queued))
+        # robust: delivery runs after the commit; a failure there is logged, and must not
+        # look to the caller like a failure of what was committed.
+        transaction.on_commit(lambda: messages_deliver(message_ids=queued), robust=True)
 
 
 def _message_build(
@@ -700,6 +726,13 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
     now = now or timezone.now()
     if not message_ids:
         return
+    if None in message_ids or not connection.features.can_return_columns_from_insert:
+        # An old SQLite (before 3.35): no RETURNING to claim with, nor ids from
+        # bulk_create; the scheduler's sweep sends what has no id here.
+        for pk in message_ids:
+            if pk is not None:
+                message_deliver(message_id=pk, now=now)
+        return
     table = Message._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
@@ -727,28 +760,26 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
             done.append(message)
         else:
             going.append(message)
-    emails = [_email_build(m, conf=known.conf(m.store)) for m in going]
-    error = None
-    if emails:
+    built = []
+    for message in going:
         try:
-            get_connection(fail_silently=False).send_messages(emails)
-        except Exception as exc:
-            logger.warning("a batch of %s emails was not all sent: %s", len(emails), exc)
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            built.append((message, _email_build(message, conf=known.conf(message.store))))
+        except Exception as exc:  # e.g. a sender address that cannot be encoded
+            _failed(message, exc, now=now)
+            done.append(message)
     provider = _email_provider()
     sent = []
-    for message, email in zip(going, emails, strict=True):
-        code = getattr(email, "postmark_error_code", None)
-        if error is None or code == 0:
+    for message, email, problem in _emails_send(built, provider=provider):
+        if problem:
+            logger.warning("message %s could not be sent: %s", message.pk, problem)
+            message.status, message.failed_at = Message.Status.FAILED, now
+            message.status_reason = problem[:300]
+            done.append(message)
+        else:
             message.status, message.sent_at = Message.Status.SENT, now
             message.provider = provider
             message.provider_id = getattr(email, "postmark_message_id", "") or ""
             sent.append(message)
-        else:
-            message.status, message.failed_at = Message.Status.FAILED, now
-            message.status_reason = (f"Postmark error {code}; " if code else "") + error
-            message.status_reason = message.status_reason[:300]
-            done.append(message)
     rows_update(
         sent,
         ["status", "sent_at", "provider", "provider_id"],
@@ -772,6 +803,47 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
     ]
     if events:
         CaseEvent.objects.bulk_create(events)
+
+
+def _emails_send(built: list, *, provider: str):
+    """Hand the emails to the provider; yields (message, email, problem or "") for each.
+    Postmark takes them in one batch request per 500 and answers for each; any other
+    backend (SMTP, say) is given them one by one on one connection, so that one refused
+    address fails only its own message."""
+    if not built:
+        return
+    if provider == "postmark":
+        try:
+            get_connection(fail_silently=False).send_messages([e for _, e in built])
+            error = ""
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        for message, email in built:
+            code = getattr(email, "postmark_error_code", None)
+            if not error or code == 0:
+                yield message, email, ""
+            elif code:
+                # Postmark's answer for this message alone: the batch's error names
+                # every refused address, other customers' (and stores') included.
+                own = getattr(email, "postmark_error_message", "")
+                yield message, email, f"Postmark error {code}: {own}"
+            else:  # no answer at all (the request failed): nothing was sent
+                yield message, email, error
+        return
+    with get_connection(fail_silently=False) as conn:
+        for message, email in built:
+            try:
+                conn.send_messages([email])
+            except Exception as exc:
+                yield message, email, f"{type(exc).__name__}: {exc}"
+            else:
+                yield message, email, ""
+
+
+def _failed(message: Message, exc: Exception, *, now: dt.datetime) -> None:
+    logger.warning("message %s could not be sent: %s", message.pk, exc)
+    message.status, message.failed_at = Message.Status.FAILED, now
+    message.status_reason = f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _email_provider() -> str:

@@ -1,4 +1,4 @@
-"""The scheduler's retries, a claimed batch at a time.
+"""The scheduler's retries and messages, a claimed batch at a time.
 
 A pass claims up to `scheduler.BATCH` due cases. Their due retries are planned, sent and
 recorded together: what planning needs is read for the whole batch in a handful of
@@ -11,14 +11,20 @@ queries (`facts_load`), and the writes go out in bulk. The guarantees are those 
 - never two attempts in flight for one case: the in-flight key is set on the locked row;
 - at most one attempt per card per batch: a second case on the card is decided after the
   first one's answer is recorded (it may say never, or wait, for the whole card);
-- the gateway is called outside any transaction; an answer that is not a plain decline
-  (a payment, an unknown outcome, a refusal before the network, a fraud signal) is
-  recorded by `engine.attempt_resolve`, one case at a time, as ever;
-- if recording the declines fails, the attempts stay unknown with their keys in flight,
+- the gateway is called outside any transaction, up to RECOUP_GATEWAY_CONCURRENCY calls
+  at once;
+- declines and payments are recorded together under the cases' row locks, in the
+  batch's order, each before the next case is planned (as `engine.attempt_resolve`
+  records one: a paid case is closed, its subscription restored, its thank-you sent);
+  anything else (an unknown outcome, a refusal before the network, a fraud signal, a
+  case changed while its call was out, a paid order, whose stock is settled in the
+  close) is recorded by `engine.attempt_resolve`, one case at a time, as ever;
+- if recording the answers fails, the attempts stay unknown with their keys in flight,
   and the next pass reads them back before anything else happens to those cases.
 
-Everything else a pass does (messages, step-downs, closings, read-backs) goes through
-`engine.case_process_due`, one case at a time.
+Due dunning messages are sent together too (`messages_process`). Everything else a pass
+does (step-downs, closings, read-backs) goes through `engine.case_process_due`, one case
+at a time.
 """
 
 from __future__ import annotations
@@ -488,12 +494,14 @@ def _results_record(results: list, *, now: dt.datetime, released: set) -> None:
         logger.exception("adding the batch's results to the retry statistics failed")
 
 
-def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[list, list]:
+def _answers_record(
+    answered: list, *, now: dt.datetime, stats: dict
+) -> tuple[list, list, list]:
     """In the caller's transaction: the declines and payments of the batch, as
     `engine.attempt_resolve` records one. Returns the results it left to the
-    one-at-a-time path, and the declined cases whose orders' holds are to be decided
-    again (after the commit, one order at a time: stock rows are locked in one order per
-    order, never across a batch)."""
+    one-at-a-time path, the declined cases whose orders' holds are to be decided again
+    (after the commit, one order at a time: stock rows are locked in one order per order,
+    never across a batch), and the ids of the cases whose claim its writes gave back."""
     if not answered:
         return [], [], []
     fresh = {
@@ -598,7 +606,9 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             closed, purpose=Purpose.RECOVERED, at=now, events=writes.events
         )
         writes.flush()
-    return alone, orders, [c.pk for c, _, _ in mine]
+    # A declined order's case keeps its claim until its holds are decided again.
+    held = {c.pk for c in orders}
+    return alone, orders, [c.pk for c, _, _ in mine if c.pk not in held]
 
 
 def _decline_record(
@@ -617,8 +627,9 @@ def _decline_record(
         attempt_count=case.attempt_count + 1,
         last_attempt_at=now,
         updated_at=updated_at,
-        claimed_until=None,  # done with: the claim goes back with this write
     )
+    if not case.order_id:
+        updates["claimed_until"] = None  # done with: the claim goes back with this write
     if engine.card_change_spent(case, attempt):
         updates["card_changed_at"] = None
     for name, value in updates.items():
