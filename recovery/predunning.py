@@ -6,12 +6,12 @@ import calendar
 import datetime as dt
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from subscriptions.models import PaymentMethod, Subscription
 
-from .models import ExpiryWarning
+from .models import ExpiryWarning, RetryPolicy
 from .selectors import retry_policy_current
 
 
@@ -25,7 +25,12 @@ def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int
 
     now = now or timezone.now()
     today = now.date()
-    horizon = today + dt.timedelta(days=60)
+    # No store warns further ahead than its policy's predunning_days (or the default, for
+    # a store without a saved policy): cards expiring after the longest of them (most
+    # cards, years away) are not read at all.
+    longest = RetryPolicy.objects.aggregate(m=Max("predunning_days"))["m"] or 0
+    default = RetryPolicy._meta.get_field("predunning_days").default
+    horizon = today + dt.timedelta(days=max(longest, default))
     candidates = (
         PaymentMethod.objects.filter(
             is_default=True,
