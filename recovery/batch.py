@@ -373,7 +373,11 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     used = set(
         PaymentAttempt.objects.filter(
             store_id__in={c.store_id for c in cases}, idempotency_key__in=keys.values()
-        ).values_list("idempotency_key", flat=True)
+        )
+        # The unique index is partial (keys not blank): PostgreSQL proves a long IN list
+        # inside it only when the query says so itself (it reads at most 100 elements).
+        .exclude(idempotency_key="")
+        .values_list("idempotency_key", flat=True)
     )
     alone = [c for c in cases if keys[c.pk] in used]
     locked = {
@@ -546,7 +550,10 @@ def _answers_record(
         mine.append((row, attempt, result))
     charges = {r.decline.charge_id for _, _, r in mine if r.decline.charge_id}
     taken = set(
-        PaymentAttempt.objects.filter(charge_id__in=charges)
+        PaymentAttempt.objects.filter(
+            store_id__in={c.store_id for c, _, _ in mine}, charge_id__in=charges
+        )
+        .exclude(charge_id="")  # the unique index's condition (see `_attempts_record`)
         .exclude(pk__in=[a.pk for _, a, _ in mine])
         .values_list("store_id", "charge_id")
     )
