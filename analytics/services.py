@@ -50,7 +50,7 @@ from stores.models import Store
 
 from .metrics import DurationSeconds
 from .models import CaseDay, RollupState
-from .sql import as_date, fetch, statement
+from .sql import as_date, fetch
 
 S = RecoveryCase.Status
 B = CaseDay.Basis
@@ -263,6 +263,9 @@ class Check:
     at_risk_with_person: int = 0
 
 
+_CHECKS: dict = {}  # store id -> (what the check depends on, its SQL and parameters)
+
+
 def _check(*, store: Store, tz, since: dt.datetime, seen_ids: list[int]) -> Check:
     """One statement: the cases saved since `since` or seen before (one row each), and the
     open cases per opened day with their amount at risk."""
@@ -307,9 +310,17 @@ def _check(*, store: Store, tz, since: dt.datetime, seen_ids: list[int]) -> Chec
         )
         return saved.union(open_, all=True)
 
-    key = ("check", store.pk, store.currency, store.timezone, since, tuple(seen_ids))
+    # Compiled once per store and watermark (the home page asks again and again while
+    # nothing changes); one per store is kept: a scheduler's pass refreshes with a new
+    # watermark every time, and each statement names up to SEEN_MAX ids.
+    key = (connection.settings_dict["NAME"], store.currency, store.timezone, since, tuple(seen_ids))
+    kept = _CHECKS.get(store.pk)
+    if kept is None or kept[0] != key:
+        if len(_CHECKS) >= 512:
+            _CHECKS.clear()
+        kept = _CHECKS[store.pk] = (key, build().query.sql_with_params())
     out = Check(saved=[], open_days={})
-    for k, i, u, o, c, status, n, amount, person in fetch(*statement(key, build)):
+    for k, i, u, o, c, status, n, amount, person in fetch(*kept[1]):
         if k == "saved":
             out.saved.append((i, _aware(u), as_date(o), as_date(c), status == S.OPEN))
         else:

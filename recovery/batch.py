@@ -211,7 +211,9 @@ def _retries_process(
         return rest + send
     rest += handled_alone
     results, late = [], []
-    for (case, attempt), result in zip(sending, _sends(sending, now=now, gateways=gateways)):
+    for (case, attempt), result in zip(
+        sending, _sends(sending, now=now, gateways=gateways), strict=True
+    ):
         if result is None:
             late.append((case, attempt))
         else:
@@ -498,9 +500,7 @@ def _results_record(results: list, *, now: dt.datetime, released: set) -> None:
         logger.exception("adding the batch's results to the retry statistics failed")
 
 
-def _answers_record(
-    answered: list, *, now: dt.datetime, stats: dict
-) -> tuple[list, list, list]:
+def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[list, list, list]:
     """In the caller's transaction: the declines and payments of the batch, as
     `engine.attempt_resolve` records one. Returns the results it left to the
     one-at-a-time path, the declined cases whose orders' holds are to be decided again

@@ -9,7 +9,6 @@ so the rules can be read — and tested — against the domain brief line by lin
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -227,7 +226,12 @@ def classify(
     A pure function of its arguments (remembered: the engine asks it many times for the
     same few codes)."""
     return _classify(
-        decline_code, failure_code, advice_code, network_advice_code, network_decline_code, card_brand
+        decline_code,
+        failure_code,
+        advice_code,
+        network_advice_code,
+        network_decline_code,
+        card_brand,
     )
 
 

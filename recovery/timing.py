@@ -11,8 +11,8 @@ little, and records why it chose what it chose.
 from __future__ import annotations
 
 import calendar
-import functools
 import datetime as dt
+import functools
 import random
 import zoneinfo
 from dataclasses import dataclass

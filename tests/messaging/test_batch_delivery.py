@@ -126,9 +126,7 @@ def test_a_backend_refusing_one_address_fails_only_that_message(settings, store)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_email_that_cannot_be_built_fails_alone_and_the_stage_moves_on_once(
-    webhooks, store
-):
+def test_an_email_that_cannot_be_built_fails_alone_and_the_stage_moves_on_once(webhooks, store):
     # A sender on an international domain: the model accepts it, the email header not.
     validators.validate_email("rechnung@bäckerei.de")
     MessagingSettings.objects.create(store=store, from_email="rechnung@bäckerei.de")

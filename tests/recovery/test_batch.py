@@ -266,12 +266,11 @@ def test_a_batch_decides_and_records_what_one_case_at_a_time_would(
         due = CaseEvent.objects.get(case=event.case, kind="message_due", at=event.at)
         assert due.pk < event.pk
     # The thank-you went out from the batch, once per recovered case.
-    thanks = Message.objects.filter(
-        store=stores["batch"], purpose=Purpose.RECOVERED, status="sent"
+    thanks = Message.objects.filter(store=stores["batch"], purpose=Purpose.RECOVERED, status="sent")
+    assert (
+        thanks.count()
+        == RecoveryCase.objects.filter(store=stores["batch"], status="recovered").count()
     )
-    assert thanks.count() == RecoveryCase.objects.filter(
-        store=stores["batch"], status="recovered"
-    ).count()
     assert RecoveryCase.objects.filter(store=stores["batch"], track="authentication").exists()
 
 
@@ -312,9 +311,13 @@ def test_rows_update_writes_each_rows_own_values(store):
 def test_rows_update_rising_never_lowers_a_count(failed_invoice):
     invoice = Invoice.objects.get()
     Invoice.objects.filter(pk=invoice.pk).update(attempt_count=3)
-    assert rows_update([Invoice(pk=invoice.pk, attempt_count=2)], ["attempt_count"], rising=True) == 0
+    assert (
+        rows_update([Invoice(pk=invoice.pk, attempt_count=2)], ["attempt_count"], rising=True) == 0
+    )
     assert Invoice.objects.get().attempt_count == 3
-    assert rows_update([Invoice(pk=invoice.pk, attempt_count=5)], ["attempt_count"], rising=True) == 1
+    assert (
+        rows_update([Invoice(pk=invoice.pk, attempt_count=5)], ["attempt_count"], rising=True) == 1
+    )
     assert Invoice.objects.get().attempt_count == 5
 
 
@@ -389,7 +392,9 @@ def test_a_batch_has_several_gateway_calls_in_the_air_and_records_each_answer_on
         assert attempt.case.inflight_key == ""
     # What paid closed its case; what did not is planned again.
     for case in RecoveryCase.objects.filter(store=store):
-        outcomes = set(case.attempts.filter(source="recoup_retry").values_list("outcome", flat=True))
+        outcomes = set(
+            case.attempts.filter(source="recoup_retry").values_list("outcome", flat=True)
+        )
         if "succeeded" in outcomes:
             assert case.status == "recovered"
         else:
