@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Min
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from common.bulk import rows_update
@@ -370,38 +370,35 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
         for c in cases
     }
     keys = {c.pk: engine.attempt_key(c, numbers[c.pk]) for c in cases}
-    # A key already recorded means a send whose answer was never recorded: the
-    # one-at-a-time path reconciles it.
-    used = set(
-        PaymentAttempt.objects.filter(
-            store_id__in={c.store_id for c in cases}, idempotency_key__in=keys.values()
-        )
-        # The unique index is partial (keys not blank): PostgreSQL proves a long IN list
-        # inside it only when the query says so itself (it reads at most 100 elements).
-        .exclude(idempotency_key="")
-        .values_list("idempotency_key", flat=True)
-    )
-    alone = [c for c in cases if keys[c.pk] in used]
     locked = {
         pk: (default_pm, changed)
         for pk, default_pm, changed in RecoveryCase.objects.select_for_update(of=("self",))
-        .filter(
-            pk__in=[c.pk for c in cases if keys[c.pk] not in used],
-            status=RecoveryCase.Status.OPEN,
-            inflight_key="",
-        )
+        .filter(pk__in=[c.pk for c in cases], status=RecoveryCase.Status.OPEN, inflight_key="")
         .order_by("pk")
         .values_list("pk", "customer__default_payment_method_id", "card_changed_at")
     }
+    # An attempt of ours recorded since the batch read its facts (a retry from the pay
+    # page or an agent, which take no claim) would make this key a used one: the
+    # one-at-a-time path decides that case afresh. Counted per case under the rows' locks
+    # (the case index; the keys' own index is partial, and with a long IN list and young
+    # statistics PostgreSQL may scan all of it).
+    ours = dict(
+        PaymentAttempt.objects.filter(case_id__in=list(locked), source__in=engine.OUR_SOURCES)
+        .values_list("case_id")
+        .annotate(n=Count("pk"))
+        .values_list("case_id", "n")
+    )
+    alone = [c for c in cases if c.pk in locked and ours.get(c.pk, 0) != numbers[c.pk] - 1]
     moved = [
         c
         for c in cases
         if c.pk in locked
+        and c not in alone
         and locked[c.pk] != (c.customer.default_payment_method_id, c.card_changed_at)
     ]
     alone += moved  # the card changed since the claim: decided afresh, one at a time
     # The others closed, or have an attempt in flight, since the claim.
-    cases = [c for c in cases if c.pk in locked and c not in moved]
+    cases = [c for c in cases if c.pk in locked and c not in alone]
     cards = {c.pk: _card(c) for c in cases}
     engine.cards_lock(cards.values())
     rows = budgets.budget_rows_for_cards(set(cards.values()), at=now)
