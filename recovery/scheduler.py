@@ -140,9 +140,13 @@ def run_due(
             cases_release(case_ids=[pk for pk in ids if pk not in released])
         if rollups and report.claimed >= next_rollup:
             # A long pass keeps the home page's rollup close behind it, and each refresh
-            # reads only the cases saved since the last (memory flat however long the pass).
+            # reads only the cases saved since the one before (less the rollup's lag), so
+            # what it holds does not grow with the length of the pass.
             next_rollup = report.claimed + ROLLUP_EVERY
-            _rollups_refresh(now=now, report=report)
+            try:
+                _rollups_refresh(now=now, report=report)
+            except Exception:  # a cache: the pass goes on; the page refreshes it itself
+                logger.exception("refreshing the rollups during the pass failed")
     report.expiry_warnings = predunning_pass(now=now)
     from orders.services import inventory_holds_expire
 
