@@ -151,6 +151,16 @@ def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
         case._facts.card_rows = card_rows
 
 
+def _due(cases: list[RecoveryCase], *, now: dt.datetime, action: str) -> tuple[list, list]:
+    """(the claimed cases whose next action is `action` and can be taken as a batch, the
+    rest): open, nothing in flight, the window still running."""
+    due, rest = [], []
+    for case in cases:
+        ready = case.is_open and not case.inflight_key and case.window_end > now
+        (due if ready and case.next_action == action else rest).append(case)
+    return due, rest
+
+
 def retries_process(
     cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report, released: set
 ):
@@ -166,17 +176,7 @@ def retries_process(
 def _retries_process(
     cases: list[RecoveryCase], *, now: dt.datetime, gateways: dict, report, released: set
 ):
-    due, rest = [], []
-    for case in cases:
-        if (
-            case.is_open
-            and not case.inflight_key
-            and case.window_end > now
-            and case.next_action == RecoveryCase.NextAction.RETRY
-        ):
-            due.append(case)
-        else:
-            rest.append(case)
+    due, rest = _due(cases, now=now, action=RecoveryCase.NextAction.RETRY)
     if not due:
         return rest
     try:
@@ -236,17 +236,7 @@ def messages_process(cases: list[RecoveryCase], *, now: dt.datetime, report, rel
     delivered in one provider batch after the commit) and each case is planned again.
     The cases' rows are locked for the whole step, as `messaging.services.message_send`
     locks one. Returns the cases left for one-at-a-time handling."""
-    due, rest = [], []
-    for case in cases:
-        if (
-            case.is_open
-            and not case.inflight_key
-            and case.window_end > now
-            and case.next_action == RecoveryCase.NextAction.MESSAGE
-        ):
-            due.append(case)
-        else:
-            rest.append(case)
+    due, rest = _due(cases, now=now, action=RecoveryCase.NextAction.MESSAGE)
     if not due:
         return rest
     try:

@@ -210,6 +210,7 @@ def _norm_network(value: str | None) -> str:
     return value.zfill(2) if value.isdigit() and len(value) == 1 else value
 
 
+@functools.lru_cache(maxsize=4096)
 def classify(
     *,
     decline_code: str | None = "",
@@ -225,40 +226,6 @@ def classify(
     then the network's advice and decline codes, may only make the verdict stricter.
     A pure function of its arguments (remembered: the engine asks it many times for the
     same few codes)."""
-    return _classify(
-        decline_code,
-        failure_code,
-        advice_code,
-        network_advice_code,
-        network_decline_code,
-        card_brand,
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _classify(
-    decline_code, failure_code, advice_code, network_advice_code, network_decline_code, card_brand
-) -> Classification:
-    return _classify_uncached(
-        decline_code=decline_code,
-        failure_code=failure_code,
-        advice_code=advice_code,
-        network_advice_code=network_advice_code,
-        network_decline_code=network_decline_code,
-        card_brand=card_brand,
-    )
-
-
-def _classify_uncached(
-    *,
-    decline_code: str | None = "",
-    failure_code: str | None = "",
-    advice_code: str | None = "",
-    network_advice_code: str | None = "",
-    network_decline_code: str | None = "",
-    card_brand: str | None = "",
-) -> Classification:
-    """classify, computed."""
     code = _norm(decline_code) or _norm(failure_code)
     advice = _norm(advice_code)
     mc_advice = _norm_network(network_advice_code)
