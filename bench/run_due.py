@@ -300,6 +300,8 @@ def _worker() -> int:
         import cProfile
 
         profiler = cProfile.Profile()
+    backend = _backend_cpu_reader(connection)
+    backend_before, cpu_before = backend(), time.process_time()
     started = time.perf_counter()
     with connection.execute_wrapper(wrapper):
         if profiler:
@@ -308,6 +310,13 @@ def _worker() -> int:
         if profiler:
             profiler.disable()
     elapsed = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_before
+    backend_after = backend()
+    backend_seconds = (
+        backend_after - backend_before
+        if backend_after is not None and backend_before is not None
+        else None
+    )
     # Peak resident memory of this process: VmHWM. (ru_maxrss is printed too, but Linux
     # carries the parent's peak over fork+exec into it, so it shows the seeding parent.)
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -331,6 +340,8 @@ def _worker() -> int:
                 "claimed": report.claimed,
                 "actions": report.actions,
                 "seconds": elapsed,
+                "cpu_seconds": cpu_seconds,
+                "backend_cpu_seconds": backend_seconds,
                 "queries": sum(counts.values()),
                 "db_seconds": sum(seconds.values()),
                 "rss_mb": peak_mb,
@@ -345,6 +356,26 @@ def _worker() -> int:
         flush=True,
     )
     return 0
+
+
+def _backend_cpu_reader(connection):
+    """A function returning the CPU seconds (user + system) used so far by this worker's
+    PostgreSQL backend process, or None when it cannot be read (a server on another
+    machine, or /proc not readable): where the database's own share of a case goes."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    return read
 
 
 # ---------------------------------------------------------------- orchestration (parent)
@@ -451,12 +482,16 @@ def _line(r: dict) -> str:
             n, mb = curve[min(len(curve) - 1, int(frac * (len(curve) - 1)))]
             marks.append(f"{mb:.0f} MB after {n:,}")
     growth = ("; RSS " + ", ".join(marks)) if marks else ""
+    per_case = 1000 / r["claimed"] if r["claimed"] else 0.0
+    cpu = f"CPU per case: worker {r['cpu_seconds'] * per_case:.2f} ms"
+    if r.get("backend_cpu_seconds") is not None:
+        cpu += f", its PostgreSQL backend {r['backend_cpu_seconds'] * per_case:.2f} ms"
     return (
         f"{r['claimed']:>7,} cases in {r['seconds']:6.2f} s = {rate:7,.0f} cases/s; "
         f"{qpc:5.1f} queries/case ({r.get('distinct_statements', 0)} distinct; "
         f"{r['db_seconds'] / r['seconds'] * 100:.0f}% of the time "
         f"in the database); peak RSS {r['rss_mb']:.0f} MB (VmHWM; ru_maxrss "
-        f"{r['ru_maxrss_mb']:.0f} MB){growth}; "
+        f"{r['ru_maxrss_mb']:.0f} MB){growth}; {cpu}; "
         f"{dict(sorted(r['actions'].items()))}"
     )
 

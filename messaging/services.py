@@ -32,7 +32,7 @@ from django.urls import reverse
 from django.utils import timezone
 from postmarker.django import PostmarkEmailMultiAlternatives
 
-from common.bulk import rows_update
+from common.bulk import rows_insert, rows_update
 from common.errors import ApplicationError
 from recovery.models import ExpiryWarning, RecoveryCase, Track
 from stores.models import Store
@@ -399,7 +399,7 @@ def messages_send_for_cases(*, cases: list[RecoveryCase], purpose: str, at: dt.d
         )
         for case in mine
     ]
-    Message.objects.bulk_create(messages)
+    rows_insert(messages)
     for message in messages:
         _message_recorded(message)
     queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
@@ -802,7 +802,7 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
         if m.case_id and m.case.is_open
     ]
     if events:
-        CaseEvent.objects.bulk_create(events)
+        rows_insert(events)
 
 
 def _emails_send(built: list, *, provider: str):

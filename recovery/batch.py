@@ -41,7 +41,7 @@ from django.db import transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from common.bulk import rows_update
+from common.bulk import rows_insert, rows_update
 from messaging.models import Purpose
 from subscriptions.models import Invoice
 from subscriptions.services import INVOICE_MARK_FIELDS, invoice_mark_apply
@@ -105,7 +105,7 @@ class Writes:
         for fields, cases in groups.items():
             rows_update(cases, sorted(fields))
         if self.events:
-            CaseEvent.objects.bulk_create(self.events, batch_size=500)
+            rows_insert(self.events)
         self.cases, self.events = {}, []
 
 
@@ -429,7 +429,7 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
         )
         case.inflight_key = keys[case.pk]
         sending.append((case, attempt))
-    PaymentAttempt.objects.bulk_create([a for _, a in sending], batch_size=500)
+    rows_insert([a for _, a in sending])
     # The lease runs from now, not from the pass's start: the sends come next.
     lease = timezone.now() + engine.CLAIM_LEASE
     for case, _ in sending:
