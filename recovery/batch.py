@@ -200,8 +200,8 @@ def _retries_process(
             report.count("deferred")
     try:
         with transaction.atomic():
-            writes.flush()
-            sending, handled_alone = _attempts_record(send, now=now)
+            # The plans go out with the attempts' own writes, one statement per case.
+            sending, handled_alone = _attempts_record(send, now=now, writes=writes)
     except Exception:
         logger.exception(
             "recording a batch of %s retries failed; trying them one by one", len(send)
@@ -349,11 +349,12 @@ def _attempts_unsent(late: list, *, now: dt.datetime) -> None:
             )
 
 
-def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
+def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime, writes: Writes):
     """In the caller's transaction: lock the cases and their cards, re-check every card's
-    budget, record the attempts in flight. Returns ([(case, attempt)] to send, cases
-    left to the one-at-a-time path)."""
+    budget, record the attempts in flight, and write `writes` (the batch's plans) with
+    them. Returns ([(case, attempt)] to send, cases left to the one-at-a-time path)."""
     if not cases:
+        writes.flush()
         return [], []
     numbers = {
         c.pk: 1 + sum(1 for source, *_ in c._facts.attempts if source in engine.OUR_SOURCES)
@@ -388,11 +389,15 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     ]
     alone += moved  # the card changed since the claim: decided afresh, one at a time
     # The others closed, or have an attempt in flight, since the claim.
+    for case in cases:
+        if case.pk not in locked or case in alone:
+            # Not this batch's to plan: a closed case keeps its close, and the
+            # one-at-a-time path plans the others afresh.
+            writes.cases.pop(case.pk, None)
     cases = [c for c in cases if c.pk in locked and c not in alone]
     cards = {c.pk: _card(c) for c in cases}
     engine.cards_lock(cards.values())
     rows = budgets.budget_rows_for_cards(set(cards.values()), at=now)
-    writes = Writes()
     sending, charged = [], set()
     for case in cases:
         if cards[case.pk] in charged:
@@ -434,7 +439,7 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime):
     lease = timezone.now() + engine.CLAIM_LEASE
     for case, _ in sending:
         case.claimed_until = lease
-    rows_update([c for c, _ in sending], ["inflight_key", "claimed_until"])
+        writes.case_changed(case, ("inflight_key", "claimed_until"))
     writes.flush()
     return sending, alone
 
