@@ -500,26 +500,27 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     never across a batch), and the ids of the cases whose claim its writes gave back."""
     if not answered:
         return [], [], []
+    # Read again under the rows' locks: the case, its customer and its invoice, which
+    # webhooks may have changed while the calls were out.
     fresh = {
         c.pk: c
         for c in RecoveryCase.objects.select_for_update(of=("self",))
-        .select_related(
-            "store",
-            "customer",
-            "customer__default_payment_method",
-            "invoice",
-            "order",
-            "subscription",
-        )
+        .select_related("customer", "invoice")
         .filter(pk__in=[case.pk for case, _, _ in answered])
         .order_by("pk")
     }
     alone, mine = [], []
     for case, attempt, result in answered:
         row = fresh.get(case.pk)
-        if row is None or not row.is_open or row.inflight_key != attempt.idempotency_key:
+        if (
+            row is None
+            or not row.is_open
+            or row.inflight_key != attempt.idempotency_key
+            or row.customer.default_payment_method_id != case.customer.default_payment_method_id
+        ):
             alone.append((case, attempt, result))  # changed while the call was out
             continue
+        _claimed_relations(row, case)
         row._facts = case._facts
         if result.outcome == PaymentAttempt.Outcome.SUCCEEDED:
             if row.order_id:
@@ -608,6 +609,19 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     # A declined order's case keeps its claim until its holds are decided again.
     held = {c.pk for c in orders}
     return alone, orders, [c.pk for c, _, _ in mine if c.pk not in held]
+
+
+def _claimed_relations(row: RecoveryCase, claimed: RecoveryCase) -> None:
+    """Give the fresh row the claimed copy's store, card, order and subscription: what a
+    case's call cannot change (its card is the customer's default, checked the same)."""
+    row.store = claimed.store
+    if claimed.customer.default_payment_method_id is not None:
+        row.customer.default_payment_method = claimed.customer.default_payment_method
+    for name in ("order", "subscription"):
+        if getattr(row, f"{name}_id") is not None and (
+            getattr(row, f"{name}_id") == getattr(claimed, f"{name}_id")
+        ):
+            setattr(row, name, getattr(claimed, name))
 
 
 def _decline_record(
