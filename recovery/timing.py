@@ -1,15 +1,17 @@
 """Choosing when to retry: allowed slots, scored by expected success.
 
 Candidates are the customer's local daytime hours: soon after the failure, and on
-payday slots (1st, 15th, month end, Fridays). Each candidate's chance is a Beta
-posterior: the default prior below plus the store's own results (RetryStat) for the
-same decline group, hours-since-failure bucket and slot. The engine samples each
-posterior (Thompson sampling) so that it keeps learning, discounts later slots a
-little, and records why it chose what it chose.
+payday slots (1st, 15th, month end, Fridays). Candidates fall into arms: the
+hours-since-failure bucket and the slot. Each arm's chance is a Beta posterior: the
+default prior below plus the store's own results (RetryStat) for the same decline group,
+bucket and slot. The engine draws once from each arm's posterior (Thompson sampling) so
+that it keeps learning, discounts later slots a little, takes the best arm's earliest
+candidate, and records why it chose what it chose.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime as dt
 import functools
@@ -93,24 +95,33 @@ def candidates(
 
     The first retry comes at the earliest allowed slot or within `first_within` of it;
     later retries for insufficient funds only on payday slots, while there are any."""
-    zone = _zone(tz)
+    tz = tz or "UTC"
     start = max(now, not_before)
-    out: list[dt.datetime] = []
+    days = _daytimes_from(tz, start.astimezone(_zone(tz)).date())
+    out = list(days[bisect.bisect_left(days, start) : bisect.bisect_right(days, until)])
     if group == "try_again":
         # Transient network trouble: within hours, whatever the local time.
-        out += [failed_at + dt.timedelta(hours=h) for h in (1, 2, 4, 8)]
-    first_day = start.astimezone(zone).date()
-    for day in range(0, 21):
-        out += _daytime_utc(tz or "UTC", first_day + dt.timedelta(days=day))
-    out = sorted({c for c in out if start <= c <= until})
+        soon = [failed_at + dt.timedelta(hours=h) for h in (1, 2, 4, 8)]
+        out = sorted(set(out).union(c for c in soon if start <= c <= until))
+    if not out:
+        return out
     if first:
         # The first retry comes soon: hours, not days.
         return [c for c in out if c - out[0] <= first_within]
     if group == "insufficient_funds":
         # Money arrives on paydays; other days only if no payday is left in the window.
-        paydays = [c for c in out if is_payday(c.astimezone(zone))]
+        paydays = [c for c in out if _local_slot(tz, c)[1] == "payday"]
         out = paydays or out
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _daytimes_from(tz: str, first_day: dt.date) -> tuple[dt.datetime, ...]:
+    """Daytime hours in `tz`, in UTC, from `first_day` on for three weeks: sorted."""
+    out = set()
+    for day in range(0, 21):
+        out.update(_daytime_utc(tz, first_day + dt.timedelta(days=day)))
+    return tuple(sorted(out))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -121,6 +132,13 @@ def _daytime_utc(tz: str, date: dt.date) -> tuple[dt.datetime, ...]:
         dt.datetime(date.year, date.month, date.day, hour, tzinfo=zone).astimezone(dt.UTC)
         for hour in DAYTIME_HOURS
     )
+
+
+@functools.lru_cache(maxsize=16384)
+def _local_slot(tz: str, at: dt.datetime) -> tuple[dt.datetime, str]:
+    """(`at` in the zone `tz`, its slot)."""
+    local = at.astimezone(_zone(tz))
+    return local, slot_of(local)
 
 
 def stats_for(*, store_id, group: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -141,41 +159,47 @@ def choose(
     stats: dict | None = None,
     learned: bool = True,
 ) -> Choice | None:
+    """The retry time among `options` (ascending) with the best sampled chance.
+
+    Thompson sampling over arms, an arm being (hours since the failure, kind of day):
+    each arm's success rate is drawn once from its Beta posterior (the group's prior,
+    worth PRIOR_WEIGHT attempts, plus the store's own results), discounted for each day
+    of waiting; an arm's earliest option is its best, so it is the one scored."""
     if not options:
         return None
     if not learned:
         stats = {}
     elif stats is None:
         stats = stats_for(store_id=store_id, group=group)
-    zone = _zone(tz)
-    prior_table = PRIOR.get(group, PRIOR["unknown"])
-    best: tuple[float, Choice] | None = None
-    now = options[0]
+    tz = tz or "UTC"
+    arms: dict[tuple[str, str], tuple[dt.datetime, dt.datetime]] = {}
     for at in options:
-        local = at.astimezone(zone)
-        slot = slot_of(local)
-        bucket = hours_bucket((at - failed_at).total_seconds() / 3600)
-        p0 = min(
-            prior_table[bucket] * (PAYDAY_PRIOR_BOOST.get(group, 1.0) if slot == "payday" else 1.0),
-            0.9,
-        )
+        local, slot = _local_slot(tz, at)
+        arm = (hours_bucket((at - failed_at).total_seconds() / 3600), slot)
+        if arm not in arms:
+            arms[arm] = (at, local)
+    prior_table = PRIOR.get(group, PRIOR["unknown"])
+    boost = PAYDAY_PRIOR_BOOST.get(group, 1.0)
+    now = options[0]
+    best = None
+    for (bucket, slot), (at, local) in arms.items():
+        p0 = min(prior_table[bucket] * (boost if slot == "payday" else 1.0), 0.9)
         s, f = stats.get((bucket, slot), (0, 0))
         alpha, beta = p0 * PRIOR_WEIGHT + s, (1 - p0) * PRIOR_WEIGHT + f
-        sample = rng.betavariate(alpha, beta)
-        score = sample * DISCOUNT_PER_DAY ** ((at - now).total_seconds() / 86400)
+        score = rng.betavariate(alpha, beta) * DISCOUNT_PER_DAY ** (
+            (at - now).total_seconds() / 86400
+        )
         if best is None or score > best[0]:
-            estimate = alpha / (alpha + beta)
-            label = {"payday": "payday slot", "weekend": "weekend slot", "weekday": "weekday slot"}[
-                slot
-            ]
-            reason = (
-                f"{label} {local:%a %d %b %H:%M} local, est. {estimate:.0%}, {s + f} prior attempts"
-            )
-            best = (
-                score,
-                Choice(at=at, estimate=estimate, prior_attempts=s + f, slot=slot, reason=reason),
-            )
-    return best[1] if best else None
+            best = (score, at, local, slot, alpha / (alpha + beta), s + f)
+    _, at, local, slot, estimate, prior = best
+    label = {"payday": "payday slot", "weekend": "weekend slot", "weekday": "weekday slot"}[slot]
+    return Choice(
+        at=at,
+        estimate=estimate,
+        prior_attempts=prior,
+        slot=slot,
+        reason=f"{label} {local:%a %d %b %H:%M} local, est. {estimate:.0%}, {prior} prior attempts",
+    )
 
 
 def outcome_key(

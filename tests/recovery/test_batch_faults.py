@@ -23,6 +23,7 @@ from recovery import engine
 from recovery.gateways.base import ChargeResult
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, StripeEvent
 from recovery.scheduler import run_due
+from subscriptions.models import PaymentMethod
 from tests import stripe_factory as sf
 from tests.recovery.test_batch import ScriptedIssuer, _open
 from tests.recovery.test_engine import DAY, T0
@@ -324,4 +325,63 @@ def test_answers_the_batch_could_not_record_are_read_back_before_the_next_retry(
         Message.objects.filter(customer=paid.customer).values_list("purpose", flat=True)
     ) == [engine.Purpose.RECOVERED]
     _nothing_in_flight(store)
+    _one_charge_per_key(issuer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_card_saved_while_the_batch_is_out_is_charged_next_not_the_old_one(webhooks, store):
+    """While the batch's charge of the old card is out, the customer saves a new card. The
+    old card's decline is recorded once, the new card does not count as tried by it, and
+    the next pass charges the new card at once, with the next key."""
+    from tests.recovery.test_engine import new_card
+
+    issuer = Issuer()
+    with time_machine.travel(T0, tick=False) as traveller:
+        _open(webhooks, "card", numbers=(DECLINED,))
+        case = _case(DECLINED)
+        brand, fingerprint, old_card = engine._card_for(case)  # the card the invoice failed on
+        # On file as the customer's default card, as the claim reads it.
+        case.customer.default_payment_method = PaymentMethod.objects.create(
+            store=store,
+            customer=case.customer,
+            stripe_id=old_card,
+            brand=brand,
+            fingerprint=fingerprint,
+            is_default=True,
+        )
+        case.customer.save(update_fields=["default_payment_method"])
+        due = case.next_action_at
+        saved = new_card(case.customer.stripe_id, fingerprint="fp_saved_meanwhile")
+
+        def card_saved():
+            traveller.move_to(due + dt.timedelta(seconds=5))  # the call takes its time
+            intent = sf.stripe_object(
+                "setup_intent",
+                id=sf.uid("seti"),
+                customer=case.customer.stripe_id,
+                status="succeeded",
+                payment_method=saved,
+            )
+            webhooks.deliver("setup_intent.succeeded", intent)
+
+        issuer.during[case.invoice.stripe_id] = card_saved
+        traveller.move_to(due)
+        _pass(store, issuer, due)
+
+        case.refresh_from_db()
+        first = PaymentAttempt.objects.get(case=case, idempotency_key=engine.attempt_key(case, 1))
+        assert (first.outcome, first.payment_method_id) == ("failed", old_card)
+        assert _kinds(case, "retry_failed") == 1
+        assert case.customer.default_payment_method.stripe_id == saved["id"]
+        assert case.next_action == "retry" and case.next_action_at <= due + dt.timedelta(minutes=1)
+        assert case.retry_reason.startswith("payment method changed")
+        _nothing_in_flight(store)
+
+        later = due + dt.timedelta(minutes=1)
+        traveller.move_to(later)
+        _pass(store, issuer, later)
+
+    second = PaymentAttempt.objects.get(case=case, idempotency_key=engine.attempt_key(case, 2))
+    assert (second.attempted_at, second.payment_method_id) == (later, saved["id"])
+    assert second.card_fingerprint == "fp_saved_meanwhile"
     _one_charge_per_key(issuer)
