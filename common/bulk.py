@@ -186,8 +186,7 @@ def rows_insert(objs: list) -> list:
     meta = model._meta
     fields = [f for f in meta.concrete_fields if f is not meta.pk]
     plain = all(
-        type(f).pre_save is models.Field.pre_save or isinstance(f, models.DateField)
-        for f in fields
+        type(f).pre_save is models.Field.pre_save or isinstance(f, models.DateField) for f in fields
     )
     if not _postgres() or not plain or any(o.pk is not None for o in objs):
         model._default_manager.bulk_create(objs, batch_size=CHUNK)

@@ -720,7 +720,6 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
     (so two workers never both send one), checked again, handed to the provider in one
     batch (Postmark's batch API: one request per 500) and recorded together. Anything
     else goes through `message_deliver`."""
-    from recovery.models import CaseEvent
     from recovery.services import case_event_build
 
     now = now or timezone.now()

@@ -974,7 +974,10 @@ def attempt_resolve(
     if not PaymentAttempt.objects.filter(
         pk=attempt.pk, outcome=PaymentAttempt.Outcome.UNKNOWN
     ).update(**fields):
-        return  # resolved already (read back by another worker): recorded once
+        # Resolved already: read back by another worker (recorded once), or settled as the
+        # payment on Stripe's word that the invoice was paid, which our own answer corrects.
+        _paid_elsewhere(case=case, attempt=attempt, outcome=outcome, fields=fields, actor=actor)
+        return
     RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
         inflight_key=""
     )
@@ -1168,6 +1171,63 @@ def case_process_due(case: RecoveryCase, *, now: dt.datetime, gateway) -> str:
         return "stepped_down"
     case_plan(case, now=now)
     return "replanned"
+
+
+ANSWERED_AS = {
+    PaymentAttempt.Outcome.FAILED: "was declined",
+    PaymentAttempt.Outcome.REQUIRES_ACTION: "asked for authentication",
+    PaymentAttempt.Outcome.NOT_SENT: "was refused before any charge",
+}
+
+
+def _paid_elsewhere(
+    *, case: RecoveryCase, attempt: PaymentAttempt, outcome: str, fields: dict, actor: str
+) -> None:
+    """Stripe reported the invoice (or PaymentIntent) paid while this attempt of ours was
+    out, and the attempt was settled as the payment (`case_settle_inflight_success`: the
+    event cannot say whose payment it was, and it is nearly always ours). If our own
+    answer says our charge did not go through, the money came from elsewhere (the
+    customer on Stripe's invoice page, Stripe's own retry): the attempt gets its real
+    outcome and the case's credit is judged again, as if our answer had come first."""
+    from .services import case_event_record, recovered_via_for_success
+
+    if outcome not in ANSWERED_AS:
+        return
+    if case.status != RecoveryCase.Status.RECOVERED or case.recovered_via != recovered_via(
+        case, attempt
+    ):
+        return  # not closed on this attempt's credit
+    if not PaymentAttempt.objects.filter(
+        pk=attempt.pk, outcome=PaymentAttempt.Outcome.SUCCEEDED, charge_id=""
+    ).update(**fields):
+        return  # a success with its own charge: the gateway's, not an inference
+    if attempt.source == PaymentAttempt.Source.RECOUP_RETRY and case.closed_at:
+        # The settle taught the retry statistics a success at the close: a failure.
+        key = timing.outcome_key(
+            store_id=case.store_id,
+            group=_classification(case).decline_group,
+            failed_at=case.window_start,
+            at=case.closed_at,
+            tz=case.customer.time_zone or case.store.timezone,
+        )
+        timing.success_withdrawn(key)
+    was = case.recovered_via
+    via = recovered_via_for_success(case=case, at=case.closed_at or timezone.now())
+    RecoveryCase.objects.filter(pk=case.pk).update(recovered_via=via, updated_at=timezone.now())
+    case.recovered_via = via
+    labels = dict(RecoveryCase.RecoveredVia.choices)
+    case_event_record(
+        case=case,
+        kind="credit_corrected",
+        at=timezone.now(),
+        actor=actor,
+        message=(
+            f"Our {attempt.get_source_display().lower()} {ANSWERED_AS[outcome]}: the payment "
+            f"Stripe reported came from elsewhere. Credit: {labels.get(was, was)} → "
+            f"{labels.get(via, via)}"
+        ),
+        data={"attempt": attempt.pk, "was": was, "now": via},
+    )
 
 
 def case_settle_inflight_success(*, case: RecoveryCase, at: dt.datetime, amount: int = 0) -> bool:

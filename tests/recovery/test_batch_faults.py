@@ -21,7 +21,7 @@ from django.db.models import Min
 from messaging.models import Message
 from recovery import engine
 from recovery.gateways.base import ChargeResult
-from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, StripeEvent
+from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryStat, StripeEvent
 from recovery.scheduler import run_due
 from subscriptions.models import PaymentMethod
 from tests import stripe_factory as sf
@@ -86,6 +86,19 @@ def _case(number: int) -> RecoveryCase:
     )
 
 
+def _due_together(*cases: RecoveryCase):
+    """Both first retries due at the later of their planned slots, so that one pass
+    sends them in one batch, in the order the cases were opened. Returns that moment."""
+    assert all(c.next_action == "retry" and c.retry_at == c.next_action_at for c in cases)
+    due = max(c.next_action_at for c in cases)
+    RecoveryCase.objects.filter(pk__in=[c.pk for c in cases]).update(
+        retry_at=due, next_action_at=due
+    )
+    for case in cases:
+        case.refresh_from_db()
+    return due
+
+
 def _ours(case: RecoveryCase) -> list[tuple[str, str]]:
     return list(
         PaymentAttempt.objects.filter(case=case, source__in=engine.OUR_SOURCES)
@@ -147,15 +160,15 @@ def test_a_case_an_invoice_paid_webhook_closes_while_the_batch_is_out_stays_reco
     """While the batch waits on another case's charge, Stripe reports the case's invoice
     paid: either our charge of it paid (answered before), or someone else paid it while
     our charge was still to go (Stripe refuses that charge then). The webhook settles the
-    attempt in flight and closes the case; the batch's own answer for it comes later and
-    changes nothing, and no later pass charges or messages the case again."""
+    attempt in flight as the payment and closes the case. The batch's own answer comes
+    later: it confirms our charge's credit, or, our charge refused, gives the credit to
+    the payment from elsewhere. No later pass charges or messages the case again."""
     issuer = Issuer()
     opened = (PAYS, DECLINED) if its_charge == "answered_before" else (DECLINED, PAYS)
     with time_machine.travel(T0, tick=False) as traveller:
         _open(webhooks, "paid", numbers=opened)
         paid, declined = _case(PAYS), _case(DECLINED)
-        due = paid.next_action_at
-        assert declined.next_action_at == due and paid.next_action == "retry"
+        due = _due_together(paid, declined)
         settled = {}
 
         def invoice_paid():
@@ -175,12 +188,24 @@ def test_a_case_an_invoice_paid_webhook_closes_while_the_batch_is_out_stays_reco
             # Our charge paid the invoice: the webhook's word and the issuer's agree.
             assert settled["attempts"] == [(key, "succeeded")]
             assert paid.recovered_via == "recoup_retry"
+            assert _ours(paid) == settled["attempts"]  # recorded once
         else:
             assert issuer.charges(paid) == [] and issuer.refused == [(paid.invoice.stripe_id, key)]
-        # Settled by the webhook, while the batch still had the call out or its answer
-        # unrecorded; the batch's answer did not record it a second time.
-        [(_, outcome)] = settled["attempts"]
-        assert outcome != "unknown" and _ours(paid) == settled["attempts"]
+            # The webhook could not say whose payment it was, and took it for our charge;
+            # our own answer (refused: already paid) gives the credit back.
+            assert settled["attempts"] == [(key, "succeeded")]
+            assert _ours(paid) == [(key, "not_sent")]
+            assert paid.recovered_via == "stripe_retry"
+            [note] = CaseEvent.objects.filter(case=paid, kind="credit_corrected")
+            assert note.data == {
+                "attempt": PaymentAttempt.objects.get(idempotency_key=key).pk,
+                "was": "recoup_retry",
+                "now": "stripe_retry",
+            }
+            assert "refused before any charge" in note.message
+            # What the retry statistics learnt from the settle is taken back.
+            assert not RetryStat.objects.filter(store=store, successes__gt=0).exists()
+        settled["attempts"] = _ours(paid)
         # The batch's decline of the other case is recorded as ever.
         assert _ours(declined) == [(engine.attempt_key(declined, 1), "failed")]
         assert _kinds(declined, "retry_failed") == 1
@@ -215,7 +240,7 @@ def test_a_worker_finding_a_lapsed_lease_on_attempts_in_flight_reads_them_back(w
     with time_machine.travel(T0, tick=False) as traveller:
         _open(webhooks, "lease", numbers=(DECLINED, PAYS))
         answered, unsent = _case(DECLINED), _case(PAYS)  # sent in that order
-        due = answered.next_action_at
+        due = _due_together(answered, unsent)
         keys = {case.pk: engine.attempt_key(case, 1) for case in (answered, unsent)}
         later = due + engine.CLAIM_LEASE + dt.timedelta(minutes=1)
         seen = {}
@@ -273,7 +298,7 @@ def test_answers_the_batch_could_not_record_are_read_back_before_the_next_retry(
         _open(webhooks, "record", numbers=(DECLINED, PAYS))
         declined, paid = _case(DECLINED), _case(PAYS)
         keys = {case.pk: engine.attempt_key(case, 1) for case in (declined, paid)}
-        due = declined.next_action_at
+        due = _due_together(declined, paid)
         traveller.move_to(due)
         with connection.execute_wrapper(_attempt_outcomes_refused):
             _pass(store, issuer, due)
