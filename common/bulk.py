@@ -85,6 +85,7 @@ def _binding_cursor():
         def execute(self, query, params=None, *, prepare=None, binary=None):
             return super().execute(query, params, prepare=False, binary=binary)
 
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:

@@ -55,6 +55,7 @@ from .services import (
     case_failure_changes,
     decline_classification,
 )
+from .stripe_payloads import DeclineInfo
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,15 @@ class Writes:
             entry = self.cases[case.pk] = (case, entry[1])
         entry[1].update(fields)
 
-    def flush(self) -> None:
+    def flush(self, *, open_only: bool = False) -> None:
+        """Write it all. `open_only`: the case fields only to rows still open (a case
+        closed meanwhile, by a webhook, keeps its close)."""
         groups: dict[frozenset, list] = defaultdict(list)
         for case, fields in self.cases.values():
             groups[frozenset(fields)].append(case)
+        where = {"status": RecoveryCase.Status.OPEN} if open_only else None
         for fields, cases in groups.items():
-            rows_update(cases, sorted(fields))
+            rows_update(cases, sorted(fields), where=where)
         if self.events:
             rows_insert(self.events)
         self.cases, self.events = {}, []
@@ -198,10 +202,17 @@ def _retries_process(
             send.append(case)
         else:
             report.count("deferred")
+    # The plans of the retries to send go out with their attempts' own writes, one
+    # statement per case; the others' (not due yet) first, before any card lock is taken,
+    # as every path takes a case's row before its card's lock.
+    with_attempts = Writes()
+    for case in send:
+        if case.pk in writes.cases:
+            with_attempts.cases[case.pk] = writes.cases.pop(case.pk)
     try:
         with transaction.atomic():
-            # The plans go out with the attempts' own writes, one statement per case.
-            sending, handled_alone = _attempts_record(send, now=now, writes=writes)
+            writes.flush(open_only=True)
+            sending, handled_alone = _attempts_record(send, now=now, writes=with_attempts)
     except Exception:
         logger.exception(
             "recording a batch of %s retries failed; trying them one by one", len(send)
@@ -339,9 +350,20 @@ def _attempts_unsent(late: list, *, now: dt.datetime) -> None:
     """Attempts recorded in flight that the batch did not send: not sent, keys cleared."""
     with transaction.atomic():
         for case, attempt in late:
-            PaymentAttempt.objects.filter(pk=attempt.pk, outcome="unknown").update(
+            if not PaymentAttempt.objects.filter(pk=attempt.pk, outcome="unknown").update(
                 outcome=PaymentAttempt.Outcome.NOT_SENT, resolved_at=timezone.now()
-            )
+            ):
+                # Settled meanwhile as the payment, on Stripe's word that the invoice was
+                # paid: never sent, it was not ours (the credit is judged again).
+                engine.attempt_resolve(
+                    case=case,
+                    attempt=attempt,
+                    outcome=PaymentAttempt.Outcome.NOT_SENT,
+                    decline=DeclineInfo(),
+                    at=now,
+                    message="not sent before the batch's deadline",
+                )
+                continue
             # Put off a little, like any case a pass could not finish: not claimed again
             # by this pass, retried by a later one with the next key.
             RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
@@ -500,12 +522,12 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     never across a batch), and the ids of the cases whose claim its writes gave back."""
     if not answered:
         return [], [], []
-    # Read again under the rows' locks: the case, its customer and its invoice, which
-    # webhooks may have changed while the calls were out.
+    # Read again under the rows' locks: the case, its customer, their card and the
+    # invoice, which webhooks may have changed while the calls were out.
     fresh = {
         c.pk: c
         for c in RecoveryCase.objects.select_for_update(of=("self",))
-        .select_related("customer", "invoice")
+        .select_related("customer", "customer__default_payment_method", "invoice")
         .filter(pk__in=[case.pk for case, _, _ in answered])
         .order_by("pk")
     }
@@ -516,7 +538,9 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             row is None
             or not row.is_open
             or row.inflight_key != attempt.idempotency_key
+            # A new card, or the card updater's refresh of the same one: planned afresh.
             or row.customer.default_payment_method_id != case.customer.default_payment_method_id
+            or row.card_changed_at != case.card_changed_at
         ):
             alone.append((case, attempt, result))  # changed while the call was out
             continue
@@ -612,11 +636,11 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
 
 
 def _claimed_relations(row: RecoveryCase, claimed: RecoveryCase) -> None:
-    """Give the fresh row the claimed copy's store, card, order and subscription: what a
-    case's call cannot change (its card is the customer's default, checked the same)."""
+    """Give the fresh row the claimed copy's store, order and subscription, read at the
+    claim: the batch's answers decide nothing from what they hold that a webhook during
+    the call could change (an order's stock is settled one at a time, a subscription is
+    restored by its id)."""
     row.store = claimed.store
-    if claimed.customer.default_payment_method_id is not None:
-        row.customer.default_payment_method = claimed.customer.default_payment_method
     for name in ("order", "subscription"):
         if getattr(row, f"{name}_id") is not None and (
             getattr(row, f"{name}_id") == getattr(claimed, f"{name}_id")

@@ -928,9 +928,10 @@ def attempt_resolve(
     message: str = "",
     actor: str = "system",
     retry_after: dt.timedelta | None = None,
-) -> None:
-    """Record what an attempt of ours did. The only edit an attempt ever gets: its
-    unknown outcome replaced by the truth, once."""
+) -> bool:
+    """Record what an attempt of ours did: its unknown outcome replaced by the truth,
+    once. Returns False when the attempt was resolved already (then the only further
+    edit is `_paid_elsewhere`'s: our own answer correcting a settle on Stripe's word)."""
     from .services import case_event_record, recovery_case_close, recovery_case_open
 
     case = (
@@ -947,7 +948,7 @@ def attempt_resolve(
             message=f"Outcome unknown ({message}); reading it back before anything else",
         )
         case_plan(case, now=at)
-        return
+        return True
     fields = attempt_resolved_fields(attempt, outcome=outcome, decline=decline)
     if outcome == PaymentAttempt.Outcome.NOT_SENT:
         pass
@@ -977,7 +978,7 @@ def attempt_resolve(
         # Resolved already: read back by another worker (recorded once), or settled as the
         # payment on Stripe's word that the invoice was paid, which our own answer corrects.
         _paid_elsewhere(case=case, attempt=attempt, outcome=outcome, fields=fields, actor=actor)
-        return
+        return False
     RecoveryCase.objects.filter(pk=case.pk, inflight_key=attempt.idempotency_key).update(
         inflight_key=""
     )
@@ -993,7 +994,7 @@ def attempt_resolve(
         if retry_after:
             RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=at + retry_after)
         case_plan(case, now=at + (retry_after or dt.timedelta()))
-        return
+        return True
     RecoveryCase.objects.filter(pk=case.pk).update(
         attempt_count=F("attempt_count") + 1, last_attempt_at=at, updated_at=timezone.now()
     )
@@ -1025,7 +1026,7 @@ def attempt_resolve(
             amount=amount or case.amount,
             actor=actor,
         )
-        return
+        return True
     decline = failure_decline(case, outcome=outcome, decline=decline)
     if card_change_spent(case, attempt):
         RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
@@ -1053,6 +1054,7 @@ def attempt_resolve(
         from orders.services import order_payment_failed
 
         order_payment_failed(order=case.order, case=case, at=at)
+    return True
 
 
 def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:
@@ -1210,9 +1212,12 @@ def _paid_elsewhere(
             at=case.closed_at,
             tz=case.customer.time_zone or case.store.timezone,
         )
-        timing.success_withdrawn(key)
+        # Nothing reached the card when it was not sent: no failure to learn from.
+        timing.success_withdrawn(key, failed=outcome != PaymentAttempt.Outcome.NOT_SENT)
     was = case.recovered_via
     via = recovered_via_for_success(case=case, at=case.closed_at or timezone.now())
+    if via == was:
+        return
     RecoveryCase.objects.filter(pk=case.pk).update(recovered_via=via, updated_at=timezone.now())
     case.recovered_via = via
     labels = dict(RecoveryCase.RecoveredVia.choices)
@@ -1239,7 +1244,9 @@ def case_settle_inflight_success(*, case: RecoveryCase, at: dt.datetime, amount:
     ).first()
     if attempt is None:
         return False
-    attempt_resolve(
+    # False if our own answer was recorded first, while this waited on the case's lock:
+    # the caller then closes the case on the payment as any other.
+    return attempt_resolve(
         case=case,
         attempt=attempt,
         outcome=PaymentAttempt.Outcome.SUCCEEDED,
@@ -1248,4 +1255,3 @@ def case_settle_inflight_success(*, case: RecoveryCase, at: dt.datetime, amount:
         amount=amount,
         message="confirmed by Stripe's event",
     )
-    return True

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from common.errors import ApplicationError
@@ -145,7 +145,9 @@ def stripe_event_process(*, event_pk: int) -> str:
             if handler is None:
                 outcome, note = StripeEvent.Outcome.IGNORED, f"no handler for {event.type}"
             else:
-                note = handler(event, obj(obj(event.payload.get("data")).get("object")))
+                data = obj(obj(event.payload.get("data")).get("object"))
+                _cases_lock(event, data)
+                note = handler(event, data)
                 outcome = (
                     StripeEvent.Outcome.IGNORED
                     if note.startswith("ignored")
@@ -169,6 +171,28 @@ def stripe_event_process(*, event_pk: int) -> str:
             attempts=F("attempts") + 1,
         )
         return StripeEvent.Outcome.FAILED
+
+
+def _cases_lock(event: StripeEvent, data: dict) -> None:
+    """Lock the rows of the cases the event is about (by its invoice or PaymentIntent)
+    before the handler writes anything: the scheduler records a batch's answers holding
+    its cases' rows (locked in id order) and then writes their invoices and
+    subscriptions, so a handler that wrote an invoice before locking its case could
+    deadlock with it."""
+    kind = event.type.split(".", 1)[0]
+    invoices = {ref(data.get("id")) if kind == "invoice" else ref(data.get("invoice"))}
+    intents = {ref(data.get("id")) if kind == "payment_intent" else ref(data.get("payment_intent"))}
+    invoices.discard("")
+    intents.discard("")
+    if not invoices and not intents:
+        return
+    cases = RecoveryCase.objects.filter(store=event.store)
+    cases = cases.filter(
+        Q(invoice__stripe_id__in=invoices)
+        | Q(invoice__payment_intent_id__in=intents)
+        | Q(payment_intent_id__in=intents)
+    )
+    list(cases.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
 
 
 def _at(event: StripeEvent) -> dt.datetime:
@@ -301,10 +325,12 @@ def _invoice_paid(event: StripeEvent, data: dict) -> str:
     case = RecoveryCase.objects.filter(invoice=invoice).first()
     if case is None:
         return "processed: paid without a failure"
-    if case.is_open and engine.case_settle_inflight_success(
-        case=case, at=at, amount=minor(data.get("amount_paid"))
-    ):
-        return "processed: our retry in flight succeeded"
+    if case.is_open and case.inflight_key:
+        if engine.case_settle_inflight_success(
+            case=case, at=at, amount=minor(data.get("amount_paid"))
+        ):
+            return "processed: our retry in flight succeeded"
+        case.refresh_from_db()  # our own answer was recorded first: closed on it as usual
     if case.is_open:
         via = recovered_via_for_success(case=case, at=at)
         if via == RecoveryCase.RecoveredVia.STRIPE_RETRY:
@@ -523,10 +549,12 @@ def _payment_intent_succeeded(event: StripeEvent, data: dict) -> str:
         order_payment_succeeded(order=order, at=at)
     if case is None:
         return "processed: no open case for this payment"
-    if case.is_open and engine.case_settle_inflight_success(
-        case=case, at=at, amount=minor(data.get("amount_received"))
-    ):
-        return "processed: our retry in flight succeeded"
+    if case.is_open and case.inflight_key:
+        if engine.case_settle_inflight_success(
+            case=case, at=at, amount=minor(data.get("amount_received"))
+        ):
+            return "processed: our retry in flight succeeded"
+        case.refresh_from_db()  # our own answer was recorded first: closed on it as usual
     if case.is_open:
         via = recovered_via_for_success(case=case, at=at)
         recovery_case_close(

@@ -251,15 +251,15 @@ def record_outcomes(counts: dict[tuple, tuple[int, int]]) -> None:
         )
 
 
-def success_withdrawn(key: tuple) -> None:
-    """An attempt counted as a success in the RetryStat row `key` (see `outcome_key`)
-    turned out to have failed: move it across."""
+def success_withdrawn(key: tuple, *, failed: bool) -> None:
+    """An attempt counted as a success in the RetryStat row `key` (see `outcome_key`) was
+    not one: take it back, and count it as a failure if it `failed`."""
     from django.db.models import F
 
     store_id, group, bucket, slot = key
     RetryStat.objects.filter(
         store_id=store_id, decline_group=group, hours_bucket=bucket, slot=slot, successes__gt=0
-    ).update(successes=F("successes") - 1, failures=F("failures") + 1)
+    ).update(successes=F("successes") - 1, failures=F("failures") + int(failed))
 
 
 def stats_for_stores(store_ids) -> dict[tuple, dict[tuple[str, str], tuple[int, int]]]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
+import time
 from collections import Counter
 
+import psycopg
 import pytest
 import time_machine
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 from django.db.models import Min
 
 from messaging.models import Message
@@ -23,8 +26,10 @@ from recovery import engine
 from recovery.gateways.base import ChargeResult
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryStat, StripeEvent
 from recovery.scheduler import run_due
+from recovery.stripe_payloads import DeclineInfo
 from subscriptions.models import PaymentMethod
 from tests import stripe_factory as sf
+from tests.conftest import requires_postgres
 from tests.recovery.test_batch import ScriptedIssuer, _open
 from tests.recovery.test_engine import DAY, T0
 
@@ -410,3 +415,91 @@ def test_a_card_saved_while_the_batch_is_out_is_charged_next_not_the_old_one(web
     assert (second.attempted_at, second.payment_method_id) == (later, saved["id"])
     assert second.card_fingerprint == "fp_saved_meanwhile"
     _one_charge_per_key(issuer)
+
+
+@requires_postgres()
+@pytest.mark.django_db(transaction=True)
+def test_invoice_paid_waiting_on_a_case_whose_decline_is_being_recorded_still_closes_it(
+    webhooks, store
+):
+    """Stripe's invoice.paid finds our attempt of unknown outcome and waits on the case's
+    row, which a worker holds while it records that attempt's decline (a read-back).
+    Once the row is free, the attempt is no longer ours to settle: the payment closes the
+    case as any other payment would, credited to where it came from, and the case is
+    never left open to be dunned after the customer paid."""
+
+    class TimesOut(Issuer):
+        def invoice_pay(self, *, invoice_id, idempotency_key, **kwargs):
+            self.calls.append((invoice_id, idempotency_key))
+            return ChargeResult(outcome="unknown", message="read timed out")
+
+    with time_machine.travel(T0, tick=False) as traveller:
+        _open(webhooks, "race", numbers=(DECLINED,))
+        case = _case(DECLINED)
+        traveller.move_to(case.next_action_at)
+        attempt = engine.case_retry(case, now=case.next_action_at, gateway=TimesOut())
+        case.refresh_from_db()
+        assert attempt.outcome == "unknown" and case.inflight_key == attempt.idempotency_key
+
+        locked, results = threading.Event(), {}
+
+        def read_back():  # another worker, recording the issuer's answer under the row lock
+            try:
+                with transaction.atomic():
+                    RecoveryCase.objects.select_for_update().get(pk=case.pk)
+                    locked.set()
+                    _wait_for_a_lock_wait()
+                    engine.attempt_resolve(
+                        case=case,
+                        attempt=attempt,
+                        outcome="failed",
+                        decline=DeclineInfo(decline_code="insufficient_funds"),
+                        at=case.next_action_at,
+                    )
+            finally:
+                connection.close()
+
+        def invoice_paid():
+            try:
+                locked.wait(10)
+                results["paid"] = _invoice_paid(webhooks, case)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=read_back), threading.Thread(target=invoice_paid)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    case.refresh_from_db()
+    assert (case.status, case.recovered_via) == ("recovered", "stripe_retry")
+    assert _ours(case) == [(attempt.idempotency_key, "failed")]  # our decline stands
+    assert _kinds(case, "recovered") == 1 and case.inflight_key == ""
+    assert not CaseEvent.objects.filter(case=case, kind="credit_corrected").exists()
+
+
+def _wait_for_a_lock_wait(timeout: float = 10.0) -> None:
+    """Until another backend of this database waits on a row lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(**_pg_params(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+            if waiting:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the webhook never waited on the case's row")
+
+
+def _pg_params() -> dict:
+    settings_dict = connection.settings_dict
+    return {
+        "dbname": settings_dict["NAME"],
+        "user": settings_dict["USER"],
+        "host": settings_dict["HOST"] or "127.0.0.1",
+        "port": settings_dict["PORT"] or 5432,
+        **({"password": settings_dict["PASSWORD"]} if settings_dict["PASSWORD"] else {}),
+    }
