@@ -1204,7 +1204,7 @@ def _paid_elsewhere(
     ).update(**fields):
         return  # a success with its own charge: the gateway's, not an inference
     if attempt.source == PaymentAttempt.Source.RECOUP_RETRY and case.closed_at:
-        # The settle taught the retry statistics a success at the close: a failure.
+        # The settle taught the retry statistics a success at the close: taken back.
         key = timing.outcome_key(
             store_id=case.store_id,
             group=_classification(case).decline_group,
