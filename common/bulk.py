@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 
 from django.db import connection, models
 
@@ -73,23 +74,30 @@ def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-@contextlib.contextmanager
-def _binding_cursor():
-    """A cursor that sends its parameters apart from the statement (`%b`: in binary),
-    wrapped as Django wraps its own (execute wrappers, query logging, error translation).
-    Statements are not prepared on the server, so a transaction-mode pooler in front of
-    PostgreSQL sees nothing it would have to keep per connection."""
+@functools.cache
+def _unprepared_cursor_class():
+    """Django's server-binding cursor, never preparing a statement (imported on first use:
+    only PostgreSQL has it)."""
     from django.db.backends.postgresql.base import ServerBindingCursor
 
     class Unprepared(ServerBindingCursor):
         def execute(self, query, params=None, *, prepare=None, binary=None):
             return super().execute(query, params, prepare=False, binary=binary)
 
+    return Unprepared
+
+
+@contextlib.contextmanager
+def _binding_cursor():
+    """A cursor that sends its parameters apart from the statement (`%b`: in binary),
+    wrapped as Django wraps its own (execute wrappers, query logging, error translation).
+    Statements are not prepared on the server, so a transaction-mode pooler in front of
+    PostgreSQL sees nothing it would have to keep per connection."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
-        raw = Unprepared(connection.connection)
+        raw = _unprepared_cursor_class()(connection.connection)
     cursor = (
         connection.make_debug_cursor(raw)
         if connection.queries_logged

@@ -444,16 +444,7 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime, writes: Wri
         attempt = engine.attempt_in_flight(case, now=now, key=keys[case.pk])
         charged.add(cards[case.pk])
         rows[cards[case.pk]].append((now, "", ""))
-        case._facts.attempts.append(
-            (
-                attempt.source,
-                attempt.outcome,
-                now,
-                attempt.card_brand,
-                attempt.card_fingerprint,
-                attempt.payment_method_id,
-            )
-        )
+        case._facts.attempts.append(_attempt_fact(attempt))
         case.inflight_key = keys[case.pk]
         sending.append((case, attempt))
     rows_insert([a for _, a in sending])
@@ -713,6 +704,11 @@ def _payment_record(case, attempt, result, *, now: dt.datetime, writes: Writes) 
     )
 
 
+def _attempt_fact(attempt: PaymentAttempt) -> tuple:
+    """The attempt as `facts_load` reads it (ATTEMPT_FACT_FIELDS after the case id)."""
+    return tuple(getattr(attempt, name) for name in ATTEMPT_FACT_FIELDS[1:])
+
+
 def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:
     """The batch's facts, as they are once the decline is recorded."""
     facts = case._facts
@@ -720,16 +716,7 @@ def _facts_after_decline(case: RecoveryCase, attempt: PaymentAttempt) -> None:
         a
         for a in facts.attempts
         if not (a[0] == attempt.source and a[2] == attempt.attempted_at and a[1] == "unknown")
-    ] + [
-        (
-            attempt.source,
-            attempt.outcome,
-            attempt.attempted_at,
-            attempt.card_brand,
-            attempt.card_fingerprint,
-            attempt.payment_method_id,
-        )
-    ]
+    ] + [_attempt_fact(attempt)]
     rows = facts.card_rows.get(_card(case)) if facts.card_rows is not None else None
     if rows is not None:
         # The attempt's advice now known (a do-not-retry or wait advice binds the card).

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import threading
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.cache import cache
@@ -51,3 +55,55 @@ def sms_customer(customer: Customer, *, phone: str = "+4915112345678") -> Custom
     )
     customer.refresh_from_db()
     return customer
+
+
+class LocalApi:
+    """Records requests; answers each with the next scripted (status, JSON body)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.replies: deque = deque()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                api.requests.append(
+                    {"path": self.path, "headers": dict(self.headers.items()), "body": body}
+                )
+                status, reply = (
+                    api.replies.popleft() if api.replies else (500, {"error": "unscripted"})
+                )
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def postmark(settings):
+    api = LocalApi()
+    settings.EMAIL_BACKEND = "messaging.email.PostmarkEmailBackend"
+    settings.POSTMARK = {"TOKEN": "server-token-123", "TRACK_OPENS": True}
+    settings.POSTMARK_API_BASE = api.url
+    settings.POSTMARK_MESSAGE_STREAM = "outbound"
+    yield api
+    api.stop()

@@ -20,7 +20,6 @@ from stores.services import store_create
 from subscriptions.models import Customer
 from tests import stripe_factory as sf
 from tests.messaging.conftest import T0
-from tests.messaging.test_providers import LocalApi
 
 INACTIVE = (
     "You tried to send to recipient(s) that have been marked as inactive. "
@@ -43,16 +42,6 @@ def _queued(store, name: str) -> Message:
         status="queued",
         created_at=T0,
     )
-
-
-@pytest.fixture
-def postmark(settings):
-    api = LocalApi()
-    settings.EMAIL_BACKEND = "messaging.email.PostmarkEmailBackend"
-    settings.POSTMARK = {"TOKEN": "server-token-123", "TRACK_OPENS": True}
-    settings.POSTMARK_API_BASE = api.url
-    yield api
-    api.stop()
 
 
 @pytest.mark.django_db
