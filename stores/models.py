@@ -24,6 +24,12 @@ class Store(models.Model):
     # Escalation thresholds (minor units / 0-100 score).
     high_value_mrr_threshold = models.PositiveIntegerField(default=50_000)
     churn_risk_threshold = models.PositiveSmallIntegerField(default=60)
+    # Stripe's request budget for this account, shared by every worker on every machine.
+    # Blank: Stripe's documented default for the key's mode (100/s live, 25/s test).
+    stripe_requests_per_second = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Where the merchant keeps customer facts in Stripe customer metadata.
+    customer_timezone_key = models.CharField(max_length=64, default="timezone")
+    sms_consent_key = models.CharField(max_length=64, default="sms_opt_in")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -35,6 +41,17 @@ class Store(models.Model):
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def stripe_live(self) -> bool:
+        return self.stripe_secret_key.startswith(("sk_live_", "rk_live_"))
+
+    @property
+    def stripe_rate(self) -> int:
+        """Requests per second this store's Stripe account allows."""
+        if self.stripe_requests_per_second:
+            return self.stripe_requests_per_second
+        return 100 if self.stripe_live else 25
 
     @property
     def webhook_path(self) -> str:
