@@ -166,6 +166,13 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # the sum. A pass cut short by the timeout is safe (leases and read-backs cover it), only
 # wasteful.
 RECOUP_GATEWAY_CONCURRENCY = env.int("RECOUP_GATEWAY_CONCURRENCY", default=8)
+# A case opened without Stripe's decline waits this long for the read-back before it is
+# classified conservatively (a later answer reclassifies it).
+RECOUP_DECLINE_LOOKUP_SECONDS = env.int("RECOUP_DECLINE_LOOKUP_SECONDS", default=900)
+RECOUP_LOOKUP_CONCURRENCY = env.int("RECOUP_LOOKUP_CONCURRENCY", default=8)
+# How long one intake worker task claims and processes stored events before the next
+# (django-q2 starts one a minute; several may run at once, on any machine).
+RECOUP_INTAKE_SECONDS = env.int("RECOUP_INTAKE_SECONDS", default=58)
 RECOUP_PASS_SECONDS = env.int("RECOUP_PASS_SECONDS", default=240)
 Q_TIMEOUT = env.int("Q_TIMEOUT", default=600)
 Q_CLUSTER = {

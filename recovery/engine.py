@@ -97,7 +97,13 @@ def _policy(case: RecoveryCase) -> RetryPolicy:
 
 
 def _classification(case: RecoveryCase) -> declines.Classification:
-    return declines.classify(decline_code=case.decline_code, advice_code=case.advice_code)
+    return declines.classify(
+        decline_code=case.decline_code,
+        advice_code=case.advice_code,
+        network_advice_code=case.network_advice_code,
+        network_decline_code=case.network_decline_code,
+        card_brand=case.card_brand,
+    )
 
 
 def _our_retries(case: RecoveryCase) -> int:
@@ -459,6 +465,20 @@ def case_plan(
         ):
             keep.add(RecoveryCase.NextAction.RETRY)
         steps = [s for s in steps if s[1] in keep]
+    if case.decline_awaited_until is not None:
+        # Stripe has not said why it failed: nothing reaches the card or the customer
+        # until it does (recovery.intake reads it back), or until the deadline.
+        retry_at, message_at = None, None
+        steps = [
+            s for s in steps if s[1] in (RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE)
+        ]
+        steps.append(
+            (
+                case.decline_awaited_until,
+                RecoveryCase.NextAction.CLASSIFY,
+                "waiting for Stripe to say why the payment failed",
+            )
+        )
     when, action, reason = min(steps, key=lambda s: s[0])
     changed = (case.retry_at, case.next_action, case.next_action_at) != (retry_at, action, when)
     case.retry_at, case.retry_reason = retry_at, (retry_reason if retry_at else retry_reason)[:300]
@@ -1171,8 +1191,37 @@ def case_process_due(case: RecoveryCase, *, now: dt.datetime, gateway) -> str:
     if action == RecoveryCase.NextAction.STEP_DOWN:
         case_step_down(case, now=now)
         return "stepped_down"
+    if action == RecoveryCase.NextAction.CLASSIFY and case.decline_awaited_until:
+        case_classify_without_decline(case, now=now)
+        return "classified"
     case_plan(case, now=now)
     return "replanned"
+
+
+@transaction.atomic
+def case_classify_without_decline(case: RecoveryCase, *, now: dt.datetime) -> None:
+    """Stripe did not say why the payment failed in time: the case goes on as an unknown
+    decline (the table's conservative default). The lookup goes on; its answer, however
+    late, reclassifies the case."""
+    from .services import case_event_record, decline_classification
+
+    updated = RecoveryCase.objects.filter(
+        pk=case.pk, status=RecoveryCase.Status.OPEN, decline_awaited_until__isnull=False
+    ).update(decline_awaited_until=None, updated_at=timezone.now())
+    if updated != 1:
+        return
+    case.decline_awaited_until = None
+    classification = decline_classification(DeclineInfo())
+    case_event_record(
+        case=case,
+        kind="classified_without_decline",
+        at=now,
+        message=(
+            "Stripe has not said why the payment failed: treated as an unknown decline "
+            f"({classification.reason}) until it does."
+        ),
+    )
+    case_after_failure(case=case, classification=classification, at=now)
 
 
 ANSWERED_AS = {

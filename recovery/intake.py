@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -24,7 +25,7 @@ from stores.models import Store
 from subscriptions import services as subs
 from subscriptions.models import Customer, Invoice, Subscription
 
-from . import engine
+from . import engine, lookups
 from .models import PaymentAttempt, RecoveryCase, StripeEvent, Track
 from .services import (
     open_cases_for_customer,
@@ -274,6 +275,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         subscription=subscription,
         order=_renewal_order(event.store, subscription, data),
         payment_intent_ids=invoice_payment_intent_ids(data),
+        decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
     )
     attempt, created = payment_attempt_record(
         store=event.store,
@@ -290,6 +292,10 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         stripe_event_id=event.pk,
     )
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
+    if case.is_open and not decline.has_code and (created or case.decline_awaited_until):
+        # The event does not say why (no current-API webhook does): read it back from
+        # Stripe once this transaction has committed.
+        lookups.decline_lookup_request(case=case, now=timezone.now())
     if subscription is not None:
         subs.subscription_mark_past_due(subscription=subscription, at=at)
     if case.order_id:
@@ -756,6 +762,51 @@ def _customer_updated(event: StripeEvent, data: dict) -> str:
         )
         _card_changed(event, customer, source="customer", message="Default payment method changed")
     return "processed"
+
+
+EVENT_LEASE = dt.timedelta(minutes=2)
+
+
+def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
+    """Claim stored events not processed yet, oldest first, for this worker: rows locked
+    and skipped if another worker holds them, then leased."""
+    with transaction.atomic():
+        qs = (
+            StripeEvent.objects.filter(outcome=StripeEvent.Outcome.PENDING)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("received_at", "pk")
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if ids:
+            StripeEvent.objects.filter(pk__in=ids).update(claimed_until=now + EVENT_LEASE)
+    return ids
+
+
+def stripe_events_work(
+    *,
+    max_seconds: float | None = None,
+    until_idle: bool = False,
+    idle_sleep: float = 0.1,
+    limit: int = 100,
+) -> int:
+    """The intake worker: process stored events as they arrive, then read back the
+    declines they did not carry. Claims straight from the table (the webhook only
+    verifies and inserts), so any number of workers on any machines share the work.
+    `until_idle`: return once nothing is left. Returns how many events it processed."""
+    started, done = time.monotonic(), 0
+    while max_seconds is None or time.monotonic() - started < max_seconds:
+        ids = stripe_events_claim(now=timezone.now(), limit=limit)
+        for pk in ids:
+            stripe_event_process(event_pk=pk)
+        done += len(ids)
+        read = lookups.decline_lookups_run(now=timezone.now())
+        if not ids and not read:
+            if until_idle:
+                break
+            time.sleep(idle_sleep)
+    return done
 
 
 def stripe_event_reprocess_pending(

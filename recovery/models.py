@@ -32,6 +32,8 @@ class StripeEvent(models.Model):
     outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.PENDING)
     error = models.TextField(blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Lease of the intake worker that claimed the event; another may take it after this.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -43,6 +45,12 @@ class StripeEvent(models.Model):
         indexes = [
             # The scheduler's sweep of events still to process (or to retry after an error).
             models.Index(fields=["outcome", "received_at"], name="stripe_event_outcome_idx"),
+            # The intake workers' claim: events not processed yet, oldest first.
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(outcome="pending"),
+                name="stripe_event_pending_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -73,6 +81,7 @@ class RecoveryCase(models.Model):
         STEP_DOWN = "step_down", "Restrict access"
         CLOSE = "close", "Close at window end"
         RECONCILE = "reconcile", "Read back an unknown attempt"
+        CLASSIFY = "classify", "Classify without Stripe's decline details"
 
     class Kind(models.TextChoices):
         INVOICE = "invoice", "Subscription invoice"
@@ -103,6 +112,19 @@ class RecoveryCase(models.Model):
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     decline_code = models.CharField(max_length=64, blank=True, default="")
     advice_code = models.CharField(max_length=64, blank=True, default="")
+    network_decline_code = models.CharField(max_length=16, blank=True, default="")
+    network_advice_code = models.CharField(max_length=16, blank=True, default="")
+    # The card of the attempt that failed (never its number: Stripe's summary of it).
+    card_brand = models.CharField(max_length=32, blank=True, default="")
+    card_last4 = models.CharField(max_length=4, blank=True, default="")
+    card_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    card_exp_month = models.PositiveSmallIntegerField(null=True, blank=True)
+    card_exp_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    card_country = models.CharField(max_length=2, blank=True, default="")
+    # Opened from an event that did not say why the payment failed (a current-API
+    # invoice.payment_failed): no retry and no message until Stripe says, or until the
+    # lookup's deadline classifies it conservatively.
+    decline_awaited_until = models.DateTimeField(null=True, blank=True)
     next_action = models.CharField(
         max_length=12, choices=NextAction.choices, blank=True, default=""
     )
@@ -238,6 +260,9 @@ class PaymentAttempt(models.Model):
     card_brand = models.CharField(max_length=32, blank=True, default="")
     card_fingerprint = models.CharField(max_length=64, blank=True, default="")
     card_last4 = models.CharField(max_length=4, blank=True, default="")
+    card_exp_month = models.PositiveSmallIntegerField(null=True, blank=True)
+    card_exp_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    card_country = models.CharField(max_length=2, blank=True, default="")
     payment_method_id = models.CharField(max_length=255, blank=True, default="")
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     reason = models.CharField(
@@ -274,6 +299,63 @@ class PaymentAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.outcome} {self.decline_code}"
+
+
+class DeclineLookup(models.Model):
+    """Reading a failed invoice's decline back from Stripe, for a case opened without it.
+
+    Done by the intake workers after the event's transaction has committed, never in the
+    webhook request; a failed read (429, 5xx, timeout) is tried again with back-off. Kept
+    after its answer for the record."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
+    case = models.OneToOneField(RecoveryCase, on_delete=models.CASCADE, related_name="lookup")
+    invoice_stripe_id = models.CharField(max_length=255)
+    requested_at = models.DateTimeField()
+    # Past this the case is classified conservatively; a later answer reclassifies it.
+    deadline = models.DateTimeField()
+    due_at = models.DateTimeField(null=True, blank=True)  # None: answered or given up
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The intake workers' claim: lookups due, earliest first.
+            models.Index(
+                fields=["due_at"], condition=models.Q(due_at__isnull=False), name="lookup_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"decline lookup for {self.invoice_stripe_id}"
+
+
+class SandboxPayment(models.Model):
+    """What the sandbox gateway's Stripe knows of an invoice's payments (the demo and
+    `simulate` play Stripe and record here what its API would answer). Never written for
+    a store on the real Stripe gateway."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
+    invoice_stripe_id = models.CharField(max_length=255)
+    payment_intent_id = models.CharField(max_length=255)
+    # The PaymentIntent as Stripe returns it with `latest_charge` expanded.
+    payment_intent = models.JSONField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["store", "payment_intent_id"], name="sandbox_payment_intent_unique"
+            )
+        ]
+        indexes = [
+            # The sandbox's GET /v1/invoice_payments?invoice=…
+            models.Index(fields=["store", "invoice_stripe_id"], name="sandbox_payment_invoice_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invoice_stripe_id} {self.payment_intent_id}"
 
 
 class CaseEvent(models.Model):

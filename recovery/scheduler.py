@@ -33,6 +33,7 @@ class PassReport:
     claimed: int = 0
     actions: dict = field(default_factory=dict)
     events_retried: int = 0
+    declines_read: int = 0
     expiry_warnings: int = 0
     holds_released: int = 0
     messages_sent: int = 0
@@ -86,11 +87,13 @@ def run_due(
     `max_seconds`: claim no new batch after that long; the next pass goes on from there.
     Returns what it did."""
     from .intake import stripe_event_reprocess_pending
+    from .lookups import decline_lookups_run
     from .predunning import predunning_pass
 
     now = now or timezone.now()
     report = PassReport()
     report.events_retried = stripe_event_reprocess_pending()
+    report.declines_read = decline_lookups_run(now=now)
     gateways = gateways if gateways is not None else {}
     started = time.monotonic()
     next_rollup = ROLLUP_EVERY

@@ -140,6 +140,9 @@ def payment_attempt_record(
             ("card_brand", decline.card_brand),
             ("card_fingerprint", decline.card_fingerprint),
             ("card_last4", decline.card_last4),
+            ("card_exp_month", decline.card_exp_month),
+            ("card_exp_year", decline.card_exp_year),
+            ("card_country", decline.card_country),
             ("payment_method_id", decline.payment_method_id),
             ("invoice_stripe_id", invoice_stripe_id),
             ("invoice_attempt_number", invoice_attempt_number),
@@ -175,6 +178,9 @@ def payment_attempt_record(
         card_brand=decline.card_brand,
         card_fingerprint=decline.card_fingerprint,
         card_last4=decline.card_last4,
+        card_exp_month=decline.card_exp_month,
+        card_exp_year=decline.card_exp_year,
+        card_country=decline.card_country,
         payment_method_id=decline.payment_method_id,
         stripe_event_id=stripe_event_id,
         reason=reason,
@@ -211,10 +217,13 @@ def recovery_case_open(
     subscription: Subscription | None = None,
     order: Order | None = None,
     payment_intent_ids: list[str] | None = None,
+    decline_awaited_until: dt.datetime | None = None,
 ) -> tuple[RecoveryCase, bool]:
     """Open the one case for a failed invoice or order payment, or update the open one.
 
     Returns (case, changed). A closed case is never reopened by a late failure.
+    decline_awaited_until: the report did not say why the payment failed; a new case
+    waits (no retry, no message) until Stripe says or until then.
     """
     from . import engine
 
@@ -243,6 +252,8 @@ def recovery_case_open(
             decline_code=classification.code,
             advice_code=decline.advice_code,
             policy_version=policy.version,
+            decline_awaited_until=None if decline.has_code else decline_awaited_until,
+            **case_card_fields(decline),
         )
         case_event_record(
             case=case,
@@ -325,7 +336,25 @@ def case_failure_changes(
                 decline_code=classification.code,
                 advice_code=decline.advice_code,
             )
+        if decline.has_code:
+            updates.update(case_card_fields(decline), decline_awaited_until=None)
     return updates, event
+
+
+def case_card_fields(decline: DeclineInfo) -> dict:
+    """The failed attempt's network codes and card, as the case keeps them (what the
+    report leaves out is left as it was)."""
+    fields = {
+        "network_decline_code": decline.network_decline_code[:16],
+        "network_advice_code": decline.network_advice_code[:16],
+        "card_brand": decline.card_brand[:32],
+        "card_last4": decline.card_last4[:4],
+        "card_fingerprint": decline.card_fingerprint[:64],
+        "card_exp_month": decline.card_exp_month,
+        "card_exp_year": decline.card_exp_year,
+        "card_country": decline.card_country[:2],
+    }
+    return {name: value for name, value in fields.items() if value}
 
 
 def case_close_fields(

@@ -83,6 +83,7 @@ class DeclineInfo:
     card_fingerprint: str = ""
     card_exp_month: int | None = None
     card_exp_year: int | None = None
+    card_country: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -104,6 +105,7 @@ def _card_from_details(info: DeclineInfo, card: dict) -> None:
     info.card_fingerprint = info.card_fingerprint or str(card.get("fingerprint") or "")
     info.card_exp_month = info.card_exp_month or card.get("exp_month")
     info.card_exp_year = info.card_exp_year or card.get("exp_year")
+    info.card_country = info.card_country or str(card.get("country") or "")[:2].upper()
 
 
 def decline_from_error(error: dict) -> DeclineInfo:
@@ -182,6 +184,27 @@ def decline_from_invoice(invoice: dict) -> DeclineInfo:
     if isinstance(invoice.get("last_payment_error"), dict):
         info.merge(decline_from_error(invoice["last_payment_error"]))
     return info
+
+
+def decline_from_invoice_payments(payments: list) -> tuple[DeclineInfo, list[str], bool]:
+    """Read `GET /v1/invoice_payments?invoice=…` (with `data.payment.payment_intent` and
+    its `latest_charge` expanded): the decline of the most recent failed payment, every
+    PaymentIntent id, and whether one of them paid the invoice."""
+    payments = [obj(p) for p in payments or []]
+    # Newest first, as Stripe lists them; `created` decides where it is given.
+    payments.sort(key=lambda p: int(p.get("created") or 0), reverse=True)
+    ids, paid, info = [], False, DeclineInfo()
+    for item in payments:
+        payment = obj(item.get("payment"))
+        pi = payment.get("payment_intent")
+        if ref(pi):
+            ids.append(ref(pi))
+        paid = paid or item.get("status") == "paid" or obj(pi).get("status") == "succeeded"
+        if isinstance(pi, dict) and not info.has_code:
+            found = decline_from_payment_intent(pi)
+            if found.has_code:
+                info = found
+    return info, list(dict.fromkeys(reversed(ids))), paid
 
 
 def interval_monthly_factor(interval: str, count: int) -> float:

@@ -6,6 +6,8 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from recovery.gateways.sandbox import sandbox_payment_record
+from recovery.intake import stripe_events_work
 from stores.services import api_token_create, membership_create, store_create
 from tests import stripe_factory as sf
 
@@ -83,15 +85,26 @@ class Webhooks:
     ):
         body = raw if raw is not None else json.dumps(event)
         header = sf.sign(body, secret or self.secret, timestamp=timestamp)
-        # The test runs inside a transaction; run the view's on_commit work (the task
-        # enqueue, inline in tests) as a real commit would.
+        if event and str(event.get("type", "")).startswith("invoice."):
+            self.stripe_knows(event["data"]["object"]["id"])
+        # The test runs inside a transaction; run on_commit work as a real commit would.
         with self.capture(execute=True):
-            return self.client.post(
+            response = self.client.post(
                 self.store.webhook_path,
                 data=body,
                 content_type="application/json",
                 HTTP_STRIPE_SIGNATURE=header,
             )
+            # The intake worker takes the stored event from the table, as in production.
+            stripe_events_work(until_idle=True)
+        return response
+
+    def stripe_knows(self, invoice_id: str) -> None:
+        """The sandbox's Stripe holds the invoice's payments (what a read-back finds)."""
+        if self.store.gateway != "sandbox":
+            return
+        for pi in sf.invoice_payment_intents(invoice_id):
+            sandbox_payment_record(store=self.store, invoice_id=invoice_id, payment_intent=pi)
 
     def deliver(self, type_: str, obj: dict, **kwargs):
         event = sf.event(type_, obj, **kwargs)

@@ -159,9 +159,30 @@ class FakeStripe:
             return list(self._outcomes)
 
     def add_invoice(self, invoice: dict) -> dict:
-        """Hold an invoice (e.g. from `stripe_factory.failed_invoice`) as Stripe would."""
+        """Hold an invoice (e.g. from `stripe_factory.failed_invoice`) as Stripe would:
+        with its payments (`stripe_factory.STRIPE_SIDE`), which it shows only when asked."""
+        from tests.stripe_factory import invoice_payment_intents
+
         with self._lock:
-            self.invoices[invoice["id"]] = copy.deepcopy(invoice)
+            invoice = copy.deepcopy(invoice)
+            if "payments" not in invoice:
+                invoice["payments"] = {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": f"inpay_fake{i:04d}",
+                            "object": "invoice_payment",
+                            "invoice": invoice["id"],
+                            "created": int(time.time()) + i,
+                            "payment": {"type": "payment_intent", "payment_intent": pi},
+                            "status": "open",
+                        }
+                        for i, pi in enumerate(invoice_payment_intents(invoice["id"]))
+                    ],
+                    "has_more": False,
+                    "url": f"/v1/invoice_payments?invoice={invoice['id']}",
+                }
+            self.invoices[invoice["id"]] = invoice
             for pi in self._invoice_payment_intents(self.invoices[invoice["id"]]):
                 self.payment_intents.setdefault(pi["id"], pi)
             return self.invoices[invoice["id"]]
@@ -189,7 +210,7 @@ class FakeStripe:
         if not record.headers.get("Authorization", "").startswith("Bearer sk_"):
             return _error(401, "invalid_request_error", "Invalid API Key provided.")
         if record.method == "GET":
-            return self._get(record.path, record.expand)
+            return self._get(record.path, record.expand, record.form)
         if record.method != "POST" or not (PAY.match(record.path) or CONFIRM.match(record.path)):
             return _error(
                 404, "invalid_request_error", f"Unrecognized request URL ({record.path})."
@@ -220,8 +241,10 @@ class FakeStripe:
                 )
             return reply
 
-    def _get(self, path: str, expand: set[str]) -> _Reply:
+    def _get(self, path: str, expand: set[str], form: dict | None = None) -> _Reply:
         with self._lock:
+            if path == "/v1/invoice_payments":
+                return self._invoice_payments(form or {}, expand)
             if m := INVOICE.match(path):
                 obj = self.invoices.get(m["id"])
             elif m := PAYMENT_INTENT.match(path):
@@ -233,6 +256,36 @@ class FakeStripe:
             if obj is None:
                 return _missing(m["id"])
             return _Reply(200, _render(obj, expand))
+
+    def _invoice_payments(self, form: dict, expand: set[str]) -> _Reply:
+        """`GET /v1/invoice_payments?invoice=…`, newest first; each payment's
+        PaymentIntent an id unless `data.payment.payment_intent` is expanded, its
+        `latest_charge` an id unless that is expanded too."""
+        invoice_id = (form.get("invoice") or [""])[0]
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            return _missing(invoice_id)
+        items = copy.deepcopy((invoice.get("payments") or {}).get("data") or [])
+        for item in items:
+            pi = item["payment"].get("payment_intent")
+            live = self.payment_intents.get(pi["id"] if isinstance(pi, dict) else pi) or pi
+            if "data.payment.payment_intent" not in expand and not any(
+                e.startswith("data.payment.payment_intent.") for e in expand
+            ):
+                item["payment"]["payment_intent"] = live["id"] if isinstance(live, dict) else live
+                continue
+            live = copy.deepcopy(live)
+            charge = live.get("latest_charge")
+            if "data.payment.payment_intent.latest_charge" not in expand and isinstance(
+                charge, dict
+            ):
+                live["latest_charge"] = charge["id"]
+            item["payment"]["payment_intent"] = live
+        items.sort(key=lambda i: i.get("created") or 0, reverse=True)
+        return _Reply(
+            200,
+            {"object": "list", "data": items, "has_more": False, "url": "/v1/invoice_payments"},
+        )
 
     def _charge(self, record: Recorded) -> _Reply:
         if m := PAY.match(record.path):

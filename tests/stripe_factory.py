@@ -29,6 +29,18 @@ def uid(prefix: str) -> str:
     return f"{prefix}_test{next(_ids):06d}{int(time.time() * 1000) % 100000:05d}"
 
 
+# What Stripe holds about each invoice's payments but never puts in a webhook (an
+# invoice's `payments` is includable; PaymentIntents and Charges carry no `invoice`):
+# invoice id -> its PaymentIntents, newest last, each with `latest_charge` expanded. The
+# tests' Stripe worlds (the sandbox's records, tests/fake_stripe.py) answer read-backs
+# from it.
+STRIPE_SIDE: dict[str, list[dict]] = {}
+
+
+def invoice_payment_intents(invoice_id: str) -> list[dict]:
+    return copy.deepcopy(STRIPE_SIDE.get(invoice_id, []))
+
+
 def failed_invoice(
     *,
     customer: str = "cus_test_alice",
@@ -46,19 +58,58 @@ def failed_invoice(
     next_payment_attempt: int | None = None,
     status: str = "open",
     email: str = "alice@example.com",
+    card_country: str = "US",
 ) -> dict:
-    """A current-API invoice after a failed charge, its payment expanded the way a
-    webhook endpoint with `expand` or a follow-up fetch would show it."""
+    """A current-API invoice after a failed charge, as a webhook carries it: no
+    `payments`, so no decline. Its failed PaymentIntent (and Charge) is what Stripe holds
+    (`invoice_payment_intents`, `payment_intent_failed`, `charge_failed`)."""
     invoice_id = invoice_id or uid("in")
     payment_intent = payment_intent or uid("pi")
     charge = charge or uid("ch")
+    card = {
+        "brand": brand,
+        "country": card_country,
+        "last4": "4242",
+        "fingerprint": fingerprint,
+        "exp_month": 8,
+        "exp_year": 2030,
+    }
+    charge_obj = stripe_object(
+        "charge",
+        id=charge,
+        amount=amount,
+        customer=customer,
+        payment_intent=payment_intent,
+        paid=False,
+        captured=False,
+        status="failed",
+        description="Subscription update",
+        failure_code="card_declined" if decline_code is not None else None,
+        failure_message="Your card was declined." if decline_code is not None else None,
+        outcome={
+            "type": "issuer_declined",
+            "reason": decline_code,
+            "advice_code": advice_code,
+            "network_advice_code": network_advice_code,
+            "network_decline_code": None,
+            "network_status": "declined_by_network",
+            "risk_level": "normal",
+            "seller_message": "The bank did not return any further details with this decline.",
+        }
+        if decline_code is not None
+        else None,
+        payment_method="pm_" + fingerprint,
+        payment_method_details={"type": "card", "card": card},
+    )
     pi = stripe_object(
         "payment_intent",
         id=payment_intent,
         amount=amount,
         customer=customer,
+        description="Subscription update",
         status="requires_payment_method",
-        latest_charge=charge,
+        payment_method=None,
+        latest_charge=charge_obj,
         last_payment_error=(
             {
                 "type": "card_error",
@@ -71,19 +122,15 @@ def failed_invoice(
                 "payment_method": {
                     "id": "pm_" + fingerprint,
                     "object": "payment_method",
-                    "card": {
-                        "brand": brand,
-                        "last4": "4242",
-                        "fingerprint": fingerprint,
-                        "exp_month": 8,
-                        "exp_year": 2030,
-                    },
+                    "type": "card",
+                    "card": card,
                 },
             }
             if decline_code is not None
             else None
         ),
     )
+    STRIPE_SIDE.setdefault(invoice_id, []).append(pi)
     inv = stripe_object(
         "invoice",
         id=invoice_id,
@@ -105,23 +152,24 @@ def failed_invoice(
             "quote_details": None,
             "subscription_details": {"metadata": {}, "subscription": subscription},
         },
-        payments={
-            "object": "list",
-            "data": [
-                {
-                    "id": uid("inpay"),
-                    "object": "invoice_payment",
-                    "payment": {"type": "payment_intent", "payment_intent": pi},
-                    "status": "open",
-                }
-            ],
-            "has_more": False,
-            "url": f"/v1/invoice_payments?invoice={invoice_id}",
-        },
     )
+    inv.pop("payments", None)  # includable: never in a webhook or a plain retrieve
     inv["lines"]["data"][0]["description"] = "1 × Coffee Club (at $29.00 / month)"
     inv["lines"]["data"][0]["invoice"] = invoice_id
     return inv
+
+
+def payment_intent_failed(invoice: dict) -> dict:
+    """The invoice's failed PaymentIntent as `payment_intent.payment_failed` carries it:
+    `latest_charge` an id, no `invoice`."""
+    pi = invoice_payment_intents(invoice["id"])[-1]
+    pi["latest_charge"] = pi["latest_charge"]["id"]
+    return pi
+
+
+def charge_failed(invoice: dict) -> dict:
+    """The invoice's failed Charge as `charge.failed` carries it (no `invoice`)."""
+    return invoice_payment_intents(invoice["id"])[-1]["latest_charge"]
 
 
 def paid_invoice(invoice: dict) -> dict:

@@ -33,6 +33,18 @@ class ReadBack:
     decline: DeclineInfo = field(default_factory=DeclineInfo)
 
 
+@dataclass
+class FailureRead:
+    """What Stripe says about an invoice's failed payment, read back.
+
+    decline.has_code: Stripe said why. paid: the invoice was paid meanwhile (a late read
+    opens nothing). payment_intent_ids: the invoice's payments, oldest first."""
+
+    decline: DeclineInfo = field(default_factory=DeclineInfo)
+    payment_intent_ids: list[str] = field(default_factory=list)
+    paid: bool = False
+
+
 class PaymentGateway(Protocol):
     name: str
 
@@ -59,3 +71,7 @@ class PaymentGateway(Protocol):
     def invoice_read(self, *, invoice_id: str) -> ReadBack: ...
 
     def payment_intent_read(self, *, payment_intent_id: str) -> ReadBack: ...
+
+    def invoice_failure_read(self, *, invoice_id: str) -> FailureRead:
+        """Raises on a failed read (network, 429, 5xx): the caller tries again later."""
+        ...

@@ -14,9 +14,14 @@ import hashlib
 import threading
 from dataclasses import dataclass
 
-from recovery.stripe_payloads import DeclineInfo
+import datetime as dt
 
-from .base import ChargeResult, ReadBack
+from django.utils import timezone
+
+from recovery.models import SandboxPayment
+from recovery.stripe_payloads import DeclineInfo, decline_from_invoice_payments
+
+from .base import ChargeResult, FailureRead, ReadBack
 
 # Approval chance of a retry on the same card, by decline group and hours since failure.
 BASE_APPROVAL = {
@@ -68,12 +73,15 @@ class SandboxGateway:
     _paid: dict[str, bool] = {}
     _lock = threading.Lock()
 
-    def __init__(self, *, seed: int = 0):
+    def __init__(self, *, seed: int = 0, store_id=None):
         self.seed = seed
+        self.store_id = store_id
 
     @classmethod
     def for_store(cls, store) -> SandboxGateway:
-        return cls(seed=int(str(store.pk).replace("-", "")[:8], 16) if store.pk else 0)
+        return cls(
+            seed=int(str(store.pk).replace("-", "")[:8], 16) if store.pk else 0, store_id=store.pk
+        )
 
     def _charge(
         self, *, object_id: str, idempotency_key: str, amount: int, hint: Hint | None
@@ -138,3 +146,38 @@ class SandboxGateway:
     def payment_intent_read(self, *, payment_intent_id: str) -> ReadBack:
         paid = self._paid.get(payment_intent_id, False)
         return ReadBack(paid=paid, status="succeeded" if paid else "requires_payment_method")
+
+    def invoice_failure_read(self, *, invoice_id: str) -> FailureRead:
+        """What `GET /v1/invoice_payments?invoice=…` would answer: the payments its Stripe
+        (the demo, `simulate`, a test's world) recorded with `sandbox_payment_record`."""
+        rows = SandboxPayment.objects.filter(store_id=self.store_id, invoice_stripe_id=invoice_id)
+        payments = [
+            {
+                "object": "invoice_payment",
+                "created": int(row.created_at.timestamp()),
+                "status": "paid" if row.payment_intent.get("status") == "succeeded" else "open",
+                "payment": {"type": "payment_intent", "payment_intent": row.payment_intent},
+            }
+            for row in rows.order_by("-created_at", "-pk")  # newest first, as Stripe lists
+        ]
+        decline, ids, paid = decline_from_invoice_payments(payments)
+        return FailureRead(
+            decline=decline, payment_intent_ids=ids, paid=paid or self._paid.get(invoice_id, False)
+        )
+
+
+def sandbox_payment_record(
+    *, store, invoice_id: str, payment_intent: dict, at: dt.datetime | None = None
+) -> None:
+    """The sandbox's Stripe learns of an invoice's payment: the PaymentIntent as Stripe
+    holds it (with `last_payment_error` and `latest_charge` expanded). Its webhook events
+    carry none of this, exactly as Stripe's do; the read-back finds it here."""
+    SandboxPayment.objects.update_or_create(
+        store=store,
+        payment_intent_id=str(payment_intent["id"]),
+        defaults={
+            "invoice_stripe_id": invoice_id,
+            "payment_intent": payment_intent,
+            "created_at": at or timezone.now(),
+        },
+    )

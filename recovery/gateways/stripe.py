@@ -16,11 +16,16 @@ from django.conf import settings
 from recovery.stripe_payloads import (
     DeclineInfo,
     decline_from_error,
+    decline_from_invoice_payments,
     decline_from_invoice,
     decline_from_payment_intent,
 )
 
-from .base import ChargeResult, ReadBack
+from .base import ChargeResult, FailureRead, ReadBack
+
+# An invoice's payments with each PaymentIntent and its latest Charge: the decline, its
+# advice and network codes, and the card (Stripe expands at most four levels).
+INVOICE_PAYMENTS_EXPAND = ["data.payment.payment_intent.latest_charge"]
 
 TIMEOUT_SECONDS = 20
 # Error codes of a payment the customer must confirm on-session (3-D Secure). Paying an
@@ -167,3 +172,12 @@ class StripeGateway:
             if data.get("last_payment_error")
             else DeclineInfo(),
         )
+
+    def invoice_failure_read(self, *, invoice_id: str) -> FailureRead:
+        """One read: `GET /v1/invoice_payments?invoice=…` with each PaymentIntent and its
+        latest Charge expanded (an invoice's `payments` never comes in a webhook)."""
+        page = self.client.v1.invoice_payments.list(
+            {"invoice": invoice_id, "limit": 10, "expand": INVOICE_PAYMENTS_EXPAND}
+        ).to_dict()
+        decline, ids, paid = decline_from_invoice_payments(page.get("data") or [])
+        return FailureRead(decline=decline, payment_intent_ids=ids, paid=paid)

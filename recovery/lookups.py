@@ -1,0 +1,268 @@
+"""Reading a failed invoice's decline back from Stripe.
+
+With the current API, `invoice.payment_failed` does not say why the payment failed: the
+invoice's `payments` is an includable field that no webhook carries, and the
+PaymentIntent and Charge events that do carry the decline have no `invoice` to join them
+by. So a case opened from an invoice event without a decline waits
+(`RecoveryCase.decline_awaited_until`: no retry, no message) and gets a `DeclineLookup`;
+the intake workers read the invoice's payments back (one call,
+`GET /v1/invoice_payments?invoice=…` with each PaymentIntent and its latest Charge
+expanded) after the event's transaction has committed, never in the webhook request and
+never inside a transaction, and record the answer. A failed read (429, 5xx, timeout) is
+tried again with back-off; past the deadline the scheduler classifies the case
+conservatively, and a later answer reclassifies it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from subscriptions.models import Invoice
+
+from .gateways import gateway_for
+from .gateways.base import FailureRead
+from .models import DeclineLookup, PaymentAttempt, RecoveryCase
+from .services import case_event_record, payment_attempt_record, recovery_case_open
+
+logger = logging.getLogger(__name__)
+
+CLAIM_LEASE = dt.timedelta(minutes=2)
+BACKOFF_FIRST = dt.timedelta(seconds=5)
+BACKOFF_MOST = dt.timedelta(minutes=30)
+# An answer with no decline yet (Stripe still settling the charge) is asked again soon.
+NOT_YET = dt.timedelta(seconds=30)
+
+
+def decline_lookup_deadline(*, now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=settings.RECOUP_DECLINE_LOOKUP_SECONDS)
+
+
+def decline_lookup_request(*, case: RecoveryCase, now: dt.datetime) -> DeclineLookup:
+    """Ask for the case's invoice's decline to be read back (again, for a new failure).
+    In the event's transaction: the read itself happens after it commits."""
+    lookup, created = DeclineLookup.objects.get_or_create(
+        case=case,
+        defaults={
+            "store_id": case.store_id,
+            "invoice_stripe_id": case.invoice.stripe_id,
+            "requested_at": now,
+            "deadline": case.decline_awaited_until or decline_lookup_deadline(now=now),
+            "due_at": now,
+        },
+    )
+    if not created and lookup.due_at is None:
+        DeclineLookup.objects.filter(pk=lookup.pk).update(
+            due_at=now, requested_at=now, answered_at=None, attempts=0, last_error=""
+        )
+    return lookup
+
+
+def decline_lookups_claim(*, now: dt.datetime, limit: int = 100) -> list[DeclineLookup]:
+    """Claim due lookups for this worker (safe with many: rows locked, skipped if taken)."""
+    with transaction.atomic():
+        qs = DeclineLookup.objects.filter(due_at__lte=now).order_by("due_at")
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if ids:
+            DeclineLookup.objects.filter(pk__in=ids).update(due_at=now + CLAIM_LEASE)
+    return list(DeclineLookup.objects.filter(pk__in=ids).select_related("store").order_by("due_at"))
+
+
+def decline_lookups_run(*, now: dt.datetime | None = None, limit: int = 100) -> int:
+    """Read back what is due and record the answers. Returns how many were read.
+
+    The reads go out concurrently (each paced within the store's Stripe budget by the
+    gateway) and outside any transaction; each answer is recorded in its own."""
+    now = now or timezone.now()
+    lookups = decline_lookups_claim(now=now, limit=limit)
+    if not lookups:
+        return 0
+    gateways: dict = {}
+    for lookup in lookups:
+        if lookup.store_id not in gateways:
+            try:
+                gateways[lookup.store_id] = gateway_for(lookup.store)
+            except Exception as exc:  # a missing key: the lookup waits for one
+                gateways[lookup.store_id] = exc
+
+    def read(lookup: DeclineLookup) -> FailureRead | Exception:
+        gateway = gateways[lookup.store_id]
+        if isinstance(gateway, Exception):
+            return gateway
+        try:
+            return gateway.invoice_failure_read(invoice_id=lookup.invoice_stripe_id)
+        except Exception as exc:  # 429, 5xx, timeout, reset: tried again later
+            return exc
+
+    remote = [lk for lk in lookups if getattr(gateways[lk.store_id], "name", "") == "stripe"]
+    answers: dict[int, FailureRead | Exception] = {}
+    if remote:
+        workers = min(len(remote), max(1, int(settings.RECOUP_LOOKUP_CONCURRENCY)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recoup-lookup") as pool:
+            for lookup, answer in zip(remote, pool.map(_closing(read), remote), strict=True):
+                answers[lookup.pk] = answer
+    for lookup in lookups:
+        if lookup.pk not in answers:  # the in-process sandbox: read here, on this connection
+            answers[lookup.pk] = read(lookup)
+    for lookup in lookups:
+        try:
+            decline_lookup_answer(lookup=lookup, answer=answers[lookup.pk], now=timezone.now())
+        except Exception:
+            logger.exception("recording the decline lookup for %s failed", lookup.invoice_stripe_id)
+            _retry_later(lookup, error="recording the answer failed", now=timezone.now())
+    return len(lookups)
+
+
+def _closing(fn):
+    """Run fn in a pool thread and close whatever database connection it opened there."""
+
+    def run(arg):
+        try:
+            return fn(arg)
+        finally:
+            connection.close()
+
+    return run
+
+
+def _backoff(attempts: int) -> dt.timedelta:
+    return min(BACKOFF_FIRST * (3 ** max(attempts - 1, 0)), BACKOFF_MOST)
+
+
+def _retry_later(
+    lookup: DeclineLookup, *, error: str, now: dt.datetime, wait: dt.timedelta | None = None
+) -> None:
+    attempts = lookup.attempts + 1
+    case_window_end = (
+        RecoveryCase.objects.filter(pk=lookup.case_id).values_list("window_end", flat=True).first()
+    )
+    due = now + (wait or _backoff(attempts))
+    if case_window_end is None or due >= case_window_end:
+        due = None  # the window is over: nothing left to classify
+    DeclineLookup.objects.filter(pk=lookup.pk).update(
+        attempts=attempts, last_error=error[:300], due_at=due
+    )
+
+
+@transaction.atomic
+def decline_lookup_answer(
+    *, lookup: DeclineLookup, answer: FailureRead | Exception, now: dt.datetime
+) -> str:
+    """Record one read-back: the decline on the invoice's attempt and on the case (its
+    track decided by it, whatever order the events came in). A paid or closed invoice
+    stays as it is: a late answer opens nothing."""
+    if isinstance(answer, Exception):
+        _retry_later(lookup, error=f"{type(answer).__name__}: {answer}", now=now)
+        return "failed"
+    case = (
+        RecoveryCase.objects.select_for_update(of=("self",))
+        .select_related("invoice", "customer", "store")
+        .get(pk=lookup.case_id)
+    )
+    invoice = case.invoice
+    if (
+        answer.paid
+        or not case.is_open
+        or invoice is None
+        or invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID)
+    ):
+        DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=None, answered_at=now)
+        return "settled"
+    if not answer.decline.has_code:
+        _retry_later(lookup, error="Stripe does not say why yet", now=now, wait=NOT_YET)
+        return "not_yet"
+    decline = answer.decline
+    pi_ids = answer.payment_intent_ids
+    decline.payment_intent_id = decline.payment_intent_id or (pi_ids[-1] if pi_ids else "")
+    if decline.payment_intent_id and invoice.payment_intent_id != decline.payment_intent_id:
+        Invoice.objects.filter(pk=invoice.pk).update(payment_intent_id=decline.payment_intent_id)
+        invoice.payment_intent_id = decline.payment_intent_id
+    _attempt_fill(case=case, invoice=invoice, decline=decline)
+    awaited = case.decline_awaited_until is not None
+    recovery_case_open(
+        store=case.store,
+        customer=case.customer,
+        amount=case.amount,
+        currency=case.currency,
+        decline=decline,
+        at=now,
+        invoice=invoice,
+        payment_intent_ids=pi_ids,
+    )
+    case.refresh_from_db()
+    case_event_record(
+        case=case,
+        kind="decline_read",
+        at=now,
+        message=(
+            f"Stripe says the payment failed with {decline.decline_code or decline.failure_code}"
+            + (f", advice {decline.advice_code}" if decline.advice_code else "")
+            + (
+                f", network advice {decline.network_advice_code}"
+                if decline.network_advice_code
+                else ""
+            )
+            + (
+                f" ({decline.card_brand} •••• {decline.card_last4})"
+                if decline.card_last4
+                else ""
+            )
+            + (": classified" if awaited else ": reclassified")
+            + f" {case.track}."
+        ),
+        data={"decline_code": decline.decline_code, "track": case.track},
+    )
+    DeclineLookup.objects.filter(pk=lookup.pk).update(
+        due_at=None, answered_at=now, attempts=lookup.attempts + 1, last_error=""
+    )
+    return "answered"
+
+
+def _attempt_fill(*, case: RecoveryCase, invoice: Invoice, decline) -> None:
+    """Put the decline on the invoice's attempt it belongs to. The PaymentIntent and
+    Charge events of that attempt may have been recorded already, with no invoice to
+    join (their report carries the charge id): one attempt is kept, with both reports."""
+    attempt = (
+        PaymentAttempt.objects.filter(
+            case=case,
+            source=PaymentAttempt.Source.STRIPE_AUTO,
+            invoice_stripe_id=invoice.stripe_id,
+        )
+        .exclude(outcome=PaymentAttempt.Outcome.SUCCEEDED)
+        .order_by("-attempted_at", "-pk")
+        .first()
+    )
+    if decline.charge_id:
+        orphan = (
+            PaymentAttempt.objects.filter(store_id=case.store_id, charge_id=decline.charge_id)
+            .exclude(pk=attempt.pk if attempt else None)
+            .first()
+        )
+        if orphan is not None and attempt is not None and not attempt.charge_id:
+            if orphan.case_id in (None, case.pk):
+                # The same charge reported twice: the invoice's report keeps it all.
+                orphan.delete()
+            else:
+                return
+        elif orphan is not None:
+            attempt = None  # the charge's own report is the attempt: fill that one
+    payment_attempt_record(
+        store=case.store,
+        case=case,
+        customer=case.customer,
+        source=PaymentAttempt.Source.STRIPE_AUTO,
+        outcome=attempt.outcome if attempt else PaymentAttempt.Outcome.FAILED,
+        amount=case.amount,
+        currency=case.currency,
+        at=attempt.attempted_at if attempt else timezone.now(),
+        decline=decline,
+        invoice_stripe_id=invoice.stripe_id,
+        invoice_attempt_number=attempt.invoice_attempt_number if attempt else None,
+    )
