@@ -175,15 +175,16 @@ def decline_lookup_answer(
     ):
         DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=None, answered_at=now)
         return "settled"
-    if not answer.decline.has_code:
-        _retry_later(lookup, error="Stripe does not say why yet", now=now, wait=NOT_YET)
-        return "not_yet"
     decline = answer.decline
     pi_ids = answer.payment_intent_ids
     decline.payment_intent_id = decline.payment_intent_id or (pi_ids[-1] if pi_ids else "")
     if decline.payment_intent_id and invoice.payment_intent_id != decline.payment_intent_id:
+        # Later PaymentIntent and Charge events of this invoice now find it.
         Invoice.objects.filter(pk=invoice.pk).update(payment_intent_id=decline.payment_intent_id)
         invoice.payment_intent_id = decline.payment_intent_id
+    if not decline.has_code:
+        _retry_later(lookup, error="Stripe does not say why yet", now=now, wait=NOT_YET)
+        return "not_yet"
     _attempt_fill(case=case, invoice=invoice, decline=decline)
     awaited = case.decline_awaited_until is not None
     recovery_case_open(
@@ -209,11 +210,7 @@ def decline_lookup_answer(
                 if decline.network_advice_code
                 else ""
             )
-            + (
-                f" ({decline.card_brand} •••• {decline.card_last4})"
-                if decline.card_last4
-                else ""
-            )
+            + (f" ({decline.card_brand} •••• {decline.card_last4})" if decline.card_last4 else "")
             + (": classified" if awaited else ": reclassified")
             + f" {case.track}."
         ),

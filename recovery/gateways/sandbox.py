@@ -10,11 +10,10 @@ idempotency — and a run is reproducible from its seed.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import threading
 from dataclasses import dataclass
-
-import datetime as dt
 
 from django.utils import timezone
 

@@ -16,8 +16,8 @@ from django.conf import settings
 from recovery.stripe_payloads import (
     DeclineInfo,
     decline_from_error,
-    decline_from_invoice_payments,
     decline_from_invoice,
+    decline_from_invoice_payments,
     decline_from_payment_intent,
 )
 

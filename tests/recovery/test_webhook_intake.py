@@ -193,11 +193,13 @@ def test_action_required_puts_the_case_on_the_authentication_track(webhooks):
 
 
 def test_charge_and_payment_intent_reports_of_one_attempt_are_merged(webhooks):
-    invoice = sf.failed_invoice(decline_code=None)  # the invoice event carries only ids
-    pi = invoice["payments"]["data"][0]["payment"]["payment_intent"]
+    invoice = sf.failed_invoice(decline_code=None)  # Stripe does not know why yet
+    pi = sf.invoice_payment_intents(invoice["id"])[-1]
+    pi["latest_charge"] = pi["latest_charge"]["id"]
     webhooks.deliver("invoice.payment_failed", invoice)
     case = RecoveryCase.objects.get()
-    assert case.decline_code == ""  # unknown so far: conservative soft
+    assert case.decline_code == "" and case.decline_awaited_until is not None
+    assert case.invoice.payment_intent_id == pi["id"]  # read back: its events now join
     charge = sf.stripe_object(
         "charge",
         id=pi["latest_charge"],

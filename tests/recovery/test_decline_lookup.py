@@ -1,0 +1,185 @@
+"""Decline details read back from Stripe, whatever order the events come in.
+
+A current-API `invoice.payment_failed` carries no decline: the case waits (no retry, no
+message) until the intake worker has read the invoice's payments back, or until the
+deadline classifies it conservatively; a late answer reclassifies it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from messaging.models import Message
+from recovery import declines
+from recovery.intake import stripe_events_work
+from recovery.lookups import decline_lookups_run
+from recovery.models import CaseEvent, DeclineLookup, PaymentAttempt, RecoveryCase
+from recovery.scheduler import run_due
+from stores.models import Store
+from tests import stripe_factory as sf
+from tests.fake_stripe import fake_stripe  # noqa: F401  (fixture)
+
+TRIO = ("invoice.payment_failed", "payment_intent.payment_failed", "charge.failed")
+
+
+def _trio(invoice: dict) -> dict[str, dict]:
+    return {
+        "invoice.payment_failed": invoice,
+        "payment_intent.payment_failed": sf.payment_intent_failed(invoice),
+        "charge.failed": sf.charge_failed(invoice),
+    }
+
+
+def _keys_anywhere(value, keys: set[str], path: str = "") -> list[str]:
+    found = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in keys:
+                found.append(f"{path}.{key}")
+            found += _keys_anywhere(inner, keys, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            found += _keys_anywhere(inner, keys, f"{path}[{i}]")
+    return found
+
+
+def test_every_payload_the_tests_build_has_the_shape_stripe_sends():
+    invoice = sf.failed_invoice(decline_code="lost_card")
+    paid = sf.paid_invoice(invoice)
+    for payload in (invoice, paid, sf.event("invoice.payment_failed", invoice)):
+        assert _keys_anywhere(payload, {"payments"}) == []  # includable: never sent
+    for payload in (sf.payment_intent_failed(invoice), sf.charge_failed(invoice)):
+        assert "invoice" not in payload  # PaymentIntents and Charges have no invoice
+    for kind in ("payment_intent", "charge"):
+        assert "invoice" not in sf.stripe_object(kind)
+    assert "payments" not in sf.stripe_object("invoice")
+    # The PaymentIntent as an event carries it: its charge an id, not expanded.
+    assert isinstance(sf.payment_intent_failed(invoice)["latest_charge"], str)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(TRIO)))
+def test_the_case_is_classified_the_same_in_every_order_of_the_trio(webhooks, order):
+    invoice = sf.failed_invoice(
+        decline_code="do_not_honor", network_advice_code="03", brand="mastercard"
+    )
+    events = _trio(invoice)
+    for type_ in order:
+        webhooks.deliver(type_, events[type_])
+    for type_ in order:  # and each of them again
+        webhooks.deliver(type_, events[type_])
+    case = RecoveryCase.objects.get()
+    expected = declines.classify(
+        decline_code="do_not_honor", network_advice_code="03", card_brand="mastercard"
+    )
+    assert (
+        (case.track, case.decline_code)
+        == (expected.track, "do_not_honor")
+        == ("hard", "do_not_honor")
+    )
+    assert case.network_advice_code == "03" and case.decline_awaited_until is None
+    assert (case.card_brand, case.card_last4, case.card_fingerprint) == (
+        "mastercard",
+        "4242",
+        "fp_visa_alice",
+    )
+    assert (case.card_exp_month, case.card_exp_year, case.card_country) == (8, 2030, "US")
+    attempt = PaymentAttempt.objects.get()  # one charge, reported three times, twice
+    assert attempt.case_id == case.pk and attempt.charge_id == events["charge.failed"]["id"]
+    assert case.retry_at is None  # Mastercard advice 03: never retried
+
+
+def test_a_case_waits_for_stripe_to_say_why_and_neither_retries_nor_messages(
+    webhooks, store, settings
+):
+    store.gateway, store.stripe_secret_key = Store.Gateway.STRIPE, "sk_test_down"
+    store.save()
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe unreachable: the read fails
+    invoice = sf.failed_invoice(decline_code="expired_card")
+    webhooks.deliver("invoice.payment_failed", invoice)
+    case = RecoveryCase.objects.get()
+    assert case.decline_awaited_until is not None
+    assert case.next_action == RecoveryCase.NextAction.CLASSIFY
+    assert case.retry_at is None and case.message_at is None
+    lookup = DeclineLookup.objects.get(case=case)
+    assert lookup.attempts == 1 and lookup.answered_at is None
+    assert "APIConnectionError" in lookup.last_error
+    assert lookup.due_at > timezone.now()  # tried again later, with back-off
+    # An expired card asks the customer at once, once Stripe has said so: not before.
+    run_due(rollups=False)
+    assert not Message.objects.filter(case=case).exists()
+    assert not PaymentAttempt.objects.exclude(source=PaymentAttempt.Source.STRIPE_AUTO).exists()
+
+
+def test_past_the_deadline_it_is_classified_conservatively_and_a_late_answer_reclassifies(
+    webhooks, store, fake_stripe  # noqa: F811 - the fixture
+):
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    invoice = sf.failed_invoice(decline_code="stolen_card", advice_code="do_not_try_again")
+    t0 = timezone.now()
+    with time_machine.travel(t0, tick=False) as traveller:
+        # Stripe does not know the invoice yet when the event is processed (404).
+        webhooks.deliver("invoice.payment_failed", invoice)
+        case = RecoveryCase.objects.get()
+        assert case.decline_awaited_until is not None
+        traveller.move_to(t0 + dt.timedelta(minutes=16))
+        run_due(rollups=False)
+        case.refresh_from_db()
+        assert case.decline_awaited_until is None and case.track == "soft"
+        assert CaseEvent.objects.filter(case=case, kind="classified_without_decline").exists()
+        # Stripe answers at last: the case is reclassified, and never retried on that card.
+        fake_stripe.add_invoice(invoice)
+        traveller.move_to(t0 + dt.timedelta(hours=2))
+        decline_lookups_run()
+        case.refresh_from_db()
+        assert (case.track, case.decline_code) == ("hard", "stolen_card")
+        assert case.retry_at is None
+        assert CaseEvent.objects.filter(case=case, kind="decline_read").exists()
+    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
+    assert reads and all(
+        r.param("invoice") == invoice["id"]
+        and "data.payment.payment_intent.latest_charge" in r.expand
+        for r in reads
+    )
+
+
+def test_a_late_read_of_an_invoice_paid_meanwhile_opens_nothing(webhooks, store, settings):
+    store.gateway, store.stripe_secret_key = Store.Gateway.STRIPE, "sk_test_down"
+    store.save()
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"
+    invoice = sf.failed_invoice(decline_code="insufficient_funds")
+    webhooks.deliver("invoice.payment_failed", invoice)
+    webhooks.deliver("invoice.paid", sf.paid_invoice(invoice))
+    case = RecoveryCase.objects.get()
+    assert case.status == "recovered"
+    DeclineLookup.objects.update(due_at=timezone.now())
+    store.gateway = Store.Gateway.SANDBOX
+    store.save()
+    webhooks.stripe_knows(invoice["id"])
+    decline_lookups_run()
+    case.refresh_from_db()
+    assert case.status == "recovered" and case.decline_code == ""
+    assert DeclineLookup.objects.get().due_at is None
+    # A late failure event of the paid invoice opens nothing either.
+    webhooks.deliver("payment_intent.payment_failed", sf.payment_intent_failed(invoice))
+    assert RecoveryCase.objects.count() == 1 and case.status == "recovered"
+
+
+def test_the_webhook_only_stores_and_the_worker_processes(client, store):
+    body = json.dumps(sf.event("invoice.payment_failed", sf.failed_invoice()))
+    response = client.post(
+        store.webhook_path,
+        data=body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=sf.sign(body, store.stripe_webhook_secret),
+    )
+    assert response.json() == {"received": True, "duplicate": False}
+    assert not RecoveryCase.objects.exists()  # nothing applied in the request
+    assert stripe_events_work(until_idle=True) == 1
+    assert RecoveryCase.objects.count() == 1
+    assert stripe_events_work(until_idle=True) == 0
