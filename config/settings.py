@@ -155,6 +155,11 @@ SPECTACULAR_SETTINGS = {
 # Read when a client is built, never at import (see recovery/gateways/stripe.py).
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
+# Every Stripe call of a store is paced within its account's rate limit (store.stripe_rate)
+# times this headroom, across all workers (through Redis with REDIS_URL, else the
+# database); a call whose slot is further away than the max wait is not sent ("try later").
+RECOUP_STRIPE_RATE_HEADROOM = env.float("RECOUP_STRIPE_RATE_HEADROOM", default=0.9)
+RECOUP_STRIPE_MAX_WAIT_SECONDS = env.float("RECOUP_STRIPE_MAX_WAIT_SECONDS", default=30.0)
 
 # django-q2: Redis as the broker when REDIS_URL is set (several machines share one
 # PostgreSQL), otherwise the ORM broker in the project's own database.

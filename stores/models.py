@@ -66,6 +66,21 @@ class Store(models.Model):
         return mask(self.stripe_webhook_secret)
 
 
+class StripeBudget(models.Model):
+    """One store's Stripe request budget, shared by every worker, when there is no Redis
+    (recovery/gateways/stripe_pacing.py). `tat` is the GCRA's theoretical arrival time:
+    the earliest moment, in seconds since the epoch, at which the store's next request may
+    be sent. Locked and moved forward by one short transaction per request."""
+
+    store = models.OneToOneField(
+        Store, on_delete=models.CASCADE, primary_key=True, related_name="stripe_budget"
+    )
+    tat = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"Stripe budget of {self.store_id}"
+
+
 class Membership(models.Model):
     class Role(models.TextChoices):
         OPERATOR = "operator", "Operator"
