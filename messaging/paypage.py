@@ -342,7 +342,7 @@ def stripe_publishable_key(store: Store) -> str:
 
 
 def _client(store: Store) -> stripe.StripeClient:
-    return stripe_client(store.stripe_secret_key)
+    return stripe_client(store)
 
 
 def pay_setup_intent(*, link: PayLink) -> dict:

@@ -246,7 +246,7 @@ def _stripe_invoice_paid_out_of_band(case: RecoveryCase) -> None:
     from .gateways.stripe import stripe_client
 
     try:
-        stripe_client(case.store.stripe_secret_key).v1.invoices.pay(
+        stripe_client(case.store).v1.invoices.pay(
             case.invoice.stripe_id,
             {"paid_out_of_band": True},
             {"idempotency_key": f"recoup-case-{case.pk}-paid-out-of-band"},

@@ -105,11 +105,7 @@ def stripe_connection_check(*, store: Store) -> CheckResult:
     if not store.stripe_secret_key:
         return CheckResult(False, "No Stripe secret key yet: add one below.")
     try:
-        account = (
-            stripe_client(store.stripe_secret_key, timeout=10)
-            .v1.accounts.retrieve_current()
-            .to_dict()
-        )
+        account = stripe_client(store, timeout=10).v1.accounts.retrieve_current().to_dict()
     except stripe.AuthenticationError:
         return CheckResult(False, "Stripe rejected the key: it is wrong or was rolled.")
     except stripe.PermissionError:
@@ -117,6 +113,9 @@ def stripe_connection_check(*, store: Store) -> CheckResult:
             True,
             "The key works but may not read the account (a restricted key); retries can still run.",
         )
+    except stripe.RateLimitError:
+        # Stripe's 429, or this store's request budget booked up by its other work.
+        return CheckResult(False, "Stripe is busy for this account (rate limit): check again soon.")
     except stripe.StripeError as exc:
         return CheckResult(False, f"Stripe could not be reached: {exc.user_message or exc}")
     name = (

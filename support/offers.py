@@ -54,7 +54,7 @@ def subscription_offer_apply(
     from recovery.gateways.stripe import stripe_client
 
     try:
-        stripe_client(store.stripe_secret_key).v1.subscriptions.update(
+        stripe_client(store).v1.subscriptions.update(
             subscription.stripe_id, params, {"idempotency_key": idempotency_key}
         )
     except stripe.StripeError as exc:

@@ -15,7 +15,7 @@ def gateway_for(store) -> PaymentGateway:
     if store.gateway == Store.Gateway.STRIPE:
         from .stripe import StripeGateway
 
-        return StripeGateway(api_key=store.stripe_secret_key)
+        return StripeGateway(store=store)
     from .sandbox import SandboxGateway
 
     return SandboxGateway.for_store(store)

@@ -3,12 +3,11 @@
 The client is built per use from the store's key; STRIPE_API_BASE (when set) points it
 at another address — a local sandbox or a test server — read at that moment, never at
 import. The SDK's own network retries are off: an ambiguous result is handled by the
-engine, which reads the object back before anything else happens to the case.
+engine, which reads the object back before anything else happens to the case. Each of
+its requests first takes a slot from the store's shared request budget (stripe_pacing).
 """
 
 from __future__ import annotations
-
-import datetime as dt
 
 import stripe
 from django.conf import settings
@@ -20,8 +19,17 @@ from recovery.stripe_payloads import (
     decline_from_invoice_payments,
     decline_from_payment_intent,
 )
+from stores.models import Store
 
 from .base import ChargeResult, FailureRead, ReadBack
+from .stripe_pacing import (
+    BudgetExhausted,
+    PacedHTTPClient,
+    Pacer,
+    key_pacer,
+    rate_limit_retry_after,
+    store_pacer,
+)
 
 # An invoice's payments with each PaymentIntent and its latest Charge: the decline, its
 # advice and network codes, and the card (Stripe expands at most four levels).
@@ -35,13 +43,20 @@ CUSTOMER_ACTION_CODES = frozenset(
 )
 
 
-def stripe_client(api_key: str, *, timeout: float = TIMEOUT_SECONDS) -> stripe.StripeClient:
+def stripe_client(store: Store, *, timeout: float = TIMEOUT_SECONDS) -> stripe.StripeClient:
+    """A client for the store's key, paced by the store's budget shared by all workers; a
+    request it cannot send within the max wait raises stripe_pacing.BudgetExhausted, a
+    stripe.RateLimitError (not sent)."""
+    return _paced_client(store.stripe_secret_key, store_pacer(store), timeout=timeout)
+
+
+def _paced_client(api_key: str, pacer: Pacer, *, timeout: float) -> stripe.StripeClient:
     base = settings.STRIPE_API_BASE
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": base} if base else None,
         max_network_retries=0,
-        http_client=stripe.new_default_http_client(timeout=timeout),
+        http_client=PacedHTTPClient(stripe.new_default_http_client(timeout=timeout), pacer),
     )
 
 
@@ -61,10 +76,12 @@ def _error_result(exc: stripe.StripeError) -> ChargeResult:
         outcome = "requires_action" if needs_customer else "failed"
         return ChargeResult(outcome=outcome, decline=decline, message=str(exc.user_message or exc))
     if isinstance(exc, stripe.RateLimitError):
+        # Stripe's 429 (its Retry-After honoured) or our own budget refusing to send: never
+        # a decline.
         return ChargeResult(
             outcome="not_sent",
-            message="rate limited by Stripe",
-            retry_after=dt.timedelta(minutes=5),
+            message=str(exc) if isinstance(exc, BudgetExhausted) else "rate limited by Stripe",
+            retry_after=rate_limit_retry_after(exc),
         )
     if isinstance(
         exc, stripe.InvalidRequestError | stripe.AuthenticationError | stripe.PermissionError
@@ -84,10 +101,17 @@ def _error_result(exc: stripe.StripeError) -> ChargeResult:
 class StripeGateway:
     name = "stripe"
 
-    def __init__(self, *, api_key: str, timeout: float = TIMEOUT_SECONDS):
+    def __init__(
+        self, *, store: Store | None = None, api_key: str = "", timeout: float = TIMEOUT_SECONDS
+    ):
+        """`store`: its key, paced by its shared budget. A key alone (tests, tools) is paced
+        within this process only."""
+        if store is not None:
+            api_key = store.stripe_secret_key
         if not api_key:
             raise ValueError("This store has no Stripe secret key; add one in settings.")
-        self.client = stripe_client(api_key, timeout=timeout)
+        pacer = store_pacer(store) if store is not None else key_pacer(api_key)
+        self.client = _paced_client(api_key, pacer, timeout=timeout)
 
     @staticmethod
     def _off_session(method, object_id: str, payment_method: str, idempotency_key: str) -> dict:
