@@ -190,12 +190,12 @@ local tat = tonumber(redis.call('GET', KEYS[1])) or now
 local slot = math.max(now, tat)
 local wait = slot - now
 if wait > tonumber(ARGV[2]) then
-  return {0, string.format('%.6f', wait)}
+  return {0, string.format('%.17g', wait)}
 end
 local new_tat = slot + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat),
            'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return {1, string.format('%.6f', wait)}
+return {1, string.format('%.17g', wait)}
 """
 # KEYS[1]: the budget. ARGV: seconds, now ("": the Redis server's clock).
 DELAY_LUA = """
@@ -206,9 +206,9 @@ if not now then
 end
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 local new_tat = math.max(tat, now + tonumber(ARGV[1]))
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat),
            'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return string.format('%.6f', new_tat)
+return string.format('%.17g', new_tat)
 """
 
 
