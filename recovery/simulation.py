@@ -5,8 +5,9 @@ the one in DOMAIN.md) and the card events that follow some failures (card-update
 refreshes, customers saving a new card). Every strategy sees exactly the same cohort:
 
 - ``recoup`` drives the real code: a throw-away sandbox store, failures entered the way
-  the intake enters them (`recovery_case_open` + the attempt record + `case_attempt_seen`),
-  card events through `engine.customer_card_changed`, and simulated time stepped with
+  the intake enters them once it has read the decline back (`recovery_case_open` + the
+  attempt record + `case_attempt_seen`, with the decline of the failed PaymentIntent its
+  Stripe records, `sandbox_payment_record`, as the read-back finds it), card events through `engine.customer_card_changed`, and simulated time stepped with
   time_machine, calling `scheduler.run_due(now=...)` at each case's next action. All of it
   runs inside one transaction that is rolled back, so nothing is left behind.
 - ``fixed`` retries on days 3, 7 and 14 after the failure whatever the decline code
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import declines, timing
-from .gateways.sandbox import Hint, SandboxGateway
+from .gateways.sandbox import Hint, SandboxGateway, sandbox_payment_record
 
 STRATEGIES = ("recoup", "fixed", "none")
 EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # a Monday, well before any live data
@@ -227,6 +228,56 @@ def _card_events_after(rng: random.Random, failure: Failure) -> list[CardEvent]:
     ]
 
 
+def failed_payment_intent(
+    *, failure: Failure, customer: SimCustomer, payment_method: str, fingerprint: str, last4: str
+) -> dict:
+    """The failure's PaymentIntent as the sandbox's Stripe holds it (`latest_charge`
+    expanded, no `invoice`: PaymentIntents and Charges have none): what
+    `GET /v1/invoice_payments?invoice=…` answers for its invoice."""
+    pi_id, charge_id = f"pi_sim_{failure.index:06d}", f"ch_sim_{failure.index:06d}"
+    card = {"brand": customer.brand, "last4": last4, "fingerprint": fingerprint}
+    return {
+        "id": pi_id,
+        "object": "payment_intent",
+        "amount": failure.amount,
+        "currency": "usd",
+        "customer": customer.stripe_id,
+        "created": int(failure.at.timestamp()),
+        "status": "requires_action"
+        if failure.code == "authentication_required"
+        else "requires_payment_method",
+        "payment_method": payment_method,
+        "last_payment_error": {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": failure.code,
+            "message": "Your card was declined.",
+            "charge": charge_id,
+            "payment_method": {
+                "id": payment_method,
+                "object": "payment_method",
+                "type": "card",
+                "card": card,
+            },
+        },
+        "latest_charge": {
+            "id": charge_id,
+            "object": "charge",
+            "amount": failure.amount,
+            "currency": "usd",
+            "customer": customer.stripe_id,
+            "payment_intent": pi_id,
+            "payment_method": payment_method,
+            "paid": False,
+            "status": "failed",
+            "failure_code": "card_declined",
+            "failure_message": "Your card was declined.",
+            "outcome": {"type": "issuer_declined", "reason": failure.code},
+            "payment_method_details": {"type": "card", "card": card},
+        },
+    }
+
+
 # ---------------------------------------------------------------- shared issuer
 
 
@@ -395,7 +446,7 @@ def _recoup_inside(cohort: Cohort, traveller, *, log=None, errors: _ErrorLog):
     from .models import CaseEvent, PaymentAttempt, RecoveryCase, RetryPolicy
     from .scheduler import run_due
     from .services import payment_attempt_record, recovery_case_open
-    from .stripe_payloads import DeclineInfo
+    from .stripe_payloads import decline_from_payment_intent
 
     notes: list[str] = []
     store = Store.objects.create(
@@ -486,18 +537,17 @@ def _recoup_inside(cohort: Cohort, traveller, *, log=None, errors: _ErrorLog):
             payment_intent_id=f"pi_sim_{f.index:06d}",
             stripe_updated=f.at,
         )
-        decline = DeclineInfo(
-            decline_code=f.code,
-            failure_code="card_declined",
-            failure_message="Your card was declined.",
-            charge_id=f"ch_sim_{f.index:06d}",
-            payment_intent_id=f"pi_sim_{f.index:06d}",
-            payment_method_id=pm.stripe_id,
-            card_brand=c.brand,
-            card_last4=pm.last4,
-            card_fingerprint=pm.fingerprint,
+        pi = failed_payment_intent(
+            failure=f,
+            customer=c,
+            payment_method=pm.stripe_id,
+            fingerprint=pm.fingerprint,
+            last4=pm.last4,
         )
-        # As recovery.intake._invoice_failure does for invoice.payment_failed.
+        sandbox_payment_record(store=store, invoice_id=f.invoice_id, payment_intent=pi, at=f.at)
+        decline = decline_from_payment_intent(pi)
+        # As recovery.intake._invoice_failure for invoice.payment_failed and then
+        # recovery.lookups for the decline it reads back.
         case, _ = recovery_case_open(
             store=store,
             customer=customer,

@@ -13,8 +13,11 @@ subscriptions, cards and orders, then replays 90 days of billing in simulated ti
   order go through `skus_upsert` and `order_upsert`, as the merchant's API would;
 - every payment outcome reaches Recoup as a Stripe-shaped event (built from Stripe's own
   example objects in `demo_stripe_objects.json`), signed, verified, stored and processed
-  by `recovery.intake` exactly as the webhook and its task do: failed renewals
-  (`invoice.payment_failed`, `invoice.payment_action_required`), one-off order payments
+  by `recovery.intake` exactly as the webhook and its worker do: failed renewals
+  (`invoice.payment_failed`, `invoice.payment_action_required`: as Stripe's, they carry
+  no decline; the demo's Stripe records each invoice's PaymentIntent and Charge with
+  `sandbox_payment_record` first, and the worker reads the decline back from the
+  sandbox, `recovery.lookups.decline_lookups_run`), one-off order payments
   (`payment_intent.succeeded` / `.payment_failed`), Stripe's own Smart Retries
   (`invoice.payment_failed` / `invoice.paid`), card-updater refreshes
   (`payment_method.automatically_updated`) and disputes (`charge.dispute.created`);
@@ -350,6 +353,115 @@ _ERROR_CODES = {
 }
 
 
+# The network's response code that comes with an issuer's decline (ISO 8583, as Visa and
+# Mastercard send them; Stripe reports it as `network_decline_code`). None of these makes
+# a decline stricter than its code already is (recovery.declines: Visa's category 1).
+_NETWORK_DECLINE_CODES = {
+    "insufficient_funds": "51",
+    "do_not_honor": "05",
+    "generic_decline": "05",
+    "try_again_later": "19",
+    "processing_error": "96",
+    "card_velocity_exceeded": "61",
+    "expired_card": "54",
+    "incorrect_cvc": "N7",
+    "incorrect_number": "14",
+    "card_not_supported": "57",
+    "lost_card": "41",
+    "stolen_card": "43",
+    "pickup_card": "04",
+    "restricted_card": "62",
+    "fraudulent": "59",
+    "authentication_required": "1A",
+}
+
+
+def _network_codes(card: Card, decline: tuple[str, str]) -> tuple[str | None, str | None]:
+    """(network_decline_code, network_advice_code) of a decline on this card: Visa and
+    Mastercard report a response code (American Express none here); Mastercard adds its
+    merchant advice code 03 ("do not try again") where the issuer advises so."""
+    code, advice = decline
+    if card.brand not in ("visa", "mastercard"):
+        return None, None
+    network_advice = "03" if card.brand == "mastercard" and advice == "do_not_try_again" else None
+    return _NETWORK_DECLINE_CODES.get(code), network_advice
+
+
+def _charge(
+    *,
+    charge_id: str,
+    pi_id: str,
+    person: Person,
+    amount: int,
+    at: dt.datetime,
+    decline: tuple[str, str] | None,
+    description: str,
+) -> dict:
+    """The Charge of one payment attempt as Stripe holds it (what `latest_charge` expands
+    to): the issuer's outcome with its network codes, and the card it was made on."""
+    card = person.card
+    code, advice = decline or ("", "")
+    network_decline, network_advice = _network_codes(card, decline) if decline else (None, None)
+    details = _card_json(card)
+    details.update(network=card.brand, three_d_secure=None, wallet=None)
+    return _obj(
+        "charge",
+        id=charge_id,
+        amount=amount,
+        amount_captured=0 if decline else amount,
+        captured=not decline,
+        paid=not decline,
+        status="failed" if decline else "succeeded",
+        currency="usd",
+        created=_ts(at),
+        customer=person.stripe_id,
+        description=description,
+        payment_intent=pi_id,
+        payment_method=card.pm_id,
+        failure_code=_ERROR_CODES.get(code, "card_declined") if decline else None,
+        failure_message="Your card was declined." if decline else None,
+        balance_transaction=None,
+        receipt_url=None,
+        source=None,
+        billing_details={
+            "address": {
+                "city": None,
+                "country": None,
+                "line1": None,
+                "line2": None,
+                "postal_code": None,
+                "state": None,
+            },
+            "email": person.email,
+            "name": person.name,
+            "phone": person.phone or None,
+            "tax_id": None,
+        },
+        outcome={
+            "type": "issuer_declined",
+            "reason": code,
+            "advice_code": advice or None,
+            "network_advice_code": network_advice,
+            "network_decline_code": network_decline,
+            "network_status": "declined_by_network",
+            "risk_level": "normal",
+            "seller_message": "The bank did not return any further details with this decline.",
+        }
+        if decline
+        else {
+            "type": "authorized",
+            "reason": None,
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network",
+            "risk_level": "normal",
+            "seller_message": "Payment complete.",
+        },
+        payment_method_details={"type": "card", "card": details},
+    )
+
+
 def _payment_intent(
     *,
     pi_id: str,
@@ -361,7 +473,12 @@ def _payment_intent(
     description: str,
     metadata: dict | None = None,
 ) -> dict:
+    """A PaymentIntent as its `payment_intent.*` events carry it (`latest_charge` an id,
+    no `invoice`: PaymentIntents have none)."""
     code, advice = decline or ("", "")
+    network_decline, network_advice = (
+        _network_codes(person.card, decline) if decline else (None, None)
+    )
     status = "succeeded"
     if decline:
         status = (
@@ -388,7 +505,8 @@ def _payment_intent(
             "code": _ERROR_CODES.get(code, "card_declined"),
             "decline_code": code,
             "advice_code": advice or None,
-            "network_advice_code": None,
+            "network_advice_code": network_advice,
+            "network_decline_code": network_decline,
             "message": "Your card was declined.",
             "charge": charge_id,
             "payment_method": _payment_method(person, person.card, at),
@@ -405,11 +523,13 @@ def _invoice(
     amount: int,
     at: dt.datetime,
     attempt_count: int,
-    pi: dict,
     status: str,
     order_number: str,
     next_payment_attempt: dt.datetime | None,
 ) -> dict:
+    """An invoice as its webhook events carry it: no `payments` (an includable field, in
+    no webhook), so no word of why its payment failed. Its PaymentIntent is what the
+    demo's Stripe knows (`Replay.stripe_knows`), read back as for a real store."""
     plan = person.plan
     inv = _obj(
         "invoice",
@@ -439,19 +559,6 @@ def _invoice(
             "type": "subscription_details",
             "quote_details": None,
             "subscription_details": {"metadata": {}, "subscription": person.sub_id},
-        },
-        payments={
-            "object": "list",
-            "data": [
-                {
-                    "id": f"inpay_{inv_id[3:]}",
-                    "object": "invoice_payment",
-                    "payment": {"type": "payment_intent", "payment_intent": pi},
-                    "status": "paid" if status == "paid" else "open",
-                }
-            ],
-            "has_more": False,
-            "url": f"/v1/invoice_payments?invoice={inv_id}",
         },
     )
     line = inv["lines"]["data"][0]
@@ -772,12 +879,26 @@ class Replay:
         self.customers[person.index] = row
         return row
 
+    def stripe_knows(self, inv_id: str, pi: dict, charge: dict) -> None:
+        """The demo's Stripe records an invoice's payment: its PaymentIntent with the
+        attempt's Charge expanded, which the webhook events never carry and the intake
+        worker reads back (`GET /v1/invoice_payments`, answered by the sandbox)."""
+        from recovery.gateways.sandbox import sandbox_payment_record
+
+        sandbox_payment_record(
+            store=self.store,
+            invoice_id=inv_id,
+            payment_intent={**pi, "latest_charge": charge},
+            at=self.now,
+        )
+
     def deliver(self, type_: str, obj: dict, *, previous: dict | None = None) -> str:
         """One Stripe event, exactly as the webhook takes it: signed, verified, stored once,
-        then processed as the django-q2 task does."""
+        then processed as the intake worker does, with the declines it reads back."""
         import stripe
 
         from recovery.intake import stripe_event_process, stripe_event_store, stripe_event_verify
+        from recovery.lookups import decline_lookups_run
 
         self.events[type_] += 1
         data = {"object": obj}
@@ -805,7 +926,10 @@ class Replay:
         row, created = stripe_event_store(store=self.store, event=verified)
         if not created:
             return "duplicate"
-        return stripe_event_process(event_pk=row.pk)
+        outcome = stripe_event_process(event_pk=row.pk)
+        # An invoice event says not why its payment failed: the worker reads it back.
+        decline_lookups_run(now=self.now)
+        return outcome
 
     # ------------------------------------------------------------ happenings
 
@@ -912,14 +1036,19 @@ class Replay:
         stripe_next = (
             self.now + dt.timedelta(days=3, hours=rng.uniform(0, 12)) if smart_retry else None
         )
-        pi = _payment_intent(
+        charge_id = f"ch_demo_{person.index:05d}_{n:02d}_1"
+        payment = dict(
             pi_id=pi_id,
             person=person,
             amount=plan.amount,
             at=self.now,
-            charge_id=f"ch_demo_{person.index:05d}_{n:02d}_1",
             decline=decline,
             description="Subscription cycle",
+        )
+        self.stripe_knows(
+            inv_id,
+            _payment_intent(charge_id=charge_id, **payment),
+            _charge(charge_id=charge_id, **payment),
         )
         inv = _invoice(
             inv_id=inv_id,
@@ -927,7 +1056,6 @@ class Replay:
             amount=plan.amount,
             at=self.now,
             attempt_count=1,
-            pi=pi,
             status="open",
             order_number=number,
             next_payment_attempt=stripe_next,
@@ -986,14 +1114,19 @@ class Replay:
             ),
         )
         paid = result.outcome == "succeeded"
-        pi = _payment_intent(
+        charge_id = f"ch_demo_{person.index:05d}_{n:02d}_s{number}"
+        payment = dict(
             pi_id=f"pi_demo_{person.index:05d}_{n:02d}",
             person=person,
             amount=person.plan.amount,
             at=self.now,
-            charge_id=f"ch_demo_{person.index:05d}_{n:02d}_s{number}",
             decline=None if paid else decline,
             description="Subscription cycle",
+        )
+        self.stripe_knows(
+            inv_id,
+            _payment_intent(charge_id=charge_id, **payment),
+            _charge(charge_id=charge_id, **payment),
         )
         inv = _invoice(
             inv_id=inv_id,
@@ -1001,7 +1134,6 @@ class Replay:
             amount=person.plan.amount,
             at=self.now,
             attempt_count=number,
-            pi=pi,
             status="paid" if paid else "open",
             order_number=f"R{person.index:05d}-{n:02d}",
             next_payment_attempt=None,
