@@ -39,7 +39,7 @@ from typing import Protocol
 import redis
 import stripe
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 
 from stores.models import Store, StripeBudget
 
@@ -141,11 +141,17 @@ class DatabaseBackend:
     and commits before the wait. It is durable: inside a caller's transaction it would be
     a savepoint, and the row's lock would last until the caller's end, Stripe call
     included, stopping every other worker of the store (Django raises instead; network
-    calls are made outside transactions anyway). Tests' own transaction is allowed."""
+    calls are made outside transactions anyway). Tests' own transaction is allowed.
+
+    On PostgreSQL the commit does not wait for its WAL flush (synchronous_commit off, for
+    this transaction only): the row lock is held for the statements, not for an fsync, and
+    a crash can only lose a few milliseconds of reservations, which are then simply
+    made again."""
 
     def reserve(self, key: str, *, interval: float, max_wait: float, now: float | None) -> float:
         try:
             with transaction.atomic(durable=True):
+                self._commit_without_flush()
                 tat = self._locked_tat(key)
                 now = real_clock() if now is None else now  # read once the lock is held
                 tat, wait = gcra_reserve(tat=tat, now=now, interval=interval, max_wait=max_wait)
@@ -157,12 +163,19 @@ class DatabaseBackend:
     def delay(self, key: str, *, seconds: float, now: float | None) -> None:
         try:
             with transaction.atomic(durable=True):
+                self._commit_without_flush()
                 tat = self._locked_tat(key)
                 now = real_clock() if now is None else now
                 tat = gcra_delay(tat=tat, now=now, seconds=seconds)
                 StripeBudget.objects.filter(store_id=key).update(tat=tat)
         except DatabaseError as exc:
             raise BudgetUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _commit_without_flush() -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit = off")
 
     @staticmethod
     def _locked_tat(store_id: str) -> float:
