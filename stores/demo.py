@@ -212,6 +212,19 @@ def _pick(rng: random.Random, table):
     return rng.choices(values, weights=weights, k=1)[0]
 
 
+# Numbers 555-0100 to 555-0199 of every North American area code are kept for fiction:
+# valid to libphonenumber (Recoup stores phones in E.164 and drops invalid ones), they
+# reach no one. 100 a code: one number per customer for the first 2,400.
+_AREA_CODES = (201, 202, 212, 213, 303, 305, 312, 404, 415, 503, 512, 602)
+_AREA_CODES += (617, 702, 713, 718, 773, 804, 808, 904, 907, 919, 971, 984)
+
+
+def _fictional_phone(index: int, rng: random.Random) -> str:
+    rng.randint(0, 9_999_999)  # the draw the demo made here before: the replay stays the same
+    area = _AREA_CODES[index // 100 % len(_AREA_CODES)]
+    return f"+1{area}555{100 + index % 100:04d}"
+
+
 def _month_end(year: int, month: int) -> dt.date:
     nxt = dt.date(year + (month == 12), month % 12 + 1, 1)
     return nxt - dt.timedelta(days=1)
@@ -685,7 +698,7 @@ def demo_plan(
             .replace("é", "e")
             .replace("ü", "u")
             .replace("á", "a"),
-            phone=f"+1555{rng.randint(0, 9_999_999):07d}" if rng.random() < 0.55 else "",
+            phone=_fictional_phone(i, rng) if rng.random() < 0.55 else "",
             time_zone=_pick(rng, ZONES),
             joined=joined,
             plan=plan,
