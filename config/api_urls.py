@@ -10,6 +10,16 @@ urlpatterns = [
     path("cases/", recovery_api.CaseListView.as_view(), name="api-case-list"),
     path("cases/<int:pk>/", recovery_api.CaseDetailView.as_view(), name="api-case-detail"),
     path(
+        "customers/<str:stripe_customer_id>/",
+        subscriptions_api.CustomerView.as_view(),
+        name="api-customer",
+    ),
+    path(
+        "customers/<str:stripe_customer_id>/consent",
+        messaging_api.CustomerConsentView.as_view(),
+        name="api-customer-consent",
+    ),
+    path(
         "customers/<str:stripe_customer_id>/access",
         subscriptions_api.CustomerAccessView.as_view(),
         name="api-customer-access",

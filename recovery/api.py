@@ -9,6 +9,7 @@ from rest_framework import generics, serializers
 
 from common.errors import ApplicationError
 from orders.selectors import case_order_summary
+from subscriptions.selectors import customer_facts
 
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors import case_list
@@ -16,6 +17,10 @@ from .selectors import case_list
 
 class CaseSerializer(serializers.ModelSerializer):
     customer = serializers.CharField(source="customer.stripe_id")
+    customer_facts = serializers.SerializerMethodField(
+        help_text="The customer's time zone in force (and where it came from: metadata, api, "
+        "address, card_country, store), locale, phone and SMS consent."
+    )
     invoice = serializers.SerializerMethodField()
     order = serializers.SerializerMethodField()
     payment_intent = serializers.CharField(source="payment_intent_id")
@@ -33,6 +38,7 @@ class CaseSerializer(serializers.ModelSerializer):
             "amount",
             "currency",
             "customer",
+            "customer_facts",
             "invoice",
             "payment_intent",
             "order",
@@ -47,6 +53,12 @@ class CaseSerializer(serializers.ModelSerializer):
             "window_end",
             "track_reason",
         ]
+
+    def get_customer_facts(self, case: RecoveryCase) -> dict:
+        # The token's store is the case's: its zone stands for customers without one.
+        return customer_facts(
+            customer=case.customer, store_zone=self.context["request"].store.timezone
+        )
 
     def get_invoice(self, case: RecoveryCase) -> str | None:
         return case.invoice.stripe_id if case.invoice_id else None

@@ -681,6 +681,22 @@ def customer_card_changed(*, customer, at: dt.datetime, source: str, message: st
         case_plan(case, now=max(at, timezone.now()) if at > timezone.now() else timezone.now())
 
 
+def customer_zone_changed(*, customer, at: dt.datetime) -> None:
+    """The customer's time zone changed (Stripe's facts, or the merchant set it): their
+    open cases' retries are planned afresh in the new zone, from now on."""
+    from .services import open_cases_for_customer
+
+    cases = (
+        open_cases_for_customer(customer=customer)
+        .select_related("store", "invoice")
+        .select_for_update(of=("self",))
+        .order_by("pk")
+    )
+    for case in cases:
+        case.customer = customer
+        case_plan(case, now=replan_time(at))
+
+
 # ------------------------------------------------------------------ acting (scheduler)
 
 

@@ -20,6 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from common.errors import ApplicationError
+from messaging.services import consent_sms_from_stripe
 from orders.models import Order
 from stores.models import Store
 from subscriptions import services as subs
@@ -736,12 +737,33 @@ def _setup_intent_succeeded(event: StripeEvent, data: dict) -> str:
     return "processed"
 
 
-@handles("customer.updated")
+def _customer_facts(event: StripeEvent, customer: Customer, data: dict) -> None:
+    """What a customer snapshot says of the customer (address, zone, locale, phone, SMS
+    consent in the metadata); a changed zone re-plans their open cases from now on."""
+    at = _at(event)
+    previous = obj(event.payload.get("data")).get("previous_attributes")
+    if event.type != "customer.updated" or not isinstance(previous, dict):
+        previous = None  # everything in the snapshot is news
+    facts = subs.customer_update_from_stripe(customer=customer, data=data, at=at, previous=previous)
+    if facts.stale:
+        return
+    consent_sms_from_stripe(
+        customer=facts.customer,
+        opt_in=facts.sms_consent,
+        news=facts.sms_consent_news,
+        at=at,
+        key=event.store.sms_consent_key,
+    )
+    if facts.zone_changed:
+        engine.customer_zone_changed(customer=facts.customer, at=at)
+
+
+@handles("customer.created", "customer.updated")
 def _customer_updated(event: StripeEvent, data: dict) -> str:
     customer = _customer(event, data)
     if customer is None:
         return "ignored: no customer id"
-    subs.customer_update_from_stripe(customer=customer, data=data, at=_at(event))
+    _customer_facts(event, customer, data)
     previous = obj(obj(event.payload.get("data")).get("previous_attributes"))
     new_default = ref(obj(data.get("invoice_settings")).get("default_payment_method")) or ref(
         data.get("default_source")

@@ -2,6 +2,16 @@ from django.db import models
 
 from stores.models import Store
 
+from . import facts
+
+
+class TimeZoneSource(models.TextChoices):
+    METADATA = facts.METADATA, "the Stripe customer's metadata"
+    API = facts.API, "set by the merchant through the API"
+    ADDRESS = facts.ADDRESS, "the billing address"
+    CARD_COUNTRY = facts.CARD_COUNTRY, "the card's country"
+    STORE = facts.STORE, "the store's zone (nothing known of the customer)"
+
 
 class Customer(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="customers")
@@ -10,18 +20,33 @@ class Customer(models.Model):
     phone = models.CharField(max_length=32, blank=True, default="")
     name = models.CharField(max_length=200, blank=True, default="")
     sms_opt_in = models.BooleanField(default=False)
+    # The time of the newest SMS consent statement applied (a change or a repeat of the
+    # state in force): an older one arriving late changes nothing.
+    sms_consent_at = models.DateTimeField(null=True, blank=True)
     email_opt_out = models.BooleanField(default=False)
     disputed_at = models.DateTimeField(null=True, blank=True)
     locale = models.CharField(max_length=16, blank=True, default="en")
+    # "" (with source "store" or none yet): the store's zone, whatever it is at the time.
     time_zone = models.CharField(max_length=64, blank=True, default="")
+    time_zone_source = models.CharField(
+        max_length=16, choices=TimeZoneSource.choices, blank=True, default=""
+    )
+    time_zone_set_at = models.DateTimeField(null=True, blank=True)
+    # The billing address as Stripe has it (what the time zone and phone region come from).
+    address_country = models.CharField(max_length=2, blank=True, default="")
+    address_state = models.CharField(max_length=100, blank=True, default="")
+    address_postal_code = models.CharField(max_length=20, blank=True, default="")
     first_seen_at = models.DateTimeField()
     # Bumped to revoke every link already sent to this customer.
     link_version = models.PositiveIntegerField(default=1)
     default_payment_method = models.ForeignKey(
         "PaymentMethod", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The Stripe customer's metadata, as of `stripe_updated`.
     metadata = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Created time of the newest customer.* event applied: an older one changes nothing.
+    stripe_updated = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -51,6 +76,7 @@ class PaymentMethod(models.Model):
     exp_month = models.PositiveSmallIntegerField(null=True, blank=True)
     exp_year = models.PositiveSmallIntegerField(null=True, blank=True)
     fingerprint = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    country = models.CharField(max_length=2, blank=True, default="", help_text="Issuing country.")
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -5,6 +5,7 @@ from django.db.models import Min
 from common.errors import NotFound
 from stores.models import Store
 
+from . import facts
 from .models import Customer, Subscription
 
 
@@ -52,4 +53,18 @@ def customer_access(*, customer: Customer) -> dict:
         "grace_until": summary["step_down"] if access == Subscription.Access.GRACE else None,
         "window_end": summary["window_end"],
         "subscriptions": subs,
+    }
+
+
+def customer_facts(*, customer: Customer, store_zone: str) -> dict:
+    """What Recoup knows of the customer for messages and timing: the zone in force (and
+    where it came from: "" when set by other means), locale, phone and SMS consent.
+    `store_zone`: the customer's store's zone, for customers without one of their own."""
+    return {
+        "time_zone": customer.time_zone or store_zone,
+        "time_zone_source": customer.time_zone_source
+        or ("" if customer.time_zone else facts.STORE),
+        "locale": customer.locale,
+        "phone": customer.phone,
+        "sms_opt_in": customer.sms_opt_in,
     }

@@ -25,6 +25,7 @@ from recovery.stripe_payloads import (
 )
 from stores.models import Store
 
+from . import facts
 from .models import Customer, Invoice, PaymentMethod, Subscription
 
 
@@ -37,6 +38,12 @@ def _get_or_create(model, *, lookup: dict, defaults: dict):
         return model.objects.get(**lookup), False
 
 
+def _phone_region(*, store: Store, country: str = "", card_country: str = "") -> str | None:
+    """The country a number written without its +code is dialled in: the customer's
+    billing address, else their card's country, else the country of the store's zone."""
+    return country or card_country or facts.zone_country(store.timezone)
+
+
 def customer_upsert(
     *,
     store: Store,
@@ -47,19 +54,28 @@ def customer_upsert(
     seen_at: dt.datetime | None = None,
 ) -> Customer:
     seen_at = seen_at or timezone.now()
-    customer, created = _get_or_create(
-        Customer,
-        lookup={"store": store, "stripe_id": stripe_id},
-        defaults={
-            "email": email[:254],
-            "name": name[:200],
-            "phone": phone[:32],
-            "first_seen_at": seen_at,
-        },
+    known = Customer.objects.filter(store=store, stripe_id=stripe_id).first()
+    phone = facts.phone_e164(
+        phone, region=_phone_region(store=store, country=known.address_country if known else "")
+    )
+    customer, created = (
+        (known, False)
+        if known is not None
+        else _get_or_create(
+            Customer,
+            lookup={"store": store, "stripe_id": stripe_id},
+            defaults={
+                "email": email[:254],
+                "name": name[:200],
+                "phone": phone,
+                "first_seen_at": seen_at,
+                "time_zone_source": facts.STORE,
+            },
+        )
     )
     if not created:
         changed = []
-        for field, value in (("email", email[:254]), ("name", name[:200]), ("phone", phone[:32])):
+        for field, value in (("email", email[:254]), ("name", name[:200]), ("phone", phone)):
             if value and not getattr(customer, field):
                 setattr(customer, field, value)
                 changed.append(field)
@@ -71,23 +87,138 @@ def customer_upsert(
     return customer
 
 
-def customer_update_from_stripe(*, customer: Customer, data: dict, at: dt.datetime) -> Customer:
-    changed = []
+@dataclass(frozen=True)
+class CustomerFacts:
+    """What a Stripe customer snapshot changed. `sms_consent`: what the metadata says of
+    SMS consent (None: nothing we can read); `sms_consent_news`: whether this snapshot
+    brings news of it (a new customer, or the merchant changed that key)."""
+
+    customer: Customer
+    stale: bool = False
+    zone_changed: bool = False
+    sms_consent: bool | None = None
+    sms_consent_news: bool = False
+
+
+# Zones Recoup worked out itself, which newer facts replace (not the merchant's, nor one
+# of unknown origin).
+DERIVED = frozenset({facts.ADDRESS, facts.CARD_COUNTRY, facts.STORE})
+
+
+def _zone_guess(customer: Customer, *, card_country: str | None = None) -> facts.ZoneGuess:
+    if card_country is None:
+        card_country = (
+            PaymentMethod.objects.filter(pk=customer.default_payment_method_id)
+            .values_list("country", flat=True)
+            .first()
+            or ""
+        )
+    return facts.time_zone_guess(
+        metadata=customer.metadata,
+        key=customer.store.customer_timezone_key,
+        country=customer.address_country,
+        state=customer.address_state,
+        postal_code=customer.address_postal_code,
+        card_country=card_country,
+    )
+
+
+def _zone_apply(customer: Customer, zone: facts.ZoneGuess, *, at: dt.datetime) -> list[str]:
+    """Set the customer's zone; the fields changed."""
+    if (customer.time_zone, customer.time_zone_source) == (zone.zone, zone.source):
+        return []
+    customer.time_zone, customer.time_zone_source = zone.zone, zone.source
+    customer.time_zone_set_at = at
+    return ["time_zone", "time_zone_source", "time_zone_set_at"]
+
+
+def _zone_in_force(customer: Customer) -> str:
+    return customer.time_zone or customer.store.timezone
+
+
+@transaction.atomic
+def customer_update_from_stripe(
+    *, customer: Customer, data: dict, at: dt.datetime, previous: dict | None = None
+) -> CustomerFacts:
+    """Apply a Stripe Customer object as of `at` (a customer.created or customer.updated
+    event; `previous`: the event's previous_attributes, None when not known): contact
+    details, billing address, metadata, locale, phone (E.164) and the time zone they
+    imply. An older snapshot than one already applied changes nothing."""
+    customer = Customer.objects.select_for_update().select_related("store").get(pk=customer.pk)
+    if customer.stripe_updated and at < customer.stripe_updated:
+        return CustomerFacts(customer=customer, stale=True)
+    store = customer.store
+    address = obj(data.get("address"))
+    card_country = (
+        PaymentMethod.objects.filter(pk=customer.default_payment_method_id)
+        .values_list("country", flat=True)
+        .first()
+        or ""
+    )
+    metadata = obj(data.get("metadata"))
+    values = {
+        "address_country": str(address.get("country") or "").strip().upper()[:2],
+        "address_state": str(address.get("state") or "").strip()[:100],
+        "address_postal_code": str(address.get("postal_code") or "").strip()[:20],
+        "metadata": metadata,
+    }
+    changed = [k for k, v in values.items() if getattr(customer, k) != v]
+    for k in changed:
+        setattr(customer, k, values[k])
     for field, value in (
         ("email", str(data.get("email") or "")[:254]),
         ("name", str(data.get("name") or "")[:200]),
-        ("phone", str(data.get("phone") or "")[:32]),
     ):
         if value and getattr(customer, field) != value:
             setattr(customer, field, value)
             changed.append(field)
-    locales = data.get("preferred_locales") or []
-    if locales and customer.locale != str(locales[0])[:16]:
-        customer.locale = str(locales[0])[:16]
+    if data.get("phone"):
+        region = _phone_region(
+            store=store, country=customer.address_country, card_country=card_country
+        )
+        phone = facts.phone_e164(str(data["phone"]), region=region)
+        if customer.phone != phone:
+            customer.phone = phone
+            changed.append("phone")
+    locale = facts.locale_from_stripe(data.get("preferred_locales"))
+    if locale and customer.locale != locale:
+        customer.locale = locale
         changed.append("locale")
+    zone_before = _zone_in_force(customer)
+    zone = facts.time_zone_decide(
+        current=facts.ZoneGuess(customer.time_zone, customer.time_zone_source),
+        guess=_zone_guess(customer, card_country=card_country),
+        metadata_news=facts.metadata_news(
+            key=store.customer_timezone_key, metadata=metadata, previous=previous
+        ),
+        at=at,
+        current_at=customer.time_zone_set_at,
+    )
+    changed += _zone_apply(customer, zone, at=at)
+    customer.stripe_updated = at
+    customer.save(update_fields=[*changed, "stripe_updated", "updated_at"])
+    return CustomerFacts(
+        customer=customer,
+        zone_changed=_zone_in_force(customer) != zone_before,
+        sms_consent=facts.sms_consent_value(metadata.get(store.sms_consent_key)),
+        sms_consent_news=facts.metadata_news(
+            key=store.sms_consent_key, metadata=metadata, previous=previous
+        ),
+    )
+
+
+@transaction.atomic
+def customer_time_zone_set(*, customer: Customer, time_zone: str, at: dt.datetime) -> bool:
+    """The merchant sets the customer's zone (an IANA name; checked by the caller with
+    `facts.zone_valid`). It stands against any zone Stripe's data suggests later. "" gives
+    the choice back to those facts. Returns whether the zone in force changed."""
+    customer = Customer.objects.select_for_update().select_related("store").get(pk=customer.pk)
+    before = _zone_in_force(customer)
+    zone = facts.ZoneGuess(time_zone, facts.API) if time_zone else _zone_guess(customer)
+    changed = _zone_apply(customer, zone, at=at)
     if changed:
         customer.save(update_fields=[*changed, "updated_at"])
-    return customer
+    return _zone_in_force(customer) != before
 
 
 def customer_mark_disputed(*, customer: Customer, at: dt.datetime) -> None:
@@ -103,6 +234,7 @@ def _card_values(data: dict, *, customer: Customer) -> dict:
         "exp_month": card.get("exp_month"),
         "exp_year": card.get("exp_year"),
         "fingerprint": str(card.get("fingerprint") or "")[:64],
+        "country": str(card.get("country") or "").upper()[:2],
     }
 
 
@@ -135,7 +267,12 @@ def payment_method_set_default(*, customer: Customer, payment_method: PaymentMet
         payment_method.save(update_fields=["is_default", "updated_at"])
     if customer.default_payment_method_id != payment_method.pk:
         customer.default_payment_method = payment_method
-        customer.save(update_fields=["default_payment_method", "updated_at"])
+        fields = ["default_payment_method"]
+        if customer.time_zone_source in DERIVED:
+            # The card's country may place a customer whose address does not.
+            guess = _zone_guess(customer, card_country=payment_method.country)
+            fields += _zone_apply(customer, guess, at=timezone.now())
+        customer.save(update_fields=[*fields, "updated_at"])
 
 
 def subscription_ref(
@@ -265,19 +402,27 @@ def customers_import(*, store: Store, items: Sequence[CustomerImport]) -> list[C
             fresh.append(item)
         seen.update(ids)
 
-    customers = Customer.objects.bulk_create(
-        [
+    now = timezone.now()
+    customers = []
+    for item in fresh:
+        card_country = _card_values(item.payment_method or {}, customer=None)["country"]
+        zone = facts.time_zone_guess(
+            metadata={}, key=store.customer_timezone_key, card_country=card_country
+        )
+        customers.append(
             Customer(
                 store=store,
                 stripe_id=item.stripe_id,
                 email=item.email[:254],
                 name=item.name[:200],
-                phone=item.phone[:32],
+                phone=facts.phone_e164(item.phone, region=_phone_region(store=store)),
                 first_seen_at=item.seen_at,
+                time_zone=zone.zone,
+                time_zone_source=zone.source,
+                time_zone_set_at=now if zone.source != facts.STORE else None,
             )
-            for item in fresh
-        ]
-    )
+        )
+    customers = Customer.objects.bulk_create(customers)
     by_id = {c.stripe_id: c for c in customers}
     cards = PaymentMethod.objects.bulk_create(
         [
