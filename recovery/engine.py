@@ -424,17 +424,21 @@ def case_plan(
         f"{case.customer.stripe_id}:{case.window_start.isoformat()}:"
         f"{case.attempt_count}:{case.dunning_stage}"
     )
-    retry_at, retry_reason = plan_retry(
-        case, now=now, policy=policy, rng=rng, due=case.retry_at if acting else None
-    )
     if case.step_down_at is None:
         case.step_down_at = (
             case.window_start + (case.window_end - case.window_start) * policy.grace_fraction
         )
-    retries_used_up = (
-        case.track == Track.SOFT and _our_retries(case) >= retry_allowance(case, policy)[0]
-    )
-    message_at, purpose = plan_message(case, now=now, retries_used_up=retries_used_up)
+    if case.decline_awaited_until is not None:
+        # Nothing to time while Stripe has not said why it failed (see below).
+        retry_at, retry_reason, message_at, purpose = None, "", None, ""
+    else:
+        retry_at, retry_reason = plan_retry(
+            case, now=now, policy=policy, rng=rng, due=case.retry_at if acting else None
+        )
+        retries_used_up = (
+            case.track == Track.SOFT and _our_retries(case) >= retry_allowance(case, policy)[0]
+        )
+        message_at, purpose = plan_message(case, now=now, retries_used_up=retries_used_up)
     steps = [(case.window_end, RecoveryCase.NextAction.CLOSE, "recovery window ends")]
     if case.inflight_key:
         steps.append(
@@ -468,9 +472,10 @@ def case_plan(
     if case.decline_awaited_until is not None:
         # Stripe has not said why it failed: nothing reaches the card or the customer
         # until it does (recovery.intake reads it back), or until the deadline.
-        retry_at, message_at = None, None
         steps = [
-            s for s in steps if s[1] in (RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE)
+            s
+            for s in steps
+            if s[1] in (RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE)
         ]
         steps.append(
             (
@@ -558,7 +563,7 @@ def case_attempt_seen(
         Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
     ).update(last_attempt_at=at)
     case.refresh_from_db(fields=["attempt_count", "last_attempt_at"])
-    if case.is_open:
+    if case.is_open and case.decline_awaited_until is None:  # a waiting case waits as planned
         case_plan(case, now=timezone.now())
 
 
