@@ -185,3 +185,25 @@ def test_sms_send(*, store: Store, to: str) -> CheckResult:
     except SmsError as exc:
         return CheckResult(False, f"Twilio refused the test: {exc}")
     return CheckResult(True, f"Test SMS sent to {to} ({result.provider_id or result.provider}).")
+
+
+@transaction.atomic
+def store_stripe_customer_data_update(
+    *,
+    store: Store,
+    customer_timezone_key: str,
+    sms_consent_key: str,
+    stripe_requests_per_second: int | None,
+) -> Store:
+    """Where the store keeps customer facts in Stripe metadata, and its Stripe request
+    budget (None: Stripe's default for the key's mode). Read by customer events from now
+    on; customers already known keep their facts until Stripe next reports them."""
+    values = {
+        "customer_timezone_key": customer_timezone_key,
+        "sms_consent_key": sms_consent_key,
+        "stripe_requests_per_second": stripe_requests_per_second,
+    }
+    Store.objects.filter(pk=store.pk).update(**values)
+    for field, value in values.items():
+        setattr(store, field, value)
+    return store

@@ -25,6 +25,7 @@ from .access import (
     memberships_of,
     render_page,
 )
+from .forms import StripeCustomerDataForm
 
 # ------------------------------------------------------------------ entry points
 
@@ -339,6 +340,21 @@ def settings_holds(request: HttpRequest, access: Access) -> HttpResponse:
 def settings_connections(request: HttpRequest, access: Access) -> HttpResponse:
     from recovery.models import StripeEvent
 
+    store = access.store
+    if request.method == "POST":
+        form = StripeCustomerDataForm(request.POST)
+        if form.is_valid():
+            svc.store_stripe_customer_data_update(store=store, **form.cleaned_data)
+            messages.success(request, "Saved: customer events read these keys from now on.")
+            return redirect("settings-connections", store.id)
+    else:
+        form = StripeCustomerDataForm(
+            initial={
+                "customer_timezone_key": store.customer_timezone_key,
+                "sms_consent_key": store.sms_consent_key,
+                "stripe_requests_per_second": store.stripe_requests_per_second,
+            }
+        )
     last_event = (
         StripeEvent.objects.filter(store=access.store)
         .order_by("-received_at")
@@ -354,6 +370,7 @@ def settings_connections(request: HttpRequest, access: Access) -> HttpResponse:
             "postmark": svc.postmark_status(),
             "twilio": svc.twilio_status(),
             "webhook_url": request.build_absolute_uri(access.store.webhook_path),
+            "customer_data_form": form,
         },
         "settings-connections",
     )
