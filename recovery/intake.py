@@ -737,16 +737,17 @@ def _setup_intent_succeeded(event: StripeEvent, data: dict) -> str:
     return "processed"
 
 
-def _customer_facts(event: StripeEvent, customer: Customer, data: dict) -> None:
+def _customer_facts(event: StripeEvent, customer: Customer, data: dict) -> Customer:
     """What a customer snapshot says of the customer (address, zone, locale, phone, SMS
-    consent in the metadata); a changed zone re-plans their open cases from now on."""
+    consent in the metadata); a changed zone re-plans their open cases from now on.
+    Returns the customer as updated."""
     at = _at(event)
     previous = obj(event.payload.get("data")).get("previous_attributes")
     if event.type != "customer.updated" or not isinstance(previous, dict):
         previous = None  # everything in the snapshot is news
     facts = subs.customer_update_from_stripe(customer=customer, data=data, at=at, previous=previous)
     if facts.stale:
-        return
+        return facts.customer
     consent_sms_from_stripe(
         customer=facts.customer,
         opt_in=facts.sms_consent,
@@ -756,6 +757,7 @@ def _customer_facts(event: StripeEvent, customer: Customer, data: dict) -> None:
     )
     if facts.zone_changed:
         engine.customer_zone_changed(customer=facts.customer, at=at)
+    return facts.customer
 
 
 @handles("customer.created", "customer.updated")
@@ -763,7 +765,7 @@ def _customer_updated(event: StripeEvent, data: dict) -> str:
     customer = _customer(event, data)
     if customer is None:
         return "ignored: no customer id"
-    _customer_facts(event, customer, data)
+    customer = _customer_facts(event, customer, data)
     previous = obj(obj(event.payload.get("data")).get("previous_attributes"))
     new_default = ref(obj(data.get("invoice_settings")).get("default_payment_method")) or ref(
         data.get("default_source")

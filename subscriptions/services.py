@@ -105,6 +105,17 @@ class CustomerFacts:
 DERIVED = frozenset({facts.ADDRESS, facts.CARD_COUNTRY, facts.STORE})
 
 
+ZONE_FACTS = [
+    "time_zone",
+    "time_zone_source",
+    "time_zone_set_at",
+    "address_country",
+    "address_state",
+    "address_postal_code",
+    "metadata",
+]
+
+
 def _zone_guess(customer: Customer, *, card_country: str | None = None) -> facts.ZoneGuess:
     if card_country is None:
         card_country = (
@@ -144,7 +155,9 @@ def customer_update_from_stripe(
     event; `previous`: the event's previous_attributes, None when not known): contact
     details, billing address, metadata, locale, phone (E.164) and the time zone they
     imply. An older snapshot than one already applied changes nothing."""
-    customer = Customer.objects.select_for_update().select_related("store").get(pk=customer.pk)
+    customer = (
+        Customer.objects.select_for_update(of=("self",)).select_related("store").get(pk=customer.pk)
+    )
     if customer.stripe_updated and at < customer.stripe_updated:
         return CustomerFacts(customer=customer, stale=True)
     store = customer.store
@@ -212,7 +225,9 @@ def customer_time_zone_set(*, customer: Customer, time_zone: str, at: dt.datetim
     """The merchant sets the customer's zone (an IANA name; checked by the caller with
     `facts.zone_valid`). It stands against any zone Stripe's data suggests later. "" gives
     the choice back to those facts. Returns whether the zone in force changed."""
-    customer = Customer.objects.select_for_update().select_related("store").get(pk=customer.pk)
+    customer = (
+        Customer.objects.select_for_update(of=("self",)).select_related("store").get(pk=customer.pk)
+    )
     before = _zone_in_force(customer)
     zone = facts.ZoneGuess(time_zone, facts.API) if time_zone else _zone_guess(customer)
     changed = _zone_apply(customer, zone, at=at)
@@ -268,6 +283,8 @@ def payment_method_set_default(*, customer: Customer, payment_method: PaymentMet
     if customer.default_payment_method_id != payment_method.pk:
         customer.default_payment_method = payment_method
         fields = ["default_payment_method"]
+        # The facts as stored now: the caller's copy may predate a customer update.
+        customer.refresh_from_db(fields=ZONE_FACTS)
         if customer.time_zone_source in DERIVED:
             # The card's country may place a customer whose address does not.
             guess = _zone_guess(customer, card_country=payment_method.country)

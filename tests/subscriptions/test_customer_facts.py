@@ -332,3 +332,21 @@ def test_the_case_page_says_when_the_stores_zone_stands_in(webhooks, store, oper
     assert client.login(username="olivia", password="pw-olivia-123")
     page = client.get(f"/s/{store.id}/cases/{case.pk}/").content.decode()
     assert "Europe/Berlin" in page and "the store&#x27;s zone" in page
+
+
+def test_an_update_with_a_new_address_and_a_new_default_card_keeps_the_addresss_zone(
+    webhooks, store
+):
+    customer_event(webhooks, "customer.created", stripe_customer(), at=T0)
+    data = stripe_customer(address={"country": "US", "state": "NY"})
+    data["invoice_settings"] = {**data["invoice_settings"], "default_payment_method": "pm_new"}
+    customer_event(
+        webhooks,
+        "customer.updated",
+        data,
+        at=T0 + MIN,
+        previous={"address": NO_ADDRESS, "invoice_settings": {"default_payment_method": None}},
+    )
+    customer = get()
+    assert customer.default_payment_method.stripe_id == "pm_new"
+    assert (customer.time_zone, customer.time_zone_source) == ("America/New_York", "address")
