@@ -86,8 +86,8 @@ class CustomerConsentView(APIView):
         },
         description="Record the customer's SMS consent as your systems know it. Idempotent: "
         "the state already in force changes nothing (200); a change is recorded (201). A "
-        "statement older than the last change of the customer's consent changes nothing, "
-        "so statements sent in any order end in the same state. An opt-in for a number "
+        "statement older than the newest one made of the customer's consent (from any "
+        "source) changes nothing, so statements sent in any order end in the same state. An opt-in for a number "
         "that replied STOP, or for a customer without a valid phone number, is refused "
         "(409): only the customer lifts a STOP, by replying START.",
     )
