@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 
 CLAIM_LEASE = dt.timedelta(minutes=2)
 BACKOFF_FIRST = dt.timedelta(seconds=5)
-BACKOFF_MOST = dt.timedelta(minutes=30)
-# An answer with no decline yet (Stripe still settling the charge) is asked again soon.
-NOT_YET = dt.timedelta(seconds=30)
+BACKOFF_MOST = dt.timedelta(hours=1)
+# Past its deadline plus this, a lookup stops asking (the case goes on as an unknown
+# decline; an event that carries the decline still reclassifies it).
+GIVE_UP_AFTER = dt.timedelta(days=1)
 
 
 def decline_lookup_deadline(*, now: dt.datetime) -> dt.datetime:
@@ -139,13 +140,15 @@ def _backoff(attempts: int) -> dt.timedelta:
 def _retry_later(
     lookup: DeclineLookup, *, error: str, now: dt.datetime, wait: dt.timedelta | None = None
 ) -> None:
+    """Ask again later, each time longer (5 s, 15 s, 45 s … an hour); a 429's own wait
+    when it has one. Nothing is asked after the case's window or a day past the deadline."""
     attempts = lookup.attempts + 1
     case_window_end = (
         RecoveryCase.objects.filter(pk=lookup.case_id).values_list("window_end", flat=True).first()
     )
     due = now + (wait or _backoff(attempts))
-    if case_window_end is None or due >= case_window_end:
-        due = None  # the window is over: nothing left to classify
+    if case_window_end is None or due >= min(case_window_end, lookup.deadline + GIVE_UP_AFTER):
+        due = None  # given up: the error stays on the lookup
     DeclineLookup.objects.filter(pk=lookup.pk).update(
         attempts=attempts, last_error=error[:300], due_at=due
     )
@@ -159,7 +162,14 @@ def decline_lookup_answer(
     track decided by it, whatever order the events came in). A paid or closed invoice
     stays as it is: a late answer opens nothing."""
     if isinstance(answer, Exception):
-        _retry_later(lookup, error=f"{type(answer).__name__}: {answer}", now=now)
+        # The store's budget booked up (the pacer says when a slot frees), or Stripe down.
+        wait = getattr(answer, "retry_after", None)
+        _retry_later(
+            lookup,
+            error=f"{type(answer).__name__}: {answer}",
+            now=now,
+            wait=dt.timedelta(seconds=wait) if isinstance(wait, int | float) else None,
+        )
         return "failed"
     case = (
         RecoveryCase.objects.select_for_update(of=("self",))
@@ -183,7 +193,8 @@ def decline_lookup_answer(
         Invoice.objects.filter(pk=invoice.pk).update(payment_intent_id=decline.payment_intent_id)
         invoice.payment_intent_id = decline.payment_intent_id
     if not decline.has_code:
-        _retry_later(lookup, error="Stripe does not say why yet", now=now, wait=NOT_YET)
+        # Stripe has the payment but no decline on it yet (still settling): ask again.
+        _retry_later(lookup, error="Stripe does not say why yet", now=now)
         return "not_yet"
     _attempt_fill(case=case, invoice=invoice, decline=decline)
     awaited = case.decline_awaited_until is not None
