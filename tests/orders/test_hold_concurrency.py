@@ -2,6 +2,8 @@
 
 Each thread has its own connection, as each worker process would; all are released at
 once by a barrier. The SKU row lock decides who gets the stock: never more than there is.
+The webhook only stores an event; intake workers (`stripe_events_work`), many at once,
+apply them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from orders.services import (
     order_upsert,
     skus_upsert,
 )
+from recovery.intake import stripe_events_work
 from recovery.models import CaseEvent, RecoveryCase, StripeEvent
 from tests import stripe_factory as sf
 from tests.conftest import WEBHOOK_SECRET, requires_postgres
@@ -130,8 +133,11 @@ def test_fifty_failed_payments_delivered_at_once_hold_the_last_ten_units_once_ea
         )
 
     statuses = all_at_once(50, deliver)
+    # Fifty intake workers at once, each taking one stored event at a time.
+    applied = all_at_once(50, lambda i: stripe_events_work(until_idle=True, limit=1))
 
     assert statuses == [200] * 50
+    assert sum(applied) == 50
     assert RecoveryCase.objects.filter(order__isnull=False).count() == 50
     held = InventoryHold.objects.filter(status="held")
     assert held.filter(sku__sku="A").count() == 10 and held.filter(sku__sku="B").count() == 10
@@ -174,6 +180,7 @@ def test_payments_and_sweepers_racing_over_lapsed_holds_never_deadlock_or_overse
             HTTP_STRIPE_SIGNATURE=sf.sign(body, WEBHOOK_SECRET),
         )
         assert response.status_code == 200
+    stripe_events_work(until_idle=True)  # the intake worker applies the stored events
     assert InventoryHold.objects.filter(status="held", rule="constrained").count() == 20
     later = max(InventoryHold.objects.values_list("held_until", flat=True)) + dt.timedelta(
         minutes=1
@@ -189,7 +196,7 @@ def test_payments_and_sweepers_racing_over_lapsed_holds_never_deadlock_or_overse
         def act(i: int):
             if i >= len(paid):
                 return inventory_holds_expire(now=later)
-            return (
+            status = (
                 Client()
                 .post(
                     store.webhook_path,
@@ -199,8 +206,12 @@ def test_payments_and_sweepers_racing_over_lapsed_holds_never_deadlock_or_overse
                 )
                 .status_code
             )
+            # An intake worker per delivery, racing the sweepers over the same holds.
+            stripe_events_work(until_idle=True, limit=1)
+            return status
 
         results = all_at_once(len(paid) + 3, act)
+        stripe_events_work(until_idle=True)  # any event its worker missed, still applied
         inventory_holds_expire(now=later)
 
     assert results[: len(paid)] == [200] * len(paid)

@@ -145,7 +145,7 @@ def test_list_shows_every_documented_field_with_the_cases_values(api, store, fai
 
     case = RecoveryCase.objects.get(store=store)
     event_created = StripeEvent.objects.get().payload["created"]
-    payment_intent = failed_invoice["payments"]["data"][0]["payment"]["payment_intent"]["id"]
+    payment_intent = sf.invoice_payment_intents(failed_invoice["id"])[-1]["id"]
     assert item["id"] == case.pk
     assert item["status"] == "open"
     assert item["track"] == "soft"

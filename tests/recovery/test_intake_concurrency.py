@@ -1,8 +1,9 @@
 """Many simultaneous deliveries against a real PostgreSQL: the database decides, once.
 
 Each thread has its own connection, as each gunicorn worker would. With
-transaction=True the view's on_commit work runs for real, and Q_CLUSTER sync in the
-test settings processes the event inline in the thread that stored it.
+transaction=True the view's on_commit work runs for real. The webhook only stores the
+event; intake workers, several at once as on several machines, then claim and apply the
+stored events (`stripe_events_work`).
 """
 
 import json
@@ -13,6 +14,8 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from recovery.gateways.sandbox import sandbox_payment_record
+from recovery.intake import stripe_events_work
 from recovery.models import PaymentAttempt, RecoveryCase, StripeEvent
 from subscriptions.models import Customer, Invoice
 from tests import stripe_factory as sf
@@ -44,13 +47,38 @@ def deliver_all_at_once(path: str, bodies: list[str]) -> list[tuple[int, dict]]:
         return list(pool.map(deliver, range(len(bodies))))
 
 
+def work_all_at_once(workers: int) -> int:
+    """Intake workers on their own connections, released together, each taking one
+    stored event at a time until none is left. Returns how many events they applied."""
+    barrier = threading.Barrier(workers)
+
+    def work(_: int) -> int:
+        try:
+            barrier.wait(timeout=30)
+            return stripe_events_work(until_idle=True, limit=1)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(work, range(workers)))
+
+
+def stripe_knows(store, invoice_id: str) -> None:
+    """The sandbox's Stripe holds the invoice's payments (what the read-back finds)."""
+    for pi in sf.invoice_payment_intents(invoice_id):
+        sandbox_payment_record(store=store, invoice_id=invoice_id, payment_intent=pi)
+
+
 def test_fifty_simultaneous_deliveries_of_one_event_are_stored_and_applied_once(store):
     invoice = sf.failed_invoice()
+    stripe_knows(store, invoice["id"])
     body = json.dumps(sf.event("invoice.payment_failed", invoice))
 
     results = deliver_all_at_once(store.webhook_path, [body] * 50)
+    applied = work_all_at_once(5)
 
     assert [status for status, _ in results] == [200] * 50, results
+    assert applied == 1
     assert all(payload["received"] is True for _, payload in results)
     assert sorted(payload["duplicate"] for _, payload in results) == [False] + [True] * 49
     assert StripeEvent.objects.count() == 1
@@ -68,12 +96,15 @@ def test_twenty_distinct_failures_of_one_invoice_at_once_give_one_case(store):
     invoices = [first] + [
         sf.failed_invoice(invoice_id=first["id"], attempt_count=n) for n in range(2, 21)
     ]
+    stripe_knows(store, first["id"])
     bodies = [json.dumps(sf.event("invoice.payment_failed", inv)) for inv in invoices]
     assert len({json.loads(b)["id"] for b in bodies}) == 20
 
     results = deliver_all_at_once(store.webhook_path, bodies)
+    applied = work_all_at_once(20)
 
     assert [status for status, _ in results] == [200] * 20, results
+    assert applied == 20
     assert all(payload["duplicate"] is False for _, payload in results)
     assert StripeEvent.objects.count() == 20
     assert Customer.objects.filter(store=store, stripe_id="cus_test_alice").count() == 1

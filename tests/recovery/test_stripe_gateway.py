@@ -47,6 +47,9 @@ def open_invoice_case(webhooks, fake: FakeStripe, **fields) -> tuple[RecoveryCas
     invoice = sf.failed_invoice(**fields)
     fake.add_invoice(invoice)
     webhooks.deliver("invoice.payment_failed", invoice)
+    # The webhook carries no decline: Recoup read it back. The tests look at what follows.
+    assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/invoice_payments")]
+    fake.requests.clear()
     return RecoveryCase.objects.get(invoice__stripe_id=invoice["id"]), invoice
 
 

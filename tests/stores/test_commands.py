@@ -8,9 +8,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
+from recovery.intake import stripe_events_work
 from recovery.models import RecoveryCase
 from stores.models import ApiToken, Membership, Store
 from tests import stripe_factory as sf
+from tests.fake_stripe import fake_stripe  # noqa: F401  (fixture)
 
 BERLIN_SECRET_KEY = "sk_test_berlin_51Nq9zXv0ab12"
 BERLIN_WEBHOOK_SECRET = "whsec_berlin_7f3c9a1e5d"
@@ -84,7 +86,10 @@ def test_create_store_normalises_an_upper_case_currency(db):
 
 
 def test_created_token_lists_cases_of_its_own_store_only(
-    failed_invoice, store, django_capture_on_commit_callbacks
+    failed_invoice,
+    store,
+    django_capture_on_commit_callbacks,
+    fake_stripe,  # noqa: F811
 ):
     printed = berlin_store()
     api = api_client(printed["api_token"])
@@ -99,6 +104,7 @@ def test_created_token_lists_cases_of_its_own_store_only(
     # A failure delivered to the printed webhook path, signed with the new store's secret,
     # shows up for the new token.
     invoice = sf.failed_invoice(customer="cus_test_berlin", amount=1500)
+    fake_stripe.add_invoice(invoice)  # the store's Stripe, which the decline is read from
     body = json.dumps(sf.event("invoice.payment_failed", invoice))
     with django_capture_on_commit_callbacks(execute=True):
         delivered = Client().post(
@@ -107,6 +113,7 @@ def test_created_token_lists_cases_of_its_own_store_only(
             content_type="application/json",
             HTTP_STRIPE_SIGNATURE=sf.sign(body, BERLIN_WEBHOOK_SECRET),
         )
+        stripe_events_work(until_idle=True)  # the intake worker takes the stored event
     assert delivered.status_code == 200, delivered.content
 
     listed = api.get("/api/v1/cases/").json()
