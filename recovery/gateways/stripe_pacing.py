@@ -52,6 +52,9 @@ BUDGET_BACKOFF_SECONDS = (1.0, 2.0)
 CASE_RETRY_AFTER_SECONDS = (300.0, 360.0)
 # A Retry-After beyond this is taken as this (a bad header must not stop a store for days).
 RETRY_AFTER_CAP_SECONDS = 600.0
+# A slot overslept by more than one interval is given up for a new one, this many times
+# at most (then the request goes anyway).
+MISSED_SLOTS_AT_MOST = 2
 
 # The pacer's clock: wall-clock seconds, moved on by the monotonic clock from one reading
 # at import. Tests that move Django's time (time_machine patches time.time and even
@@ -298,16 +301,34 @@ class Pacer:
         self.fallback = fallback if fallback is not None else _LOCAL
 
     def take(self) -> float:
-        """Wait for this request's slot; returns the seconds waited. Raises BudgetExhausted."""
+        """Wait for this request's slot; returns the seconds waited. Raises BudgetExhausted.
+
+        A slot overslept by more than one interval (the process starved of CPU) is given
+        up and another taken: sent that late, the request would crowd the slots after it,
+        and a few such in one second are more than the headroom allows for."""
+        waited = 0.0
+        for _ in range(MISSED_SLOTS_AT_MOST + 1):
+            wait = self._reserve()
+            if wait <= 0:
+                break
+            due = self._elapsed() + wait
+            self.sleep(wait)
+            waited += wait
+            if self._elapsed() - due <= self.interval:
+                break
+        return waited
+
+    def _reserve(self) -> float:
         kwargs = {"interval": self.interval, "max_wait": self.max_wait}
         try:
-            wait = self.backend.reserve(self.key, now=self._now(), **kwargs)
+            return self.backend.reserve(self.key, now=self._now(), **kwargs)
         except BudgetUnavailable as exc:
             logger.warning("Stripe budget %s unavailable, paced in this process: %s", self.key, exc)
-            wait = self.fallback.reserve(self.key, now=self._now(), **kwargs)
-        if wait > 0:
-            self.sleep(wait)
-        return wait
+            return self.fallback.reserve(self.key, now=self._now(), **kwargs)
+
+    def _elapsed(self) -> float:
+        """For oversleeping: the injected clock, else a monotonic one no test moves."""
+        return self.clock() if self.clock is not None else time.perf_counter()
 
     def back_off(self, seconds: float) -> None:
         """No request of this budget before `seconds` from now (Stripe said 429)."""

@@ -137,6 +137,24 @@ def test_a_slot_beyond_the_max_wait_is_refused_and_reserves_nothing():
     assert pacer.take() == 2
 
 
+def test_a_slot_overslept_by_more_than_an_interval_is_given_up_for_another():
+    """Sent 0.3 s after its slot, a request would crowd the three slots after it."""
+    clock = Clock()
+    backend = LocalBackend()
+    on_time = Pacer(backend, "s", rate=10, headroom=1, clock=clock, sleep=clock.sleep)
+    on_time.take()
+    starved = iter([0.3])
+
+    def oversleep(seconds):  # the process gets the CPU back late, once
+        clock.now += seconds + next(starved, 0.0)
+
+    late = Pacer(backend, "s", rate=10, headroom=1, clock=clock, sleep=oversleep)
+
+    assert late.take() == pytest.approx(0.1)  # its slot at 0.1 missed, it goes at 0.4
+    assert clock.now - START == pytest.approx(0.4)
+    assert on_time.take() == pytest.approx(0.1)  # the next slot is 0.5, not 0.2
+
+
 def test_gcra_reserve_is_pure():
     assert gcra_reserve(tat=0, now=10, interval=0.5, max_wait=1) == (10.5, 0)
     assert gcra_reserve(tat=10.5, now=10, interval=0.5, max_wait=1) == (11.0, 0.5)
@@ -253,7 +271,7 @@ def test_workers_reserving_at_once_on_postgresql_each_get_their_own_slot(store):
 @pytest.fixture
 def redis_client():
     url = os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/15")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
     try:
         client.ping()
     except redis.RedisError as exc:
