@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 
 from recovery import simulation
+from recovery.gateways.sandbox import SandboxGateway
 from recovery.models import CaseEvent, DeclineLookup, RecoveryCase, SandboxPayment, StripeEvent
 from recovery.stripe_payloads import decline_from_payment_intent
 from stores import demo
@@ -58,6 +59,9 @@ def seeded(django_db_setup, django_db_blocker):
         summary, _ = demo.demo_seed(customers=60, days=30, seed=3, failure_rate=0.3, end=END)
         yield summary.store
         call_command("flush", interactive=False, verbosity=0)
+        # The sandbox's Stripe remembers what it charged, by invoice id, for the process:
+        # another seed's invoices have the same ids.
+        SandboxGateway._paid.clear()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from django.core.management import call_command
 
 from messaging.models import ConsentEvent, Message
 from orders.models import InventoryHold, Order
+from recovery.gateways.sandbox import SandboxGateway
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, StripeEvent, Track
 from recovery.simulation import Attempt, network_violations
 from stores import demo
@@ -30,6 +31,9 @@ def seeded(django_db_setup, django_db_blocker):
         summary, token = demo.demo_seed(**SMALL)
         yield summary, token
         call_command("flush", interactive=False, verbosity=0)
+        # The sandbox's Stripe remembers what it charged, by invoice id, for the process:
+        # another seed's invoices have the same ids.
+        SandboxGateway._paid.clear()
 
 
 @pytest.fixture
