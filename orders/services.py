@@ -193,6 +193,16 @@ def hold_plan(
             "then released to other customers",
         )
     retry_at = case.retry_at if case is not None else None
+    awaited = getattr(case, "decline_awaited_until", None) if case is not None else None
+    if retry_at is None and awaited is not None and awaited < window_end:
+        # Stripe has not said why it failed yet: held until it is decided, then again.
+        until = min(max(awaited, now) + dt.timedelta(hours=policy.retry_margin_hours), window_end)
+        return HoldPlan(
+            InventoryHold.Rule.AMPLE,
+            until,
+            f"ample stock ({left} left after this hold): held while the decline is read "
+            f"from Stripe (by {_fmt(awaited)})",
+        )
     if retry_at is not None and retry_at < window_end:
         until = min(max(retry_at, now) + dt.timedelta(hours=policy.retry_margin_hours), window_end)
         return HoldPlan(
@@ -498,6 +508,7 @@ def order_payment_failed(*, order: Order, case, at: dt.datetime) -> None:
         return
     # The plan (next retry, window, status) as stored now: callers may hold an older copy.
     case.status, case.retry_at, case.window_end = fresh.status, fresh.retry_at, fresh.window_end
+    case.decline_awaited_until = fresh.decline_awaited_until
     if not _case_is_open(case, now):
         return
     if not was_waiting:

@@ -1243,6 +1243,9 @@ def case_classify_without_decline(case: RecoveryCase, *, now: dt.datetime) -> No
         ),
     )
     case_after_failure(case=case, classification=classification, at=now)
+    from .services import case_classified
+
+    case_classified(case=case, at=now)
 
 
 ANSWERED_AS = {

@@ -29,6 +29,7 @@ from subscriptions.models import Customer, Invoice, Subscription
 from . import engine, lookups
 from .models import PaymentAttempt, RecoveryCase, StripeEvent, Track
 from .services import (
+    invoice_serialize,
     open_cases_for_customer,
     payment_attempt_record,
     recovered_via_for_success,
@@ -148,6 +149,8 @@ def stripe_event_process(*, event_pk: int) -> str:
                 outcome, note = StripeEvent.Outcome.IGNORED, f"no handler for {event.type}"
             else:
                 data = obj(obj(event.payload.get("data")).get("object"))
+                if event.type.startswith("invoice."):
+                    invoice_serialize(store_id=event.store_id, invoice_id=ref(data.get("id")))
                 _cases_lock(event, data)
                 note = handler(event, data)
                 outcome = (

@@ -28,7 +28,12 @@ from subscriptions.models import Invoice
 from .gateways import gateway_for
 from .gateways.base import FailureRead
 from .models import DeclineLookup, PaymentAttempt, RecoveryCase
-from .services import case_event_record, payment_attempt_record, recovery_case_open
+from .services import (
+    case_event_record,
+    invoice_serialize,
+    payment_attempt_record,
+    recovery_case_open,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +159,30 @@ def _retry_later(
     )
 
 
-@transaction.atomic
 def decline_lookup_answer(
     *, lookup: DeclineLookup, answer: FailureRead | Exception, now: dt.datetime
 ) -> str:
     """Record one read-back: the decline on the invoice's attempt and on the case (its
     track decided by it, whatever order the events came in). A paid or closed invoice
     stays as it is: a late answer opens nothing."""
+    if not isinstance(answer, Exception):
+        pi_ids = answer.payment_intent_ids
+        pi_id = answer.decline.payment_intent_id or (pi_ids[-1] if pi_ids else "")
+        if pi_id:
+            # Later PaymentIntent and Charge events of this invoice now find it. On its own,
+            # before the case is locked: an event of this invoice locks the invoice and
+            # then its case, and must not wait for us in a circle.
+            with transaction.atomic():
+                invoice_serialize(store_id=lookup.store_id, invoice_id=lookup.invoice_stripe_id)
+                Invoice.objects.filter(
+                    pk=RecoveryCase.objects.filter(pk=lookup.case_id).values("invoice_id")[:1]
+                ).exclude(payment_intent_id=pi_id).update(payment_intent_id=pi_id)
+    with transaction.atomic():
+        invoice_serialize(store_id=lookup.store_id, invoice_id=lookup.invoice_stripe_id)
+        return _answer_record(lookup=lookup, answer=answer, now=now)
+
+
+def _answer_record(*, lookup: DeclineLookup, answer: FailureRead | Exception, now) -> str:
     if isinstance(answer, Exception):
         # The store's budget booked up (the pacer says when a slot frees), or Stripe down.
         wait = getattr(answer, "retry_after", None)
@@ -188,10 +210,6 @@ def decline_lookup_answer(
     decline = answer.decline
     pi_ids = answer.payment_intent_ids
     decline.payment_intent_id = decline.payment_intent_id or (pi_ids[-1] if pi_ids else "")
-    if decline.payment_intent_id and invoice.payment_intent_id != decline.payment_intent_id:
-        # Later PaymentIntent and Charge events of this invoice now find it.
-        Invoice.objects.filter(pk=invoice.pk).update(payment_intent_id=decline.payment_intent_id)
-        invoice.payment_intent_id = decline.payment_intent_id
     if not decline.has_code:
         # Stripe has the payment but no decline on it yet (still settling): ask again.
         _retry_later(lookup, error="Stripe does not say why yet", now=now)

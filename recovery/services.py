@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -24,6 +24,21 @@ from .stripe_payloads import DeclineInfo
 # How close in time two reports of one payment attempt must be to be the same attempt
 # (an invoice event and a charge event describing one charge).
 SAME_ATTEMPT_WINDOW = dt.timedelta(minutes=30)
+
+
+def invoice_serialize(*, store_id, invoice_id: str) -> None:
+    """One at a time per invoice, until the transaction ends: the events of one invoice,
+    and the recording of its read-back. The first events of an invoice find no case to
+    lock yet (it is being opened), so they would otherwise lock the invoice before the
+    case, against the order everything else takes (case, then invoice), and two workers
+    could wait on each other in a circle. A transaction-level advisory lock on PostgreSQL
+    (SQLite writes one transaction at a time anyway)."""
+    if invoice_id and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                [f"recoup-invoice:{store_id}:{invoice_id}"],
+            )
 
 
 def case_event_build(
@@ -263,9 +278,10 @@ def recovery_case_open(
             data={"track": case.track, "window_end": window_end.isoformat()},
         )
         engine.case_after_failure(case=case, classification=classification, at=at)
-        from support.services import case_route_if_needed  # the escalation queue's policy
+        if case.decline_awaited_until is None:  # else once it is classified
+            from support.services import case_route_if_needed  # the escalation queue's policy
 
-        case_route_if_needed(case=case, at=at)
+            case_route_if_needed(case=case, at=at)
         return case, True
 
     if not case.is_open:
@@ -278,6 +294,7 @@ def recovery_case_open(
         )
         return case, False
 
+    was_awaited = case.decline_awaited_until is not None
     updates, event = case_failure_changes(
         case=case,
         decline=decline,
@@ -294,7 +311,22 @@ def recovery_case_open(
         setattr(case, field, value)
     case.save(update_fields=[*updates.keys(), "updated_at"])
     engine.case_after_failure(case=case, classification=classification, at=at)
+    if was_awaited and case.decline_awaited_until is None:
+        case_classified(case=case, at=at)
     return case, True
+
+
+def case_classified(*, case: RecoveryCase, at: dt.datetime) -> None:
+    """A case that waited for Stripe's decline now has its track (from Stripe, or the
+    conservative default): what waited for it is decided now: the escalation queue's
+    routing, and the renewal order's holds (held until now, then for the plan)."""
+    from support.services import case_route_if_needed  # the escalation queue's policy
+
+    case_route_if_needed(case=case, at=at)
+    if case.order_id and case.is_open:
+        from orders.services import order_payment_failed
+
+        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
 
 
 def case_failure_changes(
@@ -319,6 +351,8 @@ def case_failure_changes(
         updates["order"] = order
     event = None
     # A report with no decline details never downgrades what a richer report said.
+    if decline.payment_intent_id and not case.payment_intent_id:
+        updates["payment_intent_id"] = decline.payment_intent_id  # disputes find it by this
     if decline.has_code or not case.decline_code:
         if case.track == Track.FRAUD and classification.track != Track.FRAUD:
             pass  # a dispute or fraud signal is sticky
