@@ -274,7 +274,13 @@ def recovery_case_open(
             case=case,
             kind="opened",
             at=at,
-            message=f"Payment of {amount} {currency.upper()} failed: {classification.reason}",
+            message=f"Payment of {amount} {currency.upper()} failed: "
+            + (
+                "Stripe's event does not say why; reading it back from Stripe before "
+                "anything is retried or sent"
+                if case.decline_awaited_until
+                else classification.reason
+            ),
             data={"track": case.track, "window_end": window_end.isoformat()},
         )
         engine.case_after_failure(case=case, classification=classification, at=at)
