@@ -71,6 +71,8 @@ ATTEMPT_FACT_FIELDS = (
     "card_brand",
     "card_fingerprint",
     "payment_method_id",
+    "card_exp_month",
+    "card_exp_year",
 )
 FAILURE_FIELDS = (
     "inflight_key",

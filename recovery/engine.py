@@ -62,7 +62,7 @@ class CaseFacts:
     """What planning a case needs beyond its row, read for a whole scheduler batch at once
     (recovery/batch.py) and kept current as the batch acts; without it, each question is
     one query. `attempts`: this case's (source, outcome, attempted_at, brand, fingerprint,
-    payment method); `touches`: its message_due events as (at, data)."""
+    payment method, exp month, exp year); `touches`: its message_due events as (at, data)."""
 
     attempts: list = field(default_factory=list)
     touches: list = field(default_factory=list)
@@ -155,7 +155,7 @@ def _card_for(case: RecoveryCase) -> tuple[str, str, str]:
         return pm.brand, pm.fingerprint, pm.stripe_id
     facts = _facts(case)
     if facts is not None:
-        for *_, brand, fingerprint, pm_id in sorted(
+        for _, _, _, brand, fingerprint, pm_id, *_ in sorted(
             facts.attempts, key=lambda a: a[2], reverse=True
         ):
             if fingerprint or pm_id:
@@ -171,15 +171,62 @@ def _card_for(case: RecoveryCase) -> tuple[str, str, str]:
     return "", "", ""
 
 
+def _failed_card(case: RecoveryCase) -> tuple | None:
+    """(fingerprint, payment method, exp month, exp year) of the card the case's latest
+    failed attempt was made on, where Stripe told which; None when it has not."""
+    facts = _facts(case)
+    if facts is not None:
+        rows = [
+            (a[2], a[4], a[5], a[6], a[7])
+            for a in facts.attempts
+            if a[1] == PaymentAttempt.Outcome.FAILED and (a[4] or a[5])
+        ]
+    else:
+        rows = list(
+            case.attempts.filter(outcome=PaymentAttempt.Outcome.FAILED)
+            .exclude(card_fingerprint="", payment_method_id="")
+            .values_list(
+                "attempted_at",
+                "card_fingerprint",
+                "payment_method_id",
+                "card_exp_month",
+                "card_exp_year",
+            )
+        )
+    return max(rows)[1:] if rows else None
+
+
+def card_changed_since_failure(case: RecoveryCase) -> bool:
+    """Has the customer's card changed since the case's last failure? A change recorded
+    before the failure does not count, and neither does one that names the card that
+    failed: a card saved in the same second as the failure, or a `customer.updated` that
+    arrives late, sets the default to the very card that was declined. The card updater
+    refreshes a card in place (same payment method, new details), so its change counts."""
+    if not case.card_changed_at or case.card_changed_at < (case.last_attempt_at or case.opened_at):
+        return False
+    if case.card_updater_result == "updated":
+        return True
+    pm = case.customer.default_payment_method if case.customer_id else None
+    failed = _failed_card(case)
+    if pm is None or failed is None:
+        return True
+    fingerprint, pm_id, exp_month, exp_year = failed
+    if pm.stripe_id and pm.stripe_id == pm_id:
+        return False
+    if pm.fingerprint and pm.fingerprint == fingerprint:
+        # The same card number again: a new expiry date is what an expired card needs;
+        # anything else is the card that was declined.
+        renewed = (pm.exp_month, pm.exp_year) != (exp_month, exp_year) and pm.exp_year
+        return bool(renewed) and case.track not in (Track.HARD, Track.FRAUD)
+    return True
+
+
 def _may_retry_same_card(case: RecoveryCase) -> bool:
     if case.track == Track.SOFT:
         return True
     # card_update / hard / authentication: only once the payment method changed after
     # the last failure.
-    return bool(
-        case.card_changed_at
-        and (case.last_attempt_at is None or case.card_changed_at >= case.last_attempt_at)
-    )
+    return card_changed_since_failure(case)
 
 
 def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVerdict:
@@ -203,7 +250,7 @@ def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVer
         payment_method_id=pm_id,
         customer_id=case.customer_id,
         at=at,
-        since_card_change=case.card_changed_at,
+        since_card_change=case.card_changed_at if card_changed_since_failure(case) else None,
         stripe_next_attempt=case.invoice.next_payment_attempt if case.invoice_id else None,
         rows=rows,
     )
@@ -252,9 +299,7 @@ def plan_retry(
     acting on; it is kept if every rule still allows a retry at `now`."""
     if case.track == Track.FRAUD:
         return None, "with a person: no automated retries"
-    card_changed = bool(
-        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
-    )
+    card_changed = card_changed_since_failure(case)
     if case.escalated and case.dunning_paused and not card_changed:
         # A new card is the customer asking to be charged: that retry still goes out.
         return None, "with a person: no automated retries"
@@ -464,9 +509,7 @@ def case_plan(
     if case.dunning_paused:
         # Paused: nothing automated, except the retry a customer's new card asks for.
         keep = {RecoveryCase.NextAction.CLOSE, RecoveryCase.NextAction.RECONCILE}
-        if case.card_changed_at and case.card_changed_at >= (
-            case.last_attempt_at or case.opened_at
-        ):
+        if card_changed_since_failure(case):
             keep.add(RecoveryCase.NextAction.RETRY)
         steps = [s for s in steps if s[1] in keep]
     if case.decline_awaited_until is not None:
@@ -680,8 +723,11 @@ def customer_card_changed(*, customer, at: dt.datetime, source: str, message: st
         RecoveryCase.objects.filter(pk=case.pk).update(**updates)
         for k, v in updates.items():
             setattr(case, k, v)
+        note = message
+        if not card_changed_since_failure(case):
+            note = f"{message}: the card that was declined, so no retry on it"
         case_event_record(
-            case=case, kind="card_changed", at=at, message=message, data={"source": source}
+            case=case, kind="card_changed", at=at, message=note, data={"source": source}
         )
         case_plan(case, now=max(at, timezone.now()) if at > timezone.now() else timezone.now())
 
@@ -747,10 +793,7 @@ def _hint(case: RecoveryCase, *, now: dt.datetime, key: str):
         hours_since_failure=(now - case.window_start).total_seconds() / 3600,
         payday=timing.is_payday(local),
         local_hour=local.hour,
-        card_changed=bool(
-            case.card_changed_at
-            and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
-        ),
+        card_changed=card_changed_since_failure(case),
         decline_code=case.decline_code,
     )
 
@@ -766,9 +809,7 @@ def attempt_in_flight(
     case: RecoveryCase, *, now: dt.datetime, key: str, source: str | None = None, reason: str = ""
 ) -> PaymentAttempt:
     """The attempt about to be sent, outcome unknown until the gateway answers; not saved."""
-    card_changed = bool(
-        case.card_changed_at and case.card_changed_at >= (case.last_attempt_at or case.opened_at)
-    )
+    card_changed = card_changed_since_failure(case)
     source = source or (
         PaymentAttempt.Source.CARD_UPDATE if card_changed else PaymentAttempt.Source.RECOUP_RETRY
     )

@@ -706,6 +706,18 @@ def _pm_auto_updated(event: StripeEvent, data: dict) -> str:
     return "processed"
 
 
+@handles("payment_method.attached", "payment_method.updated")
+def _pm_attached(event: StripeEvent, data: dict) -> str:
+    """A card's details (fingerprint, expiry, country), kept for when it becomes the
+    default: a `customer.updated` names the new default by id only. Attaching a card is
+    not changing the default, so nothing is retried for it."""
+    customer = _customer(event, data.get("customer"))
+    if customer is None:
+        return "ignored: payment method has no customer"
+    subs.payment_method_upsert(store=event.store, customer=customer, data=data)
+    return "processed"
+
+
 @handles("customer.source.updated")
 def _source_updated(event: StripeEvent, data: dict) -> str:
     customer = _customer(event, data.get("customer"))

@@ -116,7 +116,9 @@ def test_a_case_waits_for_stripe_to_say_why_and_neither_retries_nor_messages(
 
 
 def test_past_the_deadline_it_is_classified_conservatively_and_a_late_answer_reclassifies(
-    webhooks, store, fake_stripe  # noqa: F811 - the fixture
+    webhooks,
+    store,
+    fake_stripe,  # noqa: F811 - the fixture
 ):
     store.gateway = Store.Gateway.STRIPE
     store.save()

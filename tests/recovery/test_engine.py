@@ -206,6 +206,44 @@ def test_hard_decline_retries_once_the_customer_saves_a_new_card(webhooks, store
     assert (case.status, case.recovered_via) == ("recovered", "customer")
 
 
+@pytest.mark.parametrize("pm_id", ["pm_fp_visa_alice", "pm_same_number_saved_again"])
+@pytest.mark.parametrize("how", ["setup_intent.succeeded", "customer.updated"])
+def test_a_late_card_event_naming_the_declined_card_is_no_card_change(webhooks, store, how, pm_id):
+    """A new signup's card is saved in the second its first charge fails, and the event
+    that says so arrives after the failure: the default is now the card that was declined
+    (the same payment method, or the same number saved again). It is no new card: a lost
+    card is never retried."""
+    with time_machine.travel(T0, tick=False) as traveller:
+        case = open_case(webhooks, decline_code="lost_card")
+        card = new_card(fingerprint="fp_visa_alice", exp_month=8, exp_year=2030)
+        card["id"] = pm_id
+        if how == "setup_intent.succeeded":
+            intent = sf.stripe_object(
+                "setup_intent",
+                id=sf.uid("seti"),
+                customer="cus_test_alice",
+                status="succeeded",
+                payment_method=card,
+            )
+            webhooks.deliver(how, intent, created=ts(T0))
+        else:
+            webhooks.deliver("payment_method.attached", card, created=ts(T0))
+            customer = sf.stripe_object("customer", id="cus_test_alice")
+            customer["invoice_settings"]["default_payment_method"] = pm_id
+            webhooks.deliver(
+                how,
+                customer,
+                created=ts(T0),
+                previous_attributes={"invoice_settings": {"default_payment_method": "pm_old"}},
+            )
+        case.refresh_from_db()
+        assert case.retry_at is None and "no retry on the same card" in case.retry_reason
+        passes(traveller, start=T0, end=T0 + 3 * DAY)
+
+    assert ours().count() == 0
+    assert PaymentAttempt.objects.filter(card_fingerprint="fp_visa_alice").count() == 1
+
+
 def test_card_change_retries_every_open_case_of_the_customer_at_once(webhooks, store):
     with time_machine.travel(T0, tick=False) as traveller:
         open_case(webhooks, decline_code="expired_card", subscription="sub_a")
