@@ -209,7 +209,9 @@ def card_changed_since_failure(case: RecoveryCase) -> bool:
     pm = case.customer.default_payment_method if case.customer_id else None
     failed = _failed_card(case)
     if pm is None or failed is None:
-        return True
+        # Which card failed is not known (Stripe has not said): a change in the very
+        # second of the failure is the card the failure was made on.
+        return case.card_changed_at > (case.last_attempt_at or case.opened_at)
     fingerprint, pm_id, exp_month, exp_year = failed
     if pm.stripe_id and pm.stripe_id == pm_id:
         return False

@@ -275,6 +275,29 @@ def test_card_change_retries_every_open_case_of_the_customer_at_once(webhooks, s
     assert not ours().filter(case__customer__stripe_id="cus_bob", attempted_at=changed_at)
 
 
+def test_a_default_set_in_the_second_of_a_failure_whose_card_is_unknown_is_no_change(
+    webhooks, store
+):
+    """`invoice.payment_action_required` does not say which card needed confirming: a
+    `customer.updated` stamped with the same second is the signup that saved that card."""
+    with time_machine.travel(T0, tick=False) as traveller:
+        webhooks.deliver(
+            "invoice.payment_action_required", sf.failed_invoice(decline_code=None), created=ts(T0)
+        )
+        customer = sf.stripe_object("customer", id="cus_test_alice")
+        customer["invoice_settings"]["default_payment_method"] = "pm_signup"
+        webhooks.deliver(
+            "customer.updated",
+            customer,
+            created=ts(T0),
+            previous_attributes={"invoice_settings": {"default_payment_method": None}},
+        )
+        case = RecoveryCase.objects.get()
+        assert case.card_changed_at == T0 and case.retry_at is None
+        passes(traveller, start=T0, end=T0 + 3 * DAY)
+    assert ours().count() == 0
+
+
 def test_authentication_case_gets_a_confirm_link_and_no_off_session_retry(webhooks, store):
     with time_machine.travel(T0, tick=False) as traveller:
         webhooks.deliver("invoice.payment_action_required", sf.failed_invoice(decline_code=None))
