@@ -9,11 +9,8 @@ when the customer or case does not belong to the store it names.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
-import json
-import zlib
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -109,20 +106,3 @@ def pay_link_resolve(*, token: str, now: dt.datetime) -> PayLink:
     return PayLink(
         store=store, customer=customer, case=case, issued_at=issued, expires_at=expires, token=token
     )
-
-
-def pay_token_peek(token: str) -> Customer | None:
-    """Whom a token that failed its signature check claims to be for, unverified.
-
-    Only used to offer a fresh link to the contact *on file* for that customer, with the
-    same answer whether or not anyone was found; never to show or change anything."""
-    try:
-        data = token.split(":")[0]
-        compressed = data.startswith(".")
-        raw = base64.urlsafe_b64decode((data[1:] if compressed else data) + "==")
-        if compressed:
-            raw = zlib.decompress(raw)
-        found = _records(json.loads(raw))
-    except Exception:
-        return None
-    return found[1] if found else None

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from stores.models import Store
 
 from . import paypage, ratelimit
-from .links import LinkRefused, pay_link_resolve, pay_token_peek, token_fingerprint
+from .links import LinkRefused, pay_link_resolve, token_fingerprint
 from .paypage import PayError
 
 STRIPE_JS = "https://js.stripe.com"
@@ -205,8 +205,10 @@ def pay_complete(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_POST
 def pay_fresh_link(request: HttpRequest, token: str) -> HttpResponse:
-    """Send a fresh link to the contact details on file. The answer is the same whether
-    or not anyone was found, so the page reveals nothing about who a link was for."""
+    """Send a fresh link to the contact details on file, for a link of ours that expired
+    or was revoked: only a token whose signature verifies names a customer. A tampered or
+    truncated token sends nothing. The answer is the same either way, so the page reveals
+    nothing about who a link was for."""
     if _limited(request, token):
         return _too_many(request)
     now = timezone.now()
@@ -215,9 +217,7 @@ def pay_fresh_link(request: HttpRequest, token: str) -> HttpResponse:
         link = pay_link_resolve(token=token, now=now)
         customer, case = link.customer, link.case
     except LinkRefused as refused:
-        customer = refused.customer or (
-            pay_token_peek(token) if refused.reason == "tampered" else None
-        )
+        customer = refused.customer  # None unless the signature verified
     if customer is not None and not ratelimit.hit(
         f"pay:fresh:{customer.pk}", limit=3, window=86400
     ):

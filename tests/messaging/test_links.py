@@ -131,6 +131,34 @@ def test_a_fresh_link_for_garbage_answers_the_same_and_sends_nothing(
     assert mail.outbox == []
 
 
+def test_a_tampered_or_hand_built_token_never_makes_recoup_email_anyone(
+    client, card_case, django_capture_on_commit_callbacks
+):
+    """Only a token whose signature verifies names a customer: a forged signature on a
+    real payload, or a payload built by hand from guessed ids, sends nothing and gets
+    the same page as garbage."""
+    import base64
+    import json
+
+    token = pay_token_make(customer=card_case.customer, case=card_case)
+    payload, stamp, signature = token.split(":")
+    forged = f"{payload}:{stamp}:{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    claim = [card_case.store_id.hex, card_case.customer_id, card_case.pk, 1]
+    built = base64.urlsafe_b64encode(json.dumps(claim).encode()).decode().rstrip("=")
+    pages = set()
+    for bad in (forged, f"{built}:{stamp}:{signature}", built):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(f"/pay/{bad}/fresh-link/")
+        assert response.status_code == 200
+        assert "If we found your details" in response.content.decode()
+        pages.add(response.content.decode().replace(bad, "TOKEN"))
+    assert mail.outbox == []
+    assert not card_case.customer.messages.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        garbage = client.post("/pay/not-a-token/fresh-link/")
+    assert pages == {garbage.content.decode().replace("not-a-token", "TOKEN")}
+
+
 def test_requests_are_rate_limited_per_token_and_per_address(client, card_case):
     url = path_of(pay_url(customer=card_case.customer, case=card_case))
     statuses = [client.get(url).status_code for _ in range(61)]
