@@ -1215,7 +1215,7 @@ def _postmark_message(data: dict) -> Message | None:
     metadata = data.get("Metadata") or {}
     provider_id = str(data.get("MessageID") or "")
     ours = str(metadata.get("recoup_message") or "") if isinstance(metadata, dict) else ""
-    if ours.isdigit():
+    if re.fullmatch(r"[0-9]{1,18}", ours):  # ASCII digits only: "²".isdigit() is True
         message = Message.objects.filter(pk=int(ours), channel=Channel.EMAIL).first()
         if message is not None and (
             not message.provider_id or not provider_id or message.provider_id == provider_id

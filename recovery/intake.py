@@ -1,13 +1,14 @@
 """Stripe intake: verify and store events once, then apply them to our records.
 
-Storing is one INSERT guarded by a unique constraint; applying happens in a django-q2
-task (`recovery.tasks.stripe_event_process`) so the webhook answers at once.
+Storing is one INSERT guarded by a unique constraint, so the webhook answers at once;
+intake workers (`stripe_events_work`, a django-q2 schedule) claim stored events from the
+table and apply them. An authentic event whose fields are not what Stripe sends is kept,
+marked failed with the reason, and writes nothing (`recovery.event_shapes`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from common.bodies import BodyRejected, json_loads_bounded
 from common.errors import ApplicationError
 from messaging.services import consent_sms_from_stripe
 from orders.models import Order
@@ -26,7 +28,7 @@ from stores.models import Store
 from subscriptions import services as subs
 from subscriptions.models import Customer, Invoice, Subscription
 
-from . import engine, lookups
+from . import engine, event_shapes, lookups
 from .models import PaymentAttempt, RecoveryCase, StripeEvent, Track
 from .services import (
     invoice_serialize,
@@ -49,6 +51,9 @@ from .stripe_payloads import (
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024  # Stripe events are well under this
+MALFORMED = "malformed: "  # the error of an event not shaped as Stripe sends it
 
 
 class WebhookRejected(ApplicationError):
@@ -79,12 +84,22 @@ def stripe_event_verify(*, store: Store, body: bytes, signature: str) -> dict:
         raise WebhookRejected(
             f"Signature verification failed: {reason}", code="bad_signature"
         ) from exc
+    except (TypeError, ValueError) as exc:
+        # A header the SDK cannot even compare (`v1=ü`: compare_digest takes ASCII only).
+        raise WebhookRejected(
+            "Signature verification failed: malformed Stripe-Signature header.",
+            code="bad_signature",
+        ) from exc
     try:
-        event = json.loads(text)
-    except ValueError as exc:
-        raise WebhookRejected("Body is not valid JSON.", code="bad_body") from exc
+        event = json_loads_bounded(text, max_bytes=MAX_BODY)
+    except BodyRejected as exc:
+        raise WebhookRejected(str(exc), code="bad_body") from exc
     if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
         raise WebhookRejected("Body is not a Stripe event (needs id and type).", code="bad_body")
+    if event_shapes.stripe_id(event["id"]) or event_shapes.text(100)(event["type"]):
+        raise WebhookRejected(
+            "Body is not a Stripe event (id must be a Stripe id, type a string).", code="bad_body"
+        )
     if not isinstance(event.get("data"), dict) or not isinstance(event["data"].get("object"), dict):
         raise WebhookRejected("Event has no data.object.", code="bad_body")
     return event
@@ -133,7 +148,8 @@ def stripe_event_process(*, event_pk: int) -> str:
     """Apply one stored event. Safe to run twice or concurrently: the row lock decides.
 
     An error rolls back everything the handler did and leaves the event FAILED with its
-    error, for the scheduler's sweep to try again.
+    error, for the scheduler's sweep to try again. An event not shaped as Stripe sends
+    it is FAILED as malformed, and not tried again: it would fail the same way.
     """
     try:
         with transaction.atomic():
@@ -145,8 +161,12 @@ def stripe_event_process(*, event_pk: int) -> str:
             if event.outcome in (StripeEvent.Outcome.PROCESSED, StripeEvent.Outcome.IGNORED):
                 return event.outcome
             handler = HANDLERS.get(event.type)
+            problem = event_shapes.event_problem(event.payload) if handler else ""
             if handler is None:
                 outcome, note = StripeEvent.Outcome.IGNORED, f"no handler for {event.type}"
+            elif problem:
+                # Authentic but not what Stripe sends: kept, with the reason, writing nothing.
+                outcome, note = StripeEvent.Outcome.FAILED, f"{MALFORMED}{problem}"[:2000]
             else:
                 data = obj(obj(event.payload.get("data")).get("object"))
                 if event.type.startswith("invoice."):
@@ -178,6 +198,20 @@ def stripe_event_process(*, event_pk: int) -> str:
         return StripeEvent.Outcome.FAILED
 
 
+# Events that may re-plan every open case of a customer (zone, card).
+CUSTOMER_EVENTS = frozenset(
+    {
+        "customer.created",
+        "customer.updated",
+        "payment_method.automatically_updated",
+        "payment_method.attached",
+        "payment_method.updated",
+        "customer.source.updated",
+        "setup_intent.succeeded",
+    }
+)
+
+
 def _cases_lock(event: StripeEvent, data: dict) -> None:
     """Lock the rows of the cases the event is about (by its invoice or PaymentIntent)
     before the handler writes anything: the scheduler records a batch's answers holding
@@ -189,14 +223,19 @@ def _cases_lock(event: StripeEvent, data: dict) -> None:
     intents = {ref(data.get("id")) if kind == "payment_intent" else ref(data.get("payment_intent"))}
     invoices.discard("")
     intents.discard("")
-    if not invoices and not intents:
+    match = Q(invoice__stripe_id__in=invoices) | Q(invoice__payment_intent_id__in=intents)
+    match |= Q(payment_intent_id__in=intents)
+    if event.type in CUSTOMER_EVENTS:
+        # A customer's facts and cards re-plan all their open cases after writing the
+        # customer's row; an invoice event locks its case and then writes that row. The
+        # cases come first here too, so the two wait for each other instead of deadlocking.
+        is_customer = event.type in ("customer.created", "customer.updated")
+        customer_id = ref(data.get("id") if is_customer else data.get("customer"))
+        if customer_id:
+            match |= Q(customer__stripe_id=customer_id, status=RecoveryCase.Status.OPEN)
+    elif not invoices and not intents:
         return
-    cases = RecoveryCase.objects.filter(store=event.store)
-    cases = cases.filter(
-        Q(invoice__stripe_id__in=invoices)
-        | Q(invoice__payment_intent_id__in=intents)
-        | Q(payment_intent_id__in=intents)
-    )
+    cases = RecoveryCase.objects.filter(store=event.store).filter(match)
     list(cases.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
 
 
@@ -859,6 +898,7 @@ def stripe_event_reprocess_pending(
             received_at__lt=cutoff,
             attempts__lt=10,
         )
+        .exclude(error__startswith=MALFORMED)
         .order_by("received_at")
         .values_list("pk", flat=True)[:limit]
     )

@@ -232,3 +232,87 @@ def test_a_forged_postmark_callback_changes_nothing(client, sent, card_case):
     assert email.status == Message.Status.SENT
     assert not Suppression.objects.exists() and not MessageEvent.objects.exists()
     assert Customer.objects.get(pk=card_case.customer_id).email_opt_out is False
+
+
+# ------------------------------------------------------------------ hostile bodies
+
+
+def _postmark_raw(client, body: str, *, secret: str = "test-postmark-webhook-secret"):
+    auth = base64.b64encode(f"recoup:{secret}".encode()).decode()
+    return client.post(
+        "/webhooks/postmark/",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Basic {auth}",
+    )
+
+
+@pytest.mark.parametrize("ours", ["²", "٣", "1" * 5000, "-1", "1e3", " 7", True, 3.5])
+def test_a_postmark_message_id_that_is_no_id_of_ours_matches_nothing(client, sent, ours):
+    email = sent["email"]
+    record = {"RecordType": "Open", "MessageID": "pm-x", "Metadata": {"recoup_message": ours}}
+    response = postmark_post(client, record)
+    if isinstance(ours, bool | float):
+        assert response.status_code == 400
+        assert MessageEvent.objects.count() == 0
+    else:
+        assert response.status_code == 200 and response.json()["matched"] is False
+    email.refresh_from_db()
+    assert email.opened_at is None
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ({"RecordType": "x" * 10_000}, "RecordType is longer"),
+        ({"RecordType": ["Bounce"]}, "RecordType must be a string"),
+        ({"RecordType": "Bounce", "MessageID": {"a": 1}}, "MessageID must be a string"),
+        ({"RecordType": "Bounce", "Email": "a@" + "b" * 300}, "Email is longer"),
+        ({"RecordType": "Bounce", "Metadata": ["x"]}, "Metadata must be an object"),
+        ({"RecordType": "Bounce", "Inactive": "yes"}, "Inactive must be true or false"),
+    ],
+)
+def test_a_postmark_record_not_shaped_as_postmark_sends_is_a_400(client, sent, record, problem):
+    response = postmark_post(client, record)
+    assert response.status_code == 400
+    assert problem in response.json()["error"]["message"]
+    assert not MessageEvent.objects.exists() and not Suppression.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["[" * 50_000 + "]" * 50_000, '{"a":' * 100 + "1" + "}" * 100])
+def test_a_postmark_body_nested_deep_is_a_400(client, sent, body):
+    response = _postmark_raw(client, body)
+    assert response.status_code == 400
+    assert "nested deeper" in response.json()["error"]["message"]
+    assert not MessageEvent.objects.exists()
+
+
+def test_a_postmark_body_over_the_limit_is_a_413(client, sent):
+    response = _postmark_raw(client, json.dumps({"RecordType": "Open", "x": "y" * 600_000}))
+    assert response.status_code == 413
+    assert not MessageEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path, params",
+    [
+        ("/webhooks/twilio/status/", {"MessageSid": "SM" + "1" * 5000, "MessageStatus": "sent"}),
+        ("/webhooks/twilio/status/", {"MessageSid": "SM1", "MessageStatus": "x" * 1000}),
+        ("/webhooks/twilio/inbound/", {"From": "+1" * 100, "Body": "STOP"}),
+    ],
+)
+def test_a_twilio_callback_with_fields_longer_than_twilio_sends_is_a_400(
+    client, sent, path, params
+):
+    response = twilio_post(client, path, params)
+    assert response.status_code == 400
+    assert "longer than" in response.content.decode()
+    assert not MessageEvent.objects.exists() and not ConsentEvent.objects.exists()
+
+
+def test_a_twilio_body_over_the_limit_is_a_413_before_the_signature_is_read(client, sent):
+    response = client.post(
+        "/webhooks/twilio/inbound/", {"Body": "x" * 70_000}, HTTP_X_TWILIO_SIGNATURE="forged"
+    )
+    assert response.status_code == 413
+    assert not MessageEvent.objects.exists()
