@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
@@ -17,11 +18,14 @@ SORTS = {
     "amount": ("-amount", "-id"),
     "window": ("window_end", "id"),
 }
+# A case number as typed in the search box: ASCII digits only (str.isdigit takes "²"),
+# and at most 18 of them, which always fits the bigint primary key.
+CASE_ID = re.compile(r"[0-9]{1,18}")
 
 
 def cases_filtered(*, store: Store, filters: dict) -> QuerySet[RecoveryCase]:
-    """A store's cases by the list page's filters. Unknown values filter nothing out
-    silently: they match nothing, so a bad link shows an empty list, not everything."""
+    """A store's cases by the list page's filters, as recovery.forms.CaseFilterForm
+    cleans them (amounts in minor units, days bounded, `escalated` a bool)."""
     qs = RecoveryCase.objects.filter(store=store).select_related("customer", "subscription")
     if filters.get("status"):
         qs = qs.filter(status=filters["status"])
@@ -29,8 +33,8 @@ def cases_filtered(*, store: Store, filters: dict) -> QuerySet[RecoveryCase]:
         qs = qs.filter(track=filters["track"])
     if filters.get("decline_code"):
         qs = qs.filter(decline_code=filters["decline_code"])
-    if filters.get("escalated") in ("yes", "no"):
-        qs = qs.filter(escalated=filters["escalated"] == "yes")
+    if filters.get("escalated") is not None:
+        qs = qs.filter(escalated=filters["escalated"])
     if filters.get("amount_min") is not None:
         qs = qs.filter(amount__gte=filters["amount_min"])
     if filters.get("amount_max") is not None:
@@ -48,7 +52,7 @@ def cases_filtered(*, store: Store, filters: dict) -> QuerySet[RecoveryCase]:
             match |= Q(invoice__stripe_id=q)
         if q.startswith("pi_"):
             match |= Q(payment_intent_id=q)
-        if q.isdigit():
+        if CASE_ID.fullmatch(q):
             match |= Q(pk=int(q))
         qs = qs.filter(match)
     return qs.order_by(*SORTS.get(filters.get("sort") or "newest", SORTS["newest"]))

@@ -6,7 +6,6 @@ a service in recovery.actions or support.services, recorded on the case's timeli
 
 from __future__ import annotations
 
-import datetime as dt
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -17,10 +16,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
+from common.paging import page_number
 from stores.access import Access, dashboard_view, render_page
 
 from . import actions
 from .declines import DECLINE_CODES
+from .forms import CaseFilterForm, CustomerSearchForm
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors_dashboard import case_timeline, cases_filtered
 
@@ -28,35 +29,17 @@ PAGE_SIZE = 50
 COUNT_CAP = 10_000  # beyond this the list says "10,000+" rather than counting every row
 
 
-def _filters(request: HttpRequest) -> dict:
-    g = request.GET
-    out = {}
-    for key in ("status", "track", "decline_code", "escalated", "q", "sort"):
-        if g.get(key):
-            out[key] = g[key].strip()
-    for key in ("amount_min", "amount_max"):
-        try:
-            if g.get(key):
-                out[key] = int(round(float(g[key]) * 100))
-        except ValueError:
-            pass
-    for key in ("opened_from", "opened_to"):
-        try:
-            if g.get(key):
-                out[key] = dt.date.fromisoformat(g[key])
-        except ValueError:
-            pass
-    return out
-
-
 @dashboard_view()
 def case_list(request: HttpRequest, access: Access) -> HttpResponse:
-    filters = _filters(request)
-    qs = cases_filtered(store=access.store, filters=filters)
-    try:
-        page = max(int(request.GET.get("page") or 1), 1)
-    except ValueError:
-        page = 1
+    form = CaseFilterForm(request.GET)
+    if form.is_valid():
+        filters = form.filters()
+        qs = cases_filtered(store=access.store, filters=filters)
+    else:
+        # A filter that cannot be read lists nothing: never every case as if unfiltered.
+        filters = {}
+        qs = RecoveryCase.objects.none()
+    page = page_number(request.GET.get("page"))
     offset = (page - 1) * PAGE_SIZE
     rows = list(qs[offset : offset + PAGE_SIZE + 1])
     has_next = len(rows) > PAGE_SIZE
@@ -75,10 +58,12 @@ def case_list(request: HttpRequest, access: Access) -> HttpResponse:
             "total_capped": total > COUNT_CAP,
             "first_index": offset + 1,
             "last_index": offset + len(rows),
+            "qs_first": urlencode(params),
             "qs_prev": urlencode({**params, "page": page - 1}),
             "qs_next": urlencode({**params, "page": page + 1}),
             "params": request.GET,
-            "filtered": bool(filters),
+            "filtered": bool(filters) or bool(form.errors),
+            "filter_errors": form.error_list(),
             "statuses": RecoveryCase.Status.choices,
             "tracks": Track.choices,
             "decline_codes": sorted(DECLINE_CODES),
@@ -191,14 +176,13 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
 def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
     from subscriptions.models import Customer
 
-    q = (request.GET.get("q") or "").strip()
+    form = CustomerSearchForm(request.GET)
     qs = Customer.objects.filter(store=access.store)
-    if q:
+    if not form.is_valid():
+        q, qs = "", qs.none()
+    elif q := form.cleaned_data["q"]:
         qs = qs.filter(Q(email__icontains=q) | Q(stripe_id=q) | Q(name__icontains=q))
-    try:
-        page = max(int(request.GET.get("page") or 1), 1)
-    except ValueError:
-        page = 1
+    page = page_number(request.GET.get("page"))
     offset = (page - 1) * PAGE_SIZE
     rows = list(qs.order_by("-updated_at", "-id")[offset : offset + PAGE_SIZE + 1])
     return render_page(
@@ -210,6 +194,8 @@ def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
             "has_next": len(rows) > PAGE_SIZE,
             "page": page,
             "q": q,
+            "search_errors": form.errors.get("q", []),
+            "qs_first": urlencode({"q": q}),
             "qs_prev": urlencode({"q": q, "page": page - 1}),
             "qs_next": urlencode({"q": q, "page": page + 1}),
         },

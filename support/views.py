@@ -12,6 +12,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
+from common.paging import page_number
 from stores.access import Access, dashboard_view, render_page
 
 from . import services
@@ -29,10 +30,7 @@ def queue(request: HttpRequest, access: Access) -> HttpResponse:
     if view not in VIEWS:
         view = "waiting"
     now = timezone.now()
-    try:
-        page = max(int(request.GET.get("page") or 1), 1)
-    except ValueError:
-        page = 1
+    page = page_number(request.GET.get("page"))
     offset = (page - 1) * PAGE_SIZE
     items = list(
         queue_items(store=access.store, view=view, user=request.user, now=now)[
