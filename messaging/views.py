@@ -18,9 +18,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
+from stores import ratelimit
+from stores.client_ip import client_ip
 from stores.models import Store
 
-from . import paypage, ratelimit
+from . import paypage
 from .links import LinkRefused, pay_link_resolve, token_fingerprint
 from .paypage import PayError
 
@@ -51,20 +53,13 @@ def _page(
     return response
 
 
-def _client_address(request: HttpRequest) -> str:
-    header = getattr(settings, "PAY_CLIENT_IP_HEADER", "")
-    if header and request.META.get(header):
-        return request.META[header].split(",")[0].strip()
-    return request.META.get("REMOTE_ADDR", "")
-
-
 def _limited(request: HttpRequest, token: str) -> bool:
     writes = request.method == "POST"
     return ratelimit.hit(
         f"pay:token:{'w' if writes else 'r'}:{token_fingerprint(token)}",
         limit=10 if writes else 60,
         window=600,
-    ) or ratelimit.hit(f"pay:addr:{_client_address(request)}", limit=120, window=600)
+    ) or ratelimit.hit(f"pay:addr:{client_ip(request)}", limit=120, window=600)
 
 
 def _too_many(request: HttpRequest) -> HttpResponse:

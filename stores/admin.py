@@ -1,6 +1,8 @@
 from django.contrib import admin
 
-from .models import ApiToken, Membership, Store
+from common.admin import ReadOnlyAdmin
+
+from .models import ApiToken, LoginLockout, Membership, Store
 
 
 class MembershipInline(admin.TabularInline):
@@ -39,3 +41,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return (
             False  # tokens are created with `manage.py create_store` so the raw value is shown once
         )
+
+
+@admin.register(LoginLockout)
+class LoginLockoutAdmin(ReadOnlyAdmin):
+    list_display = ["locked_at", "scope", "username", "client_ip", "path", "locked_until"]
+    list_filter = ["scope"]
+    search_fields = ["username", "client_ip"]

@@ -114,3 +114,38 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.store})"
+
+
+class RateCounter(models.Model):
+    """A fixed-window request counter shared by every process on every machine: the rate
+    limits' store when there is no Redis (stores/ratelimit.py)."""
+
+    key = models.CharField(max_length=200, unique=True)
+    count = models.PositiveIntegerField(default=0)
+    window_ends = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} until {self.window_ends:%H:%M:%S}"
+
+
+class LoginLockout(models.Model):
+    """A login limit that tripped: a username, or a client address, refused until
+    `locked_until`. Kept for operators to see (the Connections page, the admin)."""
+
+    class Scope(models.TextChoices):
+        USERNAME = "username", "username"
+        ADDRESS = "address", "client address"
+
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    username = models.CharField(max_length=150, blank=True, default="", db_index=True)
+    client_ip = models.CharField(max_length=64, blank=True, default="")
+    path = models.CharField(max_length=200, blank=True, default="")
+    locked_at = models.DateTimeField()
+    locked_until = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-locked_at"]
+
+    def __str__(self) -> str:
+        who = self.username if self.scope == self.Scope.USERNAME else self.client_ip
+        return f"{self.get_scope_display()} {who} locked until {self.locked_until:%Y-%m-%d %H:%M}"

@@ -3,15 +3,13 @@ settings pages: retry policy, message templates, escalation, holds, connections.
 
 from __future__ import annotations
 
-import hashlib
-
 from django.conf import settings as django_settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
@@ -26,6 +24,7 @@ from .access import (
     render_page,
 )
 from .forms import StripeCustomerDataForm
+from .login_limits import login_lockouts_for, login_refused
 
 # ------------------------------------------------------------------ entry points
 
@@ -50,56 +49,33 @@ def store_switch(request: HttpRequest) -> HttpResponse:
     return redirect("home", wanted)
 
 
-def _client_ip(request: HttpRequest) -> str:
-    # Behind the TLS proxy (README) REMOTE_ADDR is the proxy; the first forwarded
-    # address is the client's. Only used to count failures, never to trust anyone.
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    return (forwarded.split(",")[0].strip() if forwarded else "") or request.META.get(
-        "REMOTE_ADDR", ""
-    )
-
-
-def _keys(request: HttpRequest) -> list[str]:
-    username = (request.POST.get("username") or "").strip().lower()
-    return [
-        "login-fail:user:" + hashlib.sha256(username.encode()).hexdigest()[:32],
-        "login-fail:ip:" + _client_ip(request),
-    ]
-
-
 class RateLimitedLoginView(auth_views.LoginView):
-    """Django's login, refusing more than LOGIN_RATE_LIMIT failures per username and per
-    client address within LOGIN_RATE_WINDOW_SECONDS (answered with 429)."""
+    """Django's login, refused with a 429 while the username or the client address is
+    over its failure limit (stores/login_limits.py)."""
 
     def post(self, request, *args, **kwargs):
-        limit = django_settings.LOGIN_RATE_LIMIT
-        ip_limit = limit * 4  # an office behind one address has several people
-        counts = cache.get_many(_keys(request))
-        user_key, ip_key = _keys(request)
-        if counts.get(user_key, 0) >= limit or counts.get(ip_key, 0) >= ip_limit:
-            minutes = max(django_settings.LOGIN_RATE_WINDOW_SECONDS // 60, 1)
+        refused = login_refused(request, request.POST.get("username") or "")
+        if refused:
             form = self.get_form()
             form.errors.clear()
-            form.add_error(
-                None,
-                f"Too many failed attempts. Wait {minutes} minutes, or reset your password.",
-            )
+            form.add_error(None, refused)
             return self.render_to_response(self.get_context_data(form=form), status=429)
         return super().post(request, *args, **kwargs)
 
-    def form_invalid(self, form):
-        window = django_settings.LOGIN_RATE_WINDOW_SECONDS
-        for key in _keys(self.request):
-            cache.add(key, 0, window)
-            try:
-                cache.incr(key)
-            except ValueError:
-                cache.set(key, 1, window)
-        return super().form_invalid(form)
 
-    def form_valid(self, form):
-        cache.delete(_keys(self.request)[0])
-        return super().form_valid(form)
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's login behind the same limits as the dashboard's."""
+    if request.method == "POST":
+        refused = login_refused(request, request.POST.get("username") or "")
+        if refused:
+            context = {
+                **admin.site.each_context(request),
+                "title": "Log in",
+                "form": None,
+                "error_message": refused,
+            }
+            return render(request, "admin/locked.html", context, status=429)
+    return admin.site.login(request)
 
 
 # ------------------------------------------------------------------ settings
@@ -129,40 +105,39 @@ def settings_index(request: HttpRequest, access: Access) -> HttpResponse:
     return redirect("settings-retry", access.store.id)
 
 
-def _int(post, name: str, *, scale: int = 1) -> int:
-    try:
-        return int(round(float(post.get(name, "")) * scale))
-    except ValueError as exc:
-        raise ApplicationError(f"{name.replace('_', ' ').capitalize()} must be a number.") from exc
+def _flash_errors(request: HttpRequest, form) -> None:
+    """An invalid settings form's messages as the page's error flashes (the settings
+    templates render their inputs by hand, with the saved values)."""
+    for errors in form.errors.values():
+        for error in errors:
+            messages.error(request, error)
 
 
 @dashboard_view(operator_only=True)
 def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
     from recovery.models import RetryPolicy
     from recovery.selectors import retry_policy_current
-    from recovery.services import POLICY_FIELDS, retry_policy_update
+    from recovery.services import retry_policy_update
+
+    from .forms import RetryPolicyForm
 
     if request.method == "POST":
-        changes = {}
-        try:
-            for name in POLICY_FIELDS:
-                if name == "learned_timing":
-                    changes[name] = request.POST.get(name) == "on"
-                elif name == "end_action":
-                    changes[name] = request.POST.get(name, "")
-                elif name == "grace_fraction":
-                    changes[name] = _int(request.POST, name) / 100
-                else:
-                    changes[name] = _int(request.POST, name)
-            policy = retry_policy_update(store=access.store, changes=changes, actor=access.actor)
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
+        form = RetryPolicyForm(request.POST)
+        if not form.is_valid():
+            _flash_errors(request, form)
         else:
-            messages.success(
-                request,
-                f"Saved as policy v{policy.version}; open cases keep the version they started with.",
-            )
-            return redirect("settings-retry", access.store.id)
+            try:
+                policy = retry_policy_update(
+                    store=access.store, changes=form.cleaned_data, actor=access.actor
+                )
+            except ApplicationError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(
+                    request,
+                    f"Saved as policy v{policy.version}; open cases keep the version they started with.",
+                )
+                return redirect("settings-retry", access.store.id)
     policy = retry_policy_current(store=access.store)
     history = list(RetryPolicy.objects.filter(store=access.store).order_by("-version")[:10])
     return _settings_page(
@@ -270,21 +245,22 @@ def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
     from support.models import CustomerSignal
     from support.routing import support_policy_for
 
+    from .forms import EscalationForm
+
     if request.method == "POST":
-        try:
-            svc.escalation_policy_update(
-                store=access.store,
-                high_value_mrr_threshold=_int(request.POST, "high_value_mrr", scale=100),
-                churn_risk_threshold=_int(request.POST, "churn_risk_threshold"),
-                ltv_threshold=_int(request.POST, "ltv", scale=100),
-                target_response_minutes=_int(request.POST, "target_response_hours", scale=60),
-                route_on_reply=request.POST.get("route_on_reply") == "on",
-            )
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
+        form = EscalationForm(request.POST)
+        if not form.is_valid():
+            _flash_errors(request, form)
         else:
-            messages.success(request, "Escalation settings saved; they apply to cases from now on.")
-            return redirect("settings-escalation", access.store.id)
+            try:
+                svc.escalation_policy_update(store=access.store, **form.policy())
+            except ApplicationError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(
+                    request, "Escalation settings saved; they apply to cases from now on."
+                )
+                return redirect("settings-escalation", access.store.id)
     policy = support_policy_for(store=access.store)
     weights = [(CustomerSignal.Kind(k).label, v) for k, v in SIGNAL_POINTS.items()]
     weights += [
@@ -315,18 +291,22 @@ def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
 def settings_holds(request: HttpRequest, access: Access) -> HttpResponse:
     from orders.selectors import hold_policy_for
 
+    from .forms import HoldPolicyForm
+
     if request.method == "POST":
-        try:
-            svc.hold_policy_update(
-                store=access.store,
-                brief_hold_hours=_int(request.POST, "brief_hold_hours"),
-                retry_margin_hours=_int(request.POST, "retry_margin_hours"),
-            )
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
+        form = HoldPolicyForm(request.POST)
+        if not form.is_valid():
+            _flash_errors(request, form)
         else:
-            messages.success(request, "Hold policy saved; it applies to holds placed from now on.")
-            return redirect("settings-holds", access.store.id)
+            try:
+                svc.hold_policy_update(store=access.store, **form.cleaned_data)
+            except ApplicationError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(
+                    request, "Hold policy saved; it applies to holds placed from now on."
+                )
+                return redirect("settings-holds", access.store.id)
     return _settings_page(
         request,
         access,
@@ -361,12 +341,19 @@ def settings_connections(request: HttpRequest, access: Access) -> HttpResponse:
         .values("type", "received_at")
         .first()
     )
+    failed_events = list(
+        StripeEvent.objects.filter(store=store, outcome=StripeEvent.Outcome.FAILED)
+        .order_by("-received_at")
+        .values("event_id", "type", "received_at", "error")[:20]
+    )
     return _settings_page(
         request,
         access,
         "settings/connections.html",
         {
             "last_event": last_event,
+            "failed_events": failed_events,
+            "lockouts": login_lockouts_for(store=store, now=timezone.now()),
             "postmark": svc.postmark_status(),
             "twilio": svc.twilio_status(),
             "webhook_url": request.build_absolute_uri(access.store.webhook_path),

@@ -128,3 +128,14 @@ def test_an_event_whose_id_is_no_stripe_id_is_a_400_and_not_stored(webhooks, eve
     assert response.status_code == 400
     assert "Stripe id" in response.json()["error"]["message"]
     assert StripeEvent.objects.count() == 0
+
+
+def test_operators_see_a_malformed_event_on_the_connections_page(webhooks, store, operator):
+    from django.test import Client
+
+    webhooks.deliver("invoice.payment_failed", _invoice(customer=12345), event_id="evt_bad_1")
+    client = Client()
+    client.force_login(operator)
+    page = client.get(f"/s/{store.id}/settings/connections/").content.decode()
+    assert "Stripe events Recoup could not apply" in page
+    assert "evt_bad_1" in page and "malformed: data.object.customer: expected a Stripe id" in page
