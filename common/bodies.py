@@ -43,11 +43,14 @@ def _no_constant(name: str):
 
 
 def json_loads_bounded(body: bytes | str, *, max_bytes: int, limit: int = MAX_DEPTH):
-    """`json.loads`, after the size and depth checks; BodyRejected for every refusal
-    (too large, too deep, not JSON, not UTF-8)."""
+    """`json.loads`, after the size, depth and NUL checks; BodyRejected for every
+    refusal (too large, too deep, a NUL, not JSON, not UTF-8)."""
     if len(body) > max_bytes:
         raise BodyRejected(f"Body larger than {max_bytes // 1024} KiB.")
     json_depth_check(body, limit=limit)
+    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") in body:
+        # No text or JSON column on PostgreSQL can hold a NUL (jsonb refuses \u0000).
+        raise BodyRejected("Body contains a NUL character (\\u0000).")
     try:
         return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

@@ -61,6 +61,8 @@ def _twilio_refused(request: HttpRequest) -> HttpResponse | None:
         return HttpResponse("body too large", status=413)
     if not _twilio_verified(request):
         return HttpResponse("invalid signature", status=403)
+    if any("\x00" in value for value in request.POST.values()):
+        return HttpResponse("a parameter contains a NUL character", status=400)
     for name, longest in TWILIO_FIELDS.items():
         if len(request.POST.get(name, "")) > longest:
             return HttpResponse(f"{name} is longer than {longest} characters", status=400)

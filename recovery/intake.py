@@ -9,6 +9,7 @@ marked failed with the reason, and writes nothing (`recovery.event_shapes`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -105,12 +106,16 @@ def stripe_event_verify(*, store: Store, body: bytes, signature: str) -> dict:
     return event
 
 
-def stripe_event_store(*, store: Store, event: dict) -> tuple[StripeEvent | None, bool]:
+def stripe_event_store(
+    *, store: Store, event: dict, body: str | None = None
+) -> tuple[StripeEvent | None, bool]:
     """Store an event exactly once. Returns (event, created); (None, False) for a duplicate.
 
     The unique constraint on (store, event_id) decides under concurrency: of fifty
     simultaneous deliveries exactly one INSERT succeeds.
     """
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return None, _event_insert(store=store, event=event, body=body)
     # Outside a transaction (the webhook view) the INSERT is its own statement: no
     # BEGIN/COMMIT round trips. Inside one, a savepoint keeps a duplicate harmless.
     guard = transaction.atomic() if connection.in_atomic_block else nullcontext()
@@ -127,6 +132,32 @@ def stripe_event_store(*, store: Store, event: dict) -> tuple[StripeEvent | None
     except IntegrityError:
         return None, False
     return row, True
+
+
+_INSERT = (
+    "INSERT INTO recovery_stripeevent (store_id, event_id, type, payload, stripe_created,"
+    " received_at, outcome, error, attempts) VALUES (%s, %s, %s, %s::jsonb, %s, %s,"
+    " 'pending', '', 0) ON CONFLICT (store_id, event_id) DO NOTHING RETURNING id"
+)
+
+
+def _event_insert(*, store: Store, event: dict, body: str | None) -> bool:
+    """The webhook's one statement on PostgreSQL: the verified body itself as the JSONB
+    payload (not the parsed event serialised again), a duplicate answered by the
+    unique index without an error. True when the row is new."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT,
+            [
+                store.pk,
+                event["id"],
+                event["type"],
+                body if body is not None else json.dumps(event),
+                ts(event.get("created")),
+                timezone.now(),
+            ],
+        )
+        return cursor.fetchone() is not None
 
 
 # ---------------------------------------------------------------- processing

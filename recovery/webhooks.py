@@ -55,13 +55,14 @@ def stripe_webhook(request: HttpRequest, store_id: str) -> JsonResponse:
         return _reject(404, "unknown_store", "No store has this webhook address.")
     if _content_length(request) > MAX_BODY:
         return _reject(413, "too_large", "Body larger than 1 MiB.")
+    body = request.body
     try:
         event = stripe_event_verify(
-            store=store, body=request.body, signature=request.headers.get("Stripe-Signature", "")
+            store=store, body=body, signature=request.headers.get("Stripe-Signature", "")
         )
     except WebhookRejected as exc:
         return _reject(400, exc.code, exc.message)
     # One INSERT: the intake workers claim the stored event from the table
     # (recovery.intake.stripe_events_work), so nothing else waits on this request.
-    _, created = stripe_event_store(store=store, event=event)
+    _, created = stripe_event_store(store=store, event=event, body=body.decode())
     return JsonResponse({"received": True, "duplicate": not created})

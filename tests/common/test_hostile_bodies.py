@@ -142,3 +142,29 @@ def test_lines_that_add_up_past_what_stripe_charges_are_a_400(api):
     assert response.status_code == 400
     assert "more than 999999999999" in str(response.json()["error"]["fields"]["lines"])
     assert Order.objects.count() == 0
+
+
+def test_a_signed_stripe_body_with_a_nul_is_a_400(webhooks):
+    """PostgreSQL's jsonb cannot hold \\u0000: refused before the INSERT, on both databases."""
+    invoice = sf.failed_invoice()
+    invoice["customer_name"] = "Alice\u0000Example"
+    response = webhooks.send(sf.event("invoice.payment_failed", invoice))
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]
+    assert StripeEvent.objects.count() == 0
+
+
+def test_an_api_body_with_a_nul_is_a_400(api):
+    body = {**ORDER, "number": "10\u000001"}
+    response = api.post("/api/v1/orders/", json.dumps(body), content_type="application/json")
+    assert response.status_code == 400
+    assert Order.objects.count() == 0
+
+
+def test_a_duplicate_stripe_delivery_is_stored_once_and_answered_as_one(webhooks):
+    event = sf.event("invoice.payment_failed", sf.failed_invoice())
+    first, again = webhooks.send(event), webhooks.send(event)
+    assert first.json() == {"received": True, "duplicate": False}
+    assert again.json() == {"received": True, "duplicate": True}
+    row = StripeEvent.objects.get()
+    assert row.payload == event and row.event_id == event["id"]

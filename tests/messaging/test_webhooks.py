@@ -316,3 +316,11 @@ def test_a_twilio_body_over_the_limit_is_a_413_before_the_signature_is_read(clie
     )
     assert response.status_code == 413
     assert not MessageEvent.objects.exists()
+
+
+def test_provider_callbacks_with_a_nul_are_a_400(client, sent):
+    response = _postmark_raw(client, json.dumps({"RecordType": "Open", "Email": "a\u0000@b.c"}))
+    assert response.status_code == 400 and "NUL" in response.json()["error"]["message"]
+    params = {"From": "+15005550006", "Body": "ST\x00OP"}
+    assert twilio_post(client, "/webhooks/twilio/inbound/", params).status_code == 400
+    assert not MessageEvent.objects.exists() and not ConsentEvent.objects.exists()
