@@ -615,8 +615,7 @@ def _child_intake() -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    while not stop.is_set():
-        stripe_events_work(max_seconds=2)
+    stripe_events_work(should_stop=stop.is_set)
     if profile_dir:
         profiler.disable()
         profiler.dump_stats(Path(profile_dir) / f"intake-{os.getpid()}.prof")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,7 +19,7 @@ from contextlib import nullcontext
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, When
 from django.utils import timezone
 
 from common.bodies import BodyRejected, json_loads_bounded
@@ -876,14 +877,23 @@ def _customer_updated(event: StripeEvent, data: dict) -> str:
 EVENT_LEASE = dt.timedelta(minutes=2)
 
 
+# Events that open or close a case come first when events queue up: each opening one
+# starts a decline read, and those reads (paced at the account's rate limit) are what a
+# burst waits for. The rest (PaymentIntent, Charge, customer events) follow; their order
+# does not change a case's outcome (tests/recovery/test_decline_lookup.py).
+FIRST = ("invoice.payment_failed", "invoice.payment_action_required", "invoice.paid")
+
+
 def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
-    """Claim stored events not processed yet, oldest first, for this worker: rows locked
-    and skipped if another worker holds them, then leased."""
+    """Claim stored events not processed yet for this worker, those that open or close
+    a case first, then oldest first: rows locked and skipped if another worker holds
+    them, then leased."""
     with transaction.atomic():
         qs = (
             StripeEvent.objects.filter(outcome=StripeEvent.Outcome.PENDING)
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .order_by("received_at", "pk")
+            .annotate(later=Case(When(type__in=FIRST, then=0), default=1))
+            .order_by("later", "received_at", "pk")
         )
         if connection.features.has_select_for_update_skip_locked:
             qs = qs.select_for_update(skip_locked=True)
@@ -899,23 +909,62 @@ def stripe_events_work(
     until_idle: bool = False,
     idle_sleep: float = 0.1,
     limit: int = 100,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
-    """The intake worker: process stored events as they arrive, then read back the
+    """The intake worker: process stored events as they arrive, and read back the
     declines they did not carry. Claims straight from the table (the webhook only
     verifies and inserts), so any number of workers on any machines share the work.
-    `until_idle`: return once nothing is left. Returns how many events it processed."""
+
+    On PostgreSQL the reads run in a thread of their own beside the events (a read waits
+    on Stripe, and on the store's rate limit, not on this process), so a backlog of
+    events never holds the reads back, nor the reads the events. `until_idle`: one
+    thread, returning once nothing is left (tests, the demo). `should_stop`: checked
+    between batches. Returns how many events it processed."""
     started, done = time.monotonic(), 0
-    while max_seconds is None or time.monotonic() - started < max_seconds:
-        ids = stripe_events_claim(now=timezone.now(), limit=limit)
-        for pk in ids:
-            stripe_event_process(event_pk=pk)
-        done += len(ids)
-        read = lookups.decline_lookups_run(now=timezone.now())
-        if not ids and not read:
-            if until_idle:
-                break
-            time.sleep(idle_sleep)
+
+    def running() -> bool:
+        if should_stop is not None and should_stop():
+            return False
+        return max_seconds is None or time.monotonic() - started < max_seconds
+
+    reader = None
+    if not until_idle and connection.vendor == "postgresql":
+        reader = threading.Thread(
+            target=_lookups_loop, args=(running, idle_sleep), name="recoup-lookups", daemon=True
+        )
+        reader.start()
+    try:
+        while running():
+            ids = stripe_events_claim(now=timezone.now(), limit=limit)
+            for pk in ids:
+                stripe_event_process(event_pk=pk)
+            done += len(ids)
+            read = 0 if reader else lookups.decline_lookups_run(now=timezone.now())
+            if not ids and not read:
+                if until_idle:
+                    break
+                time.sleep(idle_sleep)
+    finally:
+        if reader is not None:
+            reader.join()
     return done
+
+
+def _lookups_loop(running: Callable[[], bool], idle_sleep: float) -> None:
+    """The intake worker's read-back thread: small batches (twice the read concurrency),
+    so each answer is recorded soon after Stripe gives it."""
+    batch = max(2, 2 * int(settings.RECOUP_LOOKUP_CONCURRENCY))
+    try:
+        while running():
+            try:
+                read = lookups.decline_lookups_run(now=timezone.now(), limit=batch)
+            except Exception:  # kept on the lookups; the next batch goes on
+                logger.exception("decline read-backs failed")
+                read = 0
+            if not read:
+                time.sleep(idle_sleep)
+    finally:
+        connection.close()
 
 
 def stripe_event_reprocess_pending(

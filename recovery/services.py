@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -87,7 +87,20 @@ def decline_classification(decline: DeclineInfo) -> declines.Classification:
     )
 
 
-def payment_attempt_record(
+def payment_attempt_record(**report) -> tuple[PaymentAttempt, bool]:
+    """Record an attempt reported by Stripe (`_attempt_record`'s arguments), merging
+    reports that describe the same charge. Two workers may record one charge at once
+    (a charge.failed, and a read-back's answer): the unique index on the charge lets one
+    INSERT through, and the other report, run again once that row is committed, merges
+    into it."""
+    try:
+        with transaction.atomic():  # a savepoint: the lost race leaves the rest intact
+            return _attempt_record(**report)
+    except IntegrityError:
+        return _attempt_record(**report)
+
+
+def _attempt_record(
     *,
     store: Store,
     case: RecoveryCase | None,

@@ -122,3 +122,109 @@ def test_twenty_distinct_failures_of_one_invoice_at_once_give_one_case(store):
     assert sorted(case.attempts.values_list("invoice_attempt_number", flat=True)) == list(
         range(1, 21)
     )
+
+
+def test_two_workers_with_their_read_back_threads_classify_every_case(store):
+    """The production intake worker (a time budget, not until idle): events in the main
+    thread, decline read-backs in a thread of their own; two of them at once, each on
+    its own connections, classify every case from what Stripe holds."""
+    codes = ["insufficient_funds", "expired_card", "lost_card", "incorrect_cvc"] * 5
+    invoices = [
+        sf.failed_invoice(customer=f"cus_w{i}", decline_code=c) for i, c in enumerate(codes)
+    ]
+    for inv in invoices:
+        stripe_knows(store, inv["id"])
+    bodies = []
+    for inv in invoices:
+        bodies.append(json.dumps(sf.event("charge.failed", sf.charge_failed(inv))))
+        bodies.append(json.dumps(sf.event("invoice.payment_failed", inv)))
+    results = deliver_all_at_once(store.webhook_path, bodies)
+    assert [status for status, _ in results] == [200] * len(bodies)
+
+    def all_classified() -> bool:
+        cases = RecoveryCase.objects.filter(store=store)
+        return (
+            cases.count() == len(invoices)
+            and not cases.filter(decline_awaited_until__isnull=False).exists()
+            and not StripeEvent.objects.filter(outcome="pending").exists()
+        )
+
+    def work(_: int) -> int:
+        try:
+            return stripe_events_work(max_seconds=60, should_stop=all_classified)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert sum(pool.map(work, range(2))) == len(bodies)
+    assert all_classified()
+    got = dict(RecoveryCase.objects.values_list("invoice__stripe_id", "decline_code"))
+    assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
+
+
+def test_events_that_open_cases_are_claimed_first(store):
+    from django.utils import timezone
+
+    from recovery.intake import stripe_event_store, stripe_events_claim
+
+    invoice = sf.failed_invoice()
+    later = [
+        sf.event("charge.failed", sf.charge_failed(invoice)),
+        sf.event("customer.updated", sf.stripe_object("customer", id="cus_test_alice")),
+    ]
+    for event in later + [sf.event("invoice.payment_failed", invoice)]:
+        stripe_event_store(store=store, event=event)
+    claimed = stripe_events_claim(now=timezone.now(), limit=1)
+    assert StripeEvent.objects.get(pk=claimed[0]).type == "invoice.payment_failed"
+    rest = stripe_events_claim(now=timezone.now(), limit=5)
+    assert [StripeEvent.objects.get(pk=pk).type for pk in rest] == [e["type"] for e in later]
+
+
+def test_two_workers_recording_one_charge_at_once_keep_one_attempt(store):
+    """One worker records a charge (a read-back's answer) and holds its transaction open;
+    another records the same charge (its charge.failed) meanwhile: its INSERT waits on the
+    unique index, loses, and merges into the committed row instead of failing the event."""
+    import datetime as dt
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from recovery.services import payment_attempt_record
+    from recovery.stripe_payloads import DeclineInfo
+
+    at = timezone.now()
+    recorded, release = threading.Event(), threading.Event()
+
+    def report(decline: DeclineInfo, *, hold: bool):
+        try:
+            with transaction.atomic():
+                attempt, created = payment_attempt_record(
+                    store=store,
+                    case=None,
+                    customer=None,
+                    source="stripe",
+                    outcome="failed",
+                    amount=2900,
+                    currency="usd",
+                    at=at,
+                    decline=decline,
+                )
+                if hold:
+                    recorded.set()
+                    release.wait(timeout=30)
+            return attempt.pk, created
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(report, DeclineInfo(charge_id="ch_race", card_brand="visa"), hold=True)
+        assert recorded.wait(timeout=30)
+        second = pool.submit(
+            report, DeclineInfo(charge_id="ch_race", card_last4="4242"), hold=False
+        )
+        threading.Timer(1.0, release.set).start()
+        (pk1, created1), (pk2, created2) = first.result(timeout=60), second.result(timeout=60)
+    assert (created1, created2) == (True, False) and pk1 == pk2
+    attempt = PaymentAttempt.objects.get()
+    assert (attempt.card_brand, attempt.card_last4) == ("visa", "4242")
+    assert dt.timedelta(0) == attempt.attempted_at - at
