@@ -38,6 +38,18 @@ def json_depth_check(body: bytes | str, *, limit: int = MAX_DEPTH) -> None:
             depth -= 1
 
 
+# A surrogate pair's two escapes (kept whole), or one surrogate escape on its own.
+_SURROGATES = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+
+
+def _lone_surrogate(data: bytes) -> bool:
+    """An escaped surrogate without its partner: Python decodes it to a string no UTF-8
+    text can hold, and PostgreSQL refuses it (a 500 at the INSERT)."""
+    return any(len(m.group()) == 6 for m in _SURROGATES.finditer(data))
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -48,9 +60,12 @@ def json_loads_bounded(body: bytes | str, *, max_bytes: int, limit: int = MAX_DE
     if len(body) > max_bytes:
         raise BodyRejected(f"Body larger than {max_bytes // 1024} KiB.")
     json_depth_check(body, limit=limit)
-    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") in body:
+    data = body.encode() if isinstance(body, str) else body
+    if b"\\u0000" in data:
         # No text or JSON column on PostgreSQL can hold a NUL (jsonb refuses \u0000).
         raise BodyRejected("Body contains a NUL character (\\u0000).")
+    if (b"\\ud" in data or b"\\uD" in data) and _lone_surrogate(data):
+        raise BodyRejected("Body contains an unpaired UTF-16 surrogate escape.")
     try:
         return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

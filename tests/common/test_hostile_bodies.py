@@ -52,6 +52,18 @@ def test_what_is_not_json_is_refused(body):
         json_loads_bounded(body, max_bytes=10**6)
 
 
+@pytest.mark.parametrize(
+    "escape", ["\\ud800", "\\uDC00", "\\ud83d\\ud83d", "\\ude00\\ud83d", "x\\udbff"]
+)
+def test_an_unpaired_surrogate_escape_is_refused(escape):
+    with pytest.raises(BodyRejected, match="unpaired UTF-16 surrogate"):
+        json_loads_bounded('{"name": "' + escape + '"}', max_bytes=10**6)
+
+
+def test_a_surrogate_pair_is_text_like_any_other():
+    assert json_loads_bounded('{"name": "\\ud83d\\ude00"}', max_bytes=100) == {"name": "😀"}
+
+
 def test_a_body_over_the_size_limit_is_refused():
     with pytest.raises(BodyRejected, match="larger than 1 KiB"):
         json_loads_bounded("[" + "1," * 600 + "1]", max_bytes=1024)
@@ -168,3 +180,14 @@ def test_a_duplicate_stripe_delivery_is_stored_once_and_answered_as_one(webhooks
     assert again.json() == {"received": True, "duplicate": True}
     row = StripeEvent.objects.get()
     assert row.payload == event and row.event_id == event["id"]
+
+
+def test_a_signed_stripe_body_with_a_lone_surrogate_is_a_400(webhooks):
+    invoice = sf.failed_invoice()
+    event = sf.event("invoice.payment_failed", invoice)
+    body = json.dumps(event).replace('"Alice Example"', '"Alice \\ud800"')
+    assert "\\ud800" in body
+    response = webhooks.send(event, raw=body)
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["error"]["message"]
+    assert StripeEvent.objects.count() == 0
