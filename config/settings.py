@@ -136,15 +136,31 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["stores.auth.HasStore"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, declaring the error responses of every operation (common/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "common.schema.RecoupAutoSchema",
     "EXCEPTION_HANDLER": "common.api.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON bounded in size and depth before it is parsed (common/bodies.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "common.bodies.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Recoup API",
     "DESCRIPTION": "Failed-payment recovery: cases, customers, access state.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components: a request's strings that may not be blank
+    # say so (minLength), and read-only fields appear in responses only.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Path parameters as Django's converters match them: an int is digits only, a str is
+    # anything but a slash. Another value never reaches a view (the router answers 404).
+    "PATH_CONVERTER_OVERRIDES": {
+        "int": {"type": "integer", "minimum": 0},
+        "str": {"type": "string", "pattern": "^[^/]+$"},
+    },
     "ENUM_NAME_OVERRIDES": {
         "CaseStatusEnum": "recovery.models.RecoveryCase.Status",
         "OrderStatusEnum": "orders.models.Order.Status",
@@ -228,11 +244,20 @@ INSTALLED_APPS += ["support"]  # the escalation queue and churn signals
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
-# Login rate limit: failed attempts per username and per client address in a window.
+# Login rate limit: failed attempts per username (normalised as Django's auth does) and
+# per client address in a window, for the dashboard's and the admin's login alike.
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=5)
 LOGIN_RATE_WINDOW_SECONDS = env.int("LOGIN_RATE_WINDOW_SECONDS", default=900)
-# The limiter counts in the cache: shared through Redis when several machines serve the
-# dashboard, per process otherwise.
+# The client's address behind a proxy (stores/client_ip.py): the request header the
+# proxy sets (e.g. HTTP_X_FORWARDED_FOR or HTTP_X_REAL_IP; unset: REMOTE_ADDR) and how
+# many proxies append to it. Used by every rate limit; never trusted for anything else.
+CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="") or env.str(
+    "PAY_CLIENT_IP_HEADER", default=""
+)
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=1)
+# Rate limits count in Redis with REDIS_URL, in the database otherwise
+# (stores/ratelimit.py): shared by every process either way. The cache itself (Redis, or
+# per process) holds nothing a limit depends on.
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
     if REDIS_URL
@@ -266,7 +291,5 @@ MESSAGING_MAX_EMAILS_PER_CASE = env.int("MESSAGING_MAX_EMAILS_PER_CASE", default
 MESSAGING_MAX_SMS_PER_CASE = env.int("MESSAGING_MAX_SMS_PER_CASE", default=2)
 MESSAGING_MIN_HOURS_BETWEEN = env.int("MESSAGING_MIN_HOURS_BETWEEN", default=48)
 MESSAGING_SMS_QUIET_HOURS = tuple(env.list("MESSAGING_SMS_QUIET_HOURS", cast=int, default=[21, 8]))
-# Pay page: Stripe's publishable key when a store has none of its own; the request
-# header holding the client address behind a proxy (e.g. HTTP_X_REAL_IP), for rate limits.
+# Pay page: Stripe's publishable key when a store has none of its own.
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
-PAY_CLIENT_IP_HEADER = env.str("PAY_CLIENT_IP_HEADER", default="")

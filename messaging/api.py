@@ -11,13 +11,15 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import NulFreePathMixin
+from common.schema import error_responses
 from subscriptions.selectors import customer_get
 
 from .selectors import customer_banner
 from .services import ConsentRefused, consent_sms_set
 
 
-class CustomerBannerView(APIView):
+class CustomerBannerView(NulFreePathMixin, APIView):
     @extend_schema(
         responses=inline_serializer(
             "CustomerBanner",
@@ -74,15 +76,13 @@ class ConsentResponseSerializer(serializers.Serializer):
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
-class CustomerConsentView(APIView):
+class CustomerConsentView(NulFreePathMixin, APIView):
     @extend_schema(
         request=ConsentRequestSerializer,
         responses={
             200: ConsentResponseSerializer,
             201: ConsentResponseSerializer,
-            409: inline_serializer(
-                "ConsentRefused", {"error": serializers.DictField(help_text="code, message")}
-            ),
+            **error_responses(409),
         },
         description="Record the customer's SMS consent as your systems know it. Idempotent: "
         "the state already in force changes nothing (200); a change is recorded (201). A "

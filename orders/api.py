@@ -9,23 +9,32 @@ POST /api/v1/inventory/           create or update SKUs and their stock counts
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from common.api import NulFreePathMixin, has_nul
+from common.schema import api_errors
 
 from .models import SKU, InventoryHold, Order
 from .selectors import inventory_list, order_get, order_holds
 from .services import LineInput, SkuInput, order_upsert, skus_upsert
 
 MAX_LINES = 500
+# Stripe's largest amount is 12 digits (in zero-decimal and three-decimal currencies);
+# an order of more than that could never be charged, and it must fit a 64-bit column.
+MAX_AMOUNT = 999_999_999_999
 
 
 class LineInputSerializer(serializers.Serializer):
     sku = serializers.CharField(max_length=64)
     quantity = serializers.IntegerField(min_value=1, max_value=1_000_000)
     unit_amount = serializers.IntegerField(
-        min_value=0, default=0, help_text="Price of one unit in minor units."
+        min_value=0,
+        max_value=MAX_AMOUNT,
+        default=0,
+        help_text="Price of one unit in minor units.",
     )
 
 
@@ -47,7 +56,10 @@ class OrderInputSerializer(serializers.Serializer):
     )
     currency = serializers.RegexField(r"^[A-Za-z]{3}$", required=False, default="")
     amount = serializers.IntegerField(
-        min_value=0, required=False, help_text="Minor units; the sum of the lines if left out."
+        min_value=0,
+        max_value=MAX_AMOUNT,
+        required=False,
+        help_text="Minor units; the sum of the lines if left out.",
     )
 
     def validate_lines(self, lines: list[dict]) -> list[dict]:
@@ -60,6 +72,11 @@ class OrderInputSerializer(serializers.Serializer):
                     for c in repeated
                 ]
             )
+        total = sum(line["quantity"] * line["unit_amount"] for line in lines)
+        if total > MAX_AMOUNT:
+            raise serializers.ValidationError(
+                f"The lines add up to {total}, more than {MAX_AMOUNT} (the most Stripe charges)."
+            )
         return lines
 
 
@@ -67,11 +84,20 @@ class HoldSerializer(serializers.ModelSerializer):
     class Meta:
         model = InventoryHold
         fields = ["status", "rule", "quantity", "held_until", "reason", "released_early"]
+        read_only_fields = fields
+
+
+class OrderLineSerializer(serializers.Serializer):
+    sku = serializers.CharField()
+    title = serializers.CharField()
+    quantity = serializers.IntegerField()
+    unit_amount = serializers.IntegerField(help_text="Minor units.")
+    hold = HoldSerializer(allow_null=True, help_text="The line's newest hold; null without one.")
 
 
 class OrderSerializer(serializers.ModelSerializer):
-    customer = serializers.SerializerMethodField()
-    payment_intent = serializers.CharField(source="stripe_payment_intent_id")
+    customer = serializers.SerializerMethodField(help_text="Stripe customer id, if any.")
+    payment_intent = serializers.CharField(source="stripe_payment_intent_id", read_only=True)
     lines = serializers.SerializerMethodField()
 
     class Meta:
@@ -87,10 +113,12 @@ class OrderSerializer(serializers.ModelSerializer):
             "payment_intent",
             "lines",
         ]
+        read_only_fields = fields
 
     def get_customer(self, order: Order) -> str | None:
         return order.customer.stripe_id if order.customer_id else None
 
+    @extend_schema_field(OrderLineSerializer(many=True))
     def get_lines(self, order: Order) -> list[dict]:
         newest: dict[int, InventoryHold] = {}
         for hold in order_holds(order=order):
@@ -108,6 +136,8 @@ class OrderSerializer(serializers.ModelSerializer):
 
 
 class OrderUpsertView(APIView):
+    # 409: lines whose stock is held or committed, or another payment already linked.
+    @api_errors(409)
     @extend_schema(
         request=OrderInputSerializer,
         responses={200: OrderSerializer, 201: OrderSerializer},
@@ -135,7 +165,7 @@ class OrderUpsertView(APIView):
         )
 
 
-class OrderDetailView(APIView):
+class OrderDetailView(NulFreePathMixin, APIView):
     @extend_schema(responses=OrderSerializer)
     def get(self, request, number: str):
         return Response(OrderSerializer(order_get(store=request.store, number=number)).data)
@@ -156,19 +186,21 @@ class SkusInputSerializer(serializers.Serializer):
 
 
 class InventorySerializer(serializers.ModelSerializer):
-    committed = serializers.IntegerField(source="units_committed")
+    committed = serializers.IntegerField(source="units_committed", read_only=True)
     available = serializers.IntegerField(
         source="units_available",
+        read_only=True,
         help_text="On hand − committed − held (unexpired). Negative when a stock count fell "
         "below what was already promised.",
     )
-    held_for_failed_payments = serializers.IntegerField(source="units_held")
+    held_for_failed_payments = serializers.IntegerField(source="units_held", read_only=True)
     released_early = serializers.IntegerField(
         source="units_released_early",
+        read_only=True,
         help_text="Units released before their order's payment came, from orders still "
         "awaiting payment (demand that may come back).",
     )
-    orders_awaiting_payment = serializers.IntegerField()
+    orders_awaiting_payment = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = SKU
@@ -184,6 +216,7 @@ class InventorySerializer(serializers.ModelSerializer):
             "released_early",
             "orders_awaiting_payment",
         ]
+        read_only_fields = fields
 
 
 class InventoryView(generics.ListAPIView):
@@ -194,13 +227,19 @@ class InventoryView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        return inventory_list(
-            store=self.request.store,
-            now=timezone.now(),
-            sku=self.request.query_params.get("sku", ""),
-        )
+        sku = self.request.query_params.get("sku", "")
+        if has_nul(sku):
+            return SKU.objects.none()  # no SKU code holds a NUL
+        return inventory_list(store=self.request.store, now=timezone.now(), sku=sku)
 
-    @extend_schema(request=SkusInputSerializer, responses=InventorySerializer(many=True))
+    # 409: a SKU created by another request at the same moment.
+    @api_errors(409)
+    @extend_schema(
+        request=SkusInputSerializer,
+        responses={200: InventorySerializer(many=True)},
+        description="Create or update SKUs and their stock counts. Answers with the SKUs "
+        "sent, as a plain list (not paginated).",
+    )
     def post(self, request):
         given = SkusInputSerializer(data=request.data)
         given.is_valid(raise_exception=True)

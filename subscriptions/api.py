@@ -4,54 +4,69 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import NulFreePathMixin
 from recovery import engine
 
 from . import facts
-from .models import TimeZoneSource
+from .models import Subscription, TimeZoneSource
 from .selectors import customer_access, customer_facts, customer_get
 from .services import customer_time_zone_set
 
 
-class CustomerAccessView(APIView):
-    @extend_schema(
-        responses=inline_serializer(
-            "CustomerAccess",
-            {
-                "customer": serializers.CharField(),
-                "access": serializers.ChoiceField(
-                    choices=["full", "grace", "restricted", "suspended"]
-                ),
-                "reason": serializers.CharField(),
-                "open_cases": serializers.IntegerField(),
-                "grace_until": serializers.DateTimeField(allow_null=True),
-                "window_end": serializers.DateTimeField(allow_null=True),
-                "subscriptions": serializers.ListField(child=serializers.DictField()),
-            },
-        )
+class AccessSubscriptionSerializer(serializers.Serializer):
+    stripe_id = serializers.CharField(help_text="Stripe subscription id (sub_…)")
+    status = serializers.ChoiceField(choices=Subscription.Status.choices)
+    access = serializers.ChoiceField(choices=Subscription.Access.choices)
+    product_name = serializers.CharField(allow_blank=True)
+
+
+class CustomerAccessSerializer(serializers.Serializer):
+    customer = serializers.CharField()
+    access = serializers.ChoiceField(choices=Subscription.Access.choices)
+    reason = serializers.CharField()
+    open_cases = serializers.IntegerField()
+    grace_until = serializers.DateTimeField(
+        allow_null=True, help_text="When access steps down, during the grace period only."
     )
+    window_end = serializers.DateTimeField(
+        allow_null=True, help_text="End of the earliest open case's recovery window."
+    )
+    subscriptions = AccessSubscriptionSerializer(many=True)
+
+
+class CustomerAccessView(NulFreePathMixin, APIView):
+    @extend_schema(responses=CustomerAccessSerializer)
     def get(self, request, stripe_customer_id: str):
         customer = customer_get(store=request.store, stripe_id=stripe_customer_id)
         return Response(customer_access(customer=customer))
 
 
-CUSTOMER_FACTS_FIELDS = {
-    "time_zone": serializers.CharField(help_text="IANA zone in force (the store's if unknown)"),
-    "time_zone_source": serializers.ChoiceField(
+class CustomerFactsSerializer(serializers.Serializer):
+    """What Recoup knows of the customer for messages and timing."""
+
+    time_zone = serializers.CharField(help_text="IANA zone in force (the store's if unknown)")
+    time_zone_source = serializers.ChoiceField(
         choices=["", *TimeZoneSource.values],
         help_text="metadata, api, address, card_country or store; '' when set by other means",
-    ),
-    "locale": serializers.CharField(),
-    "phone": serializers.CharField(help_text="E.164, or '' when none is valid"),
-    "sms_opt_in": serializers.BooleanField(),
-}
+    )
+    locale = serializers.CharField(allow_blank=True)
+    phone = serializers.CharField(allow_blank=True, help_text="E.164, or '' when none is valid")
+    sms_opt_in = serializers.BooleanField()
+
+
+class CustomerSerializer(CustomerFactsSerializer):
+    customer = serializers.CharField(help_text="Stripe customer id (cus_…)")
 
 
 class CustomerPatchSerializer(serializers.Serializer):
+    # The view validates the body whole: a PATCH without `time_zone` is refused (400).
+    partial_on_patch = False
+
     time_zone = serializers.CharField(
         allow_blank=True,
         max_length=64,
@@ -72,7 +87,7 @@ class CustomerPatchSerializer(serializers.Serializer):
         return zone
 
 
-class CustomerView(APIView):
+class CustomerView(NulFreePathMixin, APIView):
     """GET/PATCH /api/v1/customers/<stripe_customer_id>/: the customer facts Recoup uses."""
 
     def _body(self, customer) -> dict:
@@ -81,14 +96,14 @@ class CustomerView(APIView):
             **customer_facts(customer=customer, store_zone=self.request.store.timezone),
         }
 
-    @extend_schema(responses=inline_serializer("CustomerFacts", CUSTOMER_FACTS_FIELDS))
+    @extend_schema(responses=CustomerSerializer)
     def get(self, request, stripe_customer_id: str):
         customer = customer_get(store=request.store, stripe_id=stripe_customer_id)
         return Response(self._body(customer))
 
     @extend_schema(
         request=CustomerPatchSerializer,
-        responses=inline_serializer("CustomerFactsAfterPatch", CUSTOMER_FACTS_FIELDS),
+        responses=CustomerSerializer,
     )
     def patch(self, request, stripe_customer_id: str):
         customer = customer_get(store=request.store, stripe_id=stripe_customer_id)

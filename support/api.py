@@ -6,12 +6,14 @@ import datetime as dt
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import ApplicationError
+from common.api import NulFreePathMixin, unstorable_text
+from common.errors import ApplicationError, NotFound
+from common.schema import api_errors
 from subscriptions.models import Customer
 from subscriptions.services import customer_upsert
 
@@ -20,6 +22,7 @@ from .models import CustomerSignal, QueueItem
 from .services import customer_signal_record
 
 MAX_SIGNALS = 100
+BAD_CUSTOMER = "Use the customer's Stripe id (cus_…) in the address."
 
 
 class SignalSerializer(serializers.Serializer):
@@ -32,18 +35,34 @@ class SignalSerializer(serializers.Serializer):
     )
     data = serializers.DictField(required=False)
 
+    def validate_data(self, value: dict) -> dict:
+        # Stored as JSON (jsonb), which PostgreSQL refuses with such text anywhere in it.
+        if unstorable_text(value):
+            raise serializers.ValidationError(
+                "Null characters and unpaired surrogates are not allowed."
+            )
+        return value
+
 
 class SignalsRequestSerializer(serializers.Serializer):
-    signals = SignalSerializer(many=True)
+    signals = SignalSerializer(many=True, allow_empty=False, max_length=MAX_SIGNALS)
+
+
+class ChurnReasonSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    label = serializers.CharField()
+    points = serializers.IntegerField()
 
 
 class SignalsResponseSerializer(serializers.Serializer):
     customer = serializers.CharField()
     recorded = serializers.IntegerField()
     duplicates = serializers.IntegerField()
-    churn_score = serializers.IntegerField()
-    reasons = serializers.ListField(child=serializers.DictField())
-    queued_cases = serializers.ListField(child=serializers.IntegerField())
+    churn_score = serializers.IntegerField(help_text="0-100")
+    reasons = ChurnReasonSerializer(many=True)
+    queued_cases = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Ids of the customer's cases in the queue."
+    )
 
 
 def _response(customer: Customer, *, recorded: int, duplicates: int) -> dict:
@@ -63,7 +82,12 @@ def _response(customer: Customer, *, recorded: int, duplicates: int) -> dict:
     }
 
 
-class CustomerSignalsView(APIView):
+class CustomerSignalsView(NulFreePathMixin, APIView):
+    def nul_in_path(self, request) -> ApplicationError:
+        if request.method == "POST":  # creates the customer: the id is refused, not unknown
+            return ApplicationError(BAD_CUSTOMER, code="bad_customer")
+        return super().nul_in_path(request)
+
     @extend_schema(responses=SignalsResponseSerializer)
     def get(self, request, stripe_customer_id: str):
         """The customer's churn score and its reasons."""
@@ -71,17 +95,24 @@ class CustomerSignalsView(APIView):
             store=request.store, stripe_id=stripe_customer_id
         ).first()
         if customer is None:
-            from common.errors import NotFound
-
             raise NotFound(f"No customer {stripe_customer_id!r} in this store.", code="not_found")
         return Response(_response(customer, recorded=0, duplicates=0))
 
+    # Customers not yet known are created: the path's customer is never "not found".
+    @api_errors(without=[404])
     @extend_schema(
-        request=SignalsRequestSerializer,
-        responses={201: SignalsResponseSerializer},
-        description='Record one signal (the object itself) or several ({"signals": [...]}). '
-        "Kinds: " + ", ".join(CustomerSignal.Kind.values) + ". A `custom` signal needs a "
-        "`label` and may carry a `weight` (0-50 points). Customers not yet known are created.",
+        request=PolymorphicProxySerializer(
+            component_name="SignalOrSignals",
+            serializers=[SignalSerializer, SignalsRequestSerializer],
+            resource_type_field_name=None,
+            many=False,
+        ),
+        responses={201: SignalsResponseSerializer, 200: SignalsResponseSerializer},
+        description='Record one signal (the object itself) or several ({"signals": [...]}, '
+        f"at most {MAX_SIGNALS}). Kinds: " + ", ".join(CustomerSignal.Kind.values) + ". A "
+        "`custom` signal needs a `label` and may carry a `weight` (0-50 points). Customers "
+        "not yet known are created; the address names the customer by Stripe id (cus_…). "
+        "201 when a signal was recorded, 200 when every one was a resend.",
     )
     def post(self, request, stripe_customer_id: str):
         payload = request.data
@@ -99,9 +130,7 @@ class CustomerSignalsView(APIView):
         serializer = SignalSerializer(data=items, many=True)
         serializer.is_valid(raise_exception=True)
         if not stripe_customer_id.startswith("cus_"):
-            raise ApplicationError(
-                "Use the customer's Stripe id (cus_…) in the address.", code="bad_customer"
-            )
+            raise ApplicationError(BAD_CUSTOMER, code="bad_customer")
         customer = customer_upsert(store=request.store, stripe_id=stripe_customer_id)
         now = timezone.now()
         recorded = duplicates = 0
