@@ -78,3 +78,19 @@ class NulFreePathMixin:
 
     def nul_in_path(self, request) -> ApplicationError:
         return NotFound("Nothing in this store has that identifier.", code="not_found")
+
+
+def api_not_found(request, path: str = ""):
+    """Any /api/ address no endpoint answers: a 404 in the API's error shape, not
+    Django's HTML page (the catch-all route at the end of config/api_urls.py)."""
+    from django.http import JsonResponse
+
+    return JsonResponse(
+        {
+            "error": {
+                "code": "not_found",
+                "message": "No API endpoint at this address; the schema is at /api/schema/.",
+            }
+        },
+        status=404,
+    )

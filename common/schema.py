@@ -5,6 +5,7 @@ Every API error has one shape (common/api.py): {"error": {"code", "message", "fi
 the statuses the operation can answer with, read from the view itself:
 
     400  the operation takes a request body (it may not parse, or not validate)
+    415  the same, sent as a media type the view does not parse
     401  the view authenticates (a missing, malformed or revoked token)
     403  a permission can refuse an authenticated request (or the first authenticator
          sends no WWW-Authenticate challenge: DRF then answers 403 instead of 401)
@@ -34,6 +35,7 @@ ERROR_DESCRIPTIONS = {
     403: "The token may not do this.",
     404: "Nothing with this identifier in the token's store (or a page that does not exist).",
     409: "The request is valid but clashes with the state of what it names.",
+    415: "The body's Content-Type is not one this operation reads (send application/json).",
     429: "Too many requests: try again later.",
 }
 
@@ -172,7 +174,7 @@ class RecoupAutoSchema(AutoSchema):
         view = self.view
         statuses: set[int] = set()
         if self.method in ("POST", "PUT", "PATCH"):
-            statuses.add(400)
+            statuses |= {400, 415}
         authenticators = view.get_authenticators()
         if authenticators:
             # DRF answers a refused token 401 with the first authenticator's challenge,

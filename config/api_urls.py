@@ -1,5 +1,6 @@
-from django.urls import path
+from django.urls import path, re_path
 
+from common.api import api_not_found
 from messaging import api as messaging_api
 from orders import api as orders_api
 from recovery import api as recovery_api
@@ -37,4 +38,5 @@ urlpatterns = [
     path("orders/", orders_api.OrderUpsertView.as_view(), name="api-order-upsert"),
     path("orders/<str:number>/", orders_api.OrderDetailView.as_view(), name="api-order-detail"),
     path("inventory/", orders_api.InventoryView.as_view(), name="api-inventory"),
+    re_path(r"^(?P<path>.*)$", api_not_found),  # last: every other address, in the error shape
 ]

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
+from common.api import api_not_found
 from recovery.webhooks import stripe_webhook
 from stores.views import admin_login
 
@@ -22,6 +23,7 @@ urlpatterns = [
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
         name="schema",
     ),
+    re_path(r"^api/(?P<path>.*)$", api_not_found),  # any other /api/ address: a JSON 404
     path("healthz", healthz),
     path("", include("stores.urls")),  # the dashboard: /, /accounts/…, /s/<store_id>/…
 ]

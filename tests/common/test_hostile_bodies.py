@@ -191,3 +191,12 @@ def test_a_signed_stripe_body_with_a_lone_surrogate_is_a_400(webhooks):
     assert response.status_code == 400
     assert "surrogate" in response.json()["error"]["message"]
     assert StripeEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/nope/", "/api/v1/cases/abc/", "/api/v1/customers/a%2Fb/access", "/api/"]
+)
+def test_an_api_address_no_endpoint_answers_is_a_json_404(api, path):
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
