@@ -34,7 +34,8 @@ VARIABLES: dict[str, str] = {
     "order_note": "One sentence on what happens to the order or next shipment, or empty.",
     "held_until": "The date the order's items are held until, e.g. 3 March, or empty.",
     "order_number": "The order number, or empty.",
-    "final_date": "The date access is restricted or the order released, e.g. 10 March.",
+    "final_date": "The one date the message is about: access restricted, the order's items "
+    "released, or the window's end, e.g. 3 March.",
     "card_brand": "The brand of the card on file, e.g. Visa.",
     "card_last4": "The last four digits of the card on file.",
     "card_expiry": "The card's expiry (pre-dunning), e.g. 08/2026.",
@@ -52,7 +53,7 @@ SAMPLE: dict[str, str] = {
     "order_note": "We're holding your items until 3 March.",
     "held_until": "3 March",
     "order_number": "1042",
-    "final_date": "10 March",
+    "final_date": "3 March",
     "card_brand": "Visa",
     "card_last4": "4242",
     "card_expiry": "08/2026",

@@ -157,6 +157,28 @@ def _order_note(*, case: RecoveryCase, now: dt.datetime, tz: str, locale: str) -
     return "", ""
 
 
+HELD_WITHOUT_DATE = "We're holding your items for you while you sort it out."
+
+
+def _one_deadline(
+    case: RecoveryCase, *, note: str, held_until: str, tz: str, locale: str
+) -> tuple[str, str]:
+    """(final_date, order_note) stating one date between them: a customer told "sorted by
+    4 December" and "holding your items until 14 December" cannot tell which matters.
+    The date is the one the case's policy acts on: a subscription's step-down (access
+    restricted), else an order's hold (its items released), else the window's end. A hold
+    on another date is then mentioned without one."""
+    if case.subscription_id and case.step_down_at and not case.stepped_down_at:
+        final = rendering.day(case.step_down_at, tz=tz, locale=locale)
+    elif held_until:
+        final = held_until
+    else:
+        final = rendering.day(case.window_end, tz=tz, locale=locale)
+    if held_until and held_until != final:
+        note = HELD_WITHOUT_DATE
+    return final, note
+
+
 def message_context(
     *,
     store: Store,
@@ -191,12 +213,10 @@ def message_context(
             ctx["card_expiry"] = f"{pm.exp_month:02d}/{pm.exp_year}"
     if case is not None:
         ctx["amount"] = rendering.money(case.amount, case.currency)
-        ctx["final_date"] = rendering.day(
-            case.step_down_at if case.subscription_id and case.step_down_at else case.window_end,
-            tz=tz,
-            locale=locale,
-        )
         ctx["order_note"], ctx["held_until"] = _order_note(case=case, now=now, tz=tz, locale=locale)
+        ctx["final_date"], ctx["order_note"] = _one_deadline(
+            case, note=ctx["order_note"], held_until=ctx["held_until"], tz=tz, locale=locale
+        )
         if case.order_id and case.order:
             ctx["order_number"] = case.order.number
     else:
