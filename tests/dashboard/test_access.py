@@ -29,6 +29,9 @@ EXEMPT = {
     # Liveness probe and the public OpenAPI schema: no store data.
     "healthz",
     "api/schema/",
+    # The API's catch-all: a JSON 404 for every address no endpoint answers, no data.
+    "api/v1/^(?P<path>.*)$",
+    "^api/(?P<path>.*)$",
     # Login, logout, password change and reset: about the user, not a store.
     "accounts/",
     # `/` redirects to the user's own store; the switcher 404s for a store not theirs
