@@ -613,8 +613,13 @@ def case_attempt_seen(
 
 
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
+    from support.services import queue_item_settle_for_case  # the escalation queue
+
     from .services import case_event_record
 
+    # A person was working it: the queue item leaves with the case's result, now, not
+    # at the support pass's next sweep (a replay runs no such sweep).
+    queue_item_settle_for_case(case=case, at=at)
     sub = case.subscription
     if case.status == RecoveryCase.Status.RECOVERED:
         if sub is not None:

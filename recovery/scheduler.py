@@ -37,6 +37,7 @@ class PassReport:
     expiry_warnings: int = 0
     holds_released: int = 0
     messages_sent: int = 0
+    queue_settled: int = 0
     rollups_refreshed: int = 0
     stopped_early: bool = False  # out of time: due work is left to the next pass
 
@@ -157,6 +158,10 @@ def run_due(
     from messaging.services import messages_send_scheduled
 
     report.messages_sent = messages_send_scheduled(now=now)
+    from support.services import queue_settle_closed
+
+    # Cases the pass closed in a batch (a retry that paid): their queue items leave too.
+    report.queue_settled = queue_settle_closed(now=now)
     if rollups:  # a cache for the home page, which also refreshes it before reading
         _rollups_refresh(now=now, report=report)
     return report

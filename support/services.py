@@ -497,6 +497,12 @@ def queue_item_settle(*, item: QueueItem, at: dt.datetime, actor: str = "system"
     return updated.update(**fields) == 1
 
 
+def queue_item_settle_for_case(*, case: RecoveryCase, at: dt.datetime) -> bool:
+    """`queue_item_settle` for a case just closed, if it is in the queue."""
+    item = QueueItem.objects.filter(case=case).exclude(status=QueueItem.Status.DONE).first()
+    return item is not None and queue_item_settle(item=item, at=at)
+
+
 # ------------------------------------------------------------------ the support pass
 
 

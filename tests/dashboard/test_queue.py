@@ -300,9 +300,28 @@ def test_a_case_paid_meanwhile_leaves_the_queue(store, queued):
     from recovery.services import recovery_case_close
 
     recovery_case_close(case=queued.case, status="recovered", reason="paid", via="stripe_retry")
-    assert services.support_pass()["settled"] == 1
+    # Settled with the close itself: the support pass's sweep finds nothing left.
     queued.refresh_from_db()
     assert queued.status == QueueItem.Status.DONE and queued.outcome == QueueItem.Outcome.RECOVERED
+    assert services.support_pass()["settled"] == 0
+
+
+def test_a_queued_case_whose_window_ends_leaves_the_queue_in_that_scheduler_pass(store, webhooks):
+    """The pass that closes a queued fraud case at its window's end settles its item, as
+    a replay in simulated time would see it: nothing waits whose window has ended."""
+    from recovery.scheduler import run_due
+
+    case = deliver_failure(webhooks, decline_code="fraudulent")
+    item = QueueItem.objects.get(case=case)
+    assert item.status == QueueItem.Status.WAITING
+    end = case.window_end + dt.timedelta(minutes=1)
+    with time_machine.travel(end, tick=False):
+        run_due(now=end)
+    case.refresh_from_db()
+    item.refresh_from_db()
+    assert case.status == "lost"
+    assert (item.status, item.outcome) == (QueueItem.Status.DONE, QueueItem.Outcome.LOST)
+    assert item.resolved_at == end
 
 
 def test_queue_is_sorted_by_value_at_risk_weighted_by_urgency(store, agent_client):
