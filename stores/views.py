@@ -105,12 +105,23 @@ def settings_index(request: HttpRequest, access: Access) -> HttpResponse:
     return redirect("settings-retry", access.store.id)
 
 
-def _flash_errors(request: HttpRequest, form) -> None:
-    """An invalid settings form's messages as the page's error flashes (the settings
-    templates render their inputs by hand, with the saved values)."""
-    for errors in form.errors.values():
-        for error in errors:
-            messages.error(request, error)
+def _settings_save(request: HttpRequest, form, save, *, saved: str) -> bool:
+    """Validate a settings form and `save(form)`: its errors, or the service's refusal,
+    as the page's error flashes (the settings templates render their inputs by hand,
+    with the saved values); `saved`, or the message `save` returns, as the success one.
+    True when saved."""
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return False
+    try:
+        result = save(form)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return False
+    messages.success(request, result if isinstance(result, str) and result else saved)
+    return True
 
 
 @dashboard_view(operator_only=True)
@@ -121,23 +132,16 @@ def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
 
     from .forms import RetryPolicyForm
 
-    if request.method == "POST":
-        form = RetryPolicyForm(request.POST)
-        if not form.is_valid():
-            _flash_errors(request, form)
-        else:
-            try:
-                policy = retry_policy_update(
-                    store=access.store, changes=form.cleaned_data, actor=access.actor
-                )
-            except ApplicationError as exc:
-                messages.error(request, exc.message)
-            else:
-                messages.success(
-                    request,
-                    f"Saved as policy v{policy.version}; open cases keep the version they started with.",
-                )
-                return redirect("settings-retry", access.store.id)
+    def save(form) -> str:
+        policy = retry_policy_update(
+            store=access.store, changes=form.cleaned_data, actor=access.actor
+        )
+        return f"Saved as policy v{policy.version}; open cases keep the version they started with."
+
+    if request.method == "POST" and _settings_save(
+        request, RetryPolicyForm(request.POST), save, saved=""
+    ):
+        return redirect("settings-retry", access.store.id)
     policy = retry_policy_current(store=access.store)
     history = list(RetryPolicy.objects.filter(store=access.store).order_by("-version")[:10])
     return _settings_page(
@@ -247,20 +251,13 @@ def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
 
     from .forms import EscalationForm
 
-    if request.method == "POST":
-        form = EscalationForm(request.POST)
-        if not form.is_valid():
-            _flash_errors(request, form)
-        else:
-            try:
-                svc.escalation_policy_update(store=access.store, **form.policy())
-            except ApplicationError as exc:
-                messages.error(request, exc.message)
-            else:
-                messages.success(
-                    request, "Escalation settings saved; they apply to cases from now on."
-                )
-                return redirect("settings-escalation", access.store.id)
+    if request.method == "POST" and _settings_save(
+        request,
+        EscalationForm(request.POST),
+        lambda form: svc.escalation_policy_update(store=access.store, **form.policy()),
+        saved="Escalation settings saved; they apply to cases from now on.",
+    ):
+        return redirect("settings-escalation", access.store.id)
     policy = support_policy_for(store=access.store)
     weights = [(CustomerSignal.Kind(k).label, v) for k, v in SIGNAL_POINTS.items()]
     weights += [
@@ -293,20 +290,13 @@ def settings_holds(request: HttpRequest, access: Access) -> HttpResponse:
 
     from .forms import HoldPolicyForm
 
-    if request.method == "POST":
-        form = HoldPolicyForm(request.POST)
-        if not form.is_valid():
-            _flash_errors(request, form)
-        else:
-            try:
-                svc.hold_policy_update(store=access.store, **form.cleaned_data)
-            except ApplicationError as exc:
-                messages.error(request, exc.message)
-            else:
-                messages.success(
-                    request, "Hold policy saved; it applies to holds placed from now on."
-                )
-                return redirect("settings-holds", access.store.id)
+    if request.method == "POST" and _settings_save(
+        request,
+        HoldPolicyForm(request.POST),
+        lambda form: svc.hold_policy_update(store=access.store, **form.cleaned_data),
+        saved="Hold policy saved; it applies to holds placed from now on.",
+    ):
+        return redirect("settings-holds", access.store.id)
     return _settings_page(
         request,
         access,
