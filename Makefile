@@ -75,13 +75,12 @@ install: $(STAMP)
 # An empty database gets the demo store: 90 days of billing replayed through Recoup.
 run: export DEBUG ?= 1
 # migrate runs the system checks; the commands after it skip them (about a second each).
+# `serve` runs runserver and qcluster in sessions of their own and stops both on Ctrl-C,
+# SIGTERM or SIGHUP (one SIGTERM each), then exits 0, so make prints no error line.
 run: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py demo_setup --skip-checks --host $(HOST) --port $(PORT)
-	@echo "Starting web server on http://$(HOST):$(PORT)/ and a django-q2 worker (Ctrl-C stops both)"
-	@trap 'kill 0' INT TERM EXIT; \
-	  $(BIN)/python manage.py qcluster & \
-	  $(BIN)/python manage.py runserver $(HOST):$(PORT) --noreload --skip-checks
+	@exec $(BIN)/python manage.py serve --skip-checks --host $(HOST) --port $(PORT)
 
 # The whole suite: SQLite unless DATABASE_URL is set.
 test: $(STAMP)
