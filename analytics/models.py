@@ -6,7 +6,9 @@ share one combination of dimensions. The `basis` says which day and which dimens
 - ``cohort``   day opened × track × decline code × status × currency
 - ``product``  day opened × product × status × currency
 - ``day``      day opened × status × currency (the daily trend)
-- ``closed``   day closed × status × currency × recovery source × channel
+- ``closed``   day closed × status × currency × recovery source × channel (last touch:
+  the last message sent before recovery) × acted channel (the last message whose pay
+  link the customer visited before recovery)
 - ``duration`` day closed × exact seconds from failure to recovery (recovered cases only:
   the histogram the median days to recovery is read from)
 
@@ -38,6 +40,7 @@ class CaseDay(models.Model):
     currency = models.CharField(max_length=3, blank=True, default="")
     recovered_via = models.CharField(max_length=16, blank=True, default="")
     channel = models.CharField(max_length=16, blank=True, default="")
+    acted_channel = models.CharField(max_length=16, blank=True, default="")
     duration = models.FloatField(null=True, blank=True, help_text="Seconds, basis duration.")
     cases = models.BigIntegerField(default=0)
     amount = models.BigIntegerField(default=0)

@@ -10,8 +10,10 @@ Definitions (DOMAIN.md, "Measures"), as computed here:
 - revenue at risk = the amount of the cases open now;
 - involuntary churn rate = subscriptions whose case was lost in the period ÷
   subscriptions active during it (created before its end, not cancelled before it began);
-- pre-dunning save rate = expiry warnings of the period whose card was replaced before
-  it failed ÷ warnings sent in it.
+- pre-dunning save rate = saved ÷ (saved + lost) among the *decided* expiry warnings
+  sent in the period: saved = the card was replaced before it expired; lost = the card
+  reached its expiry date without being replaced. A warning whose card has not expired
+  yet is in progress: shown apart, never counted as lost (as with the recovery rate).
 Money sums are in the store's currency (cases in other currencies are counted, not summed).
 
 Each figure is computed for the period and the one before it in the same statement
@@ -32,9 +34,7 @@ from django.db.models import (
     DateField,
     F,
     IntegerField,
-    OuterRef,
     Q,
-    Subquery,
     Sum,
     Value,
     When,
@@ -117,6 +117,8 @@ class Figures:
     involuntary_churn_rate: float | None = None
     warnings_sent: int = 0
     warnings_saved: int = 0
+    warnings_lost: int = 0
+    warnings_in_progress: int = 0
     predunning_save_rate: float | None = None
     median_days_to_recovery: float | None = None
     attempts_per_recovery: float | None = None
@@ -201,14 +203,28 @@ def closed_figures(*, store: Store, period: Period) -> dict:
     ).aggregate(**out)
 
 
-def _predunning_aggregates(period: Period) -> dict:
+def predunning_today(store: Store, now: dt.datetime | None = None) -> dt.date:
+    """The store's local date today: a warning whose card expired before it unreplaced is lost."""
+    from django.utils import timezone
+
+    return (now or timezone.now()).astimezone(store.tzinfo).date()
+
+
+def _predunning_aggregates(period: Period, today: dt.date) -> dict:
+    """Sent, saved and lost warnings of the period and the one before. Saved: the card
+    was replaced (saved_at); lost: not replaced and its card expired before `today`
+    (a card is good to the last day of its expiry month, `expires_on`). The rest are in
+    progress: sent - saved - lost."""
     cur_q, prev_q = Q(warned_at__gte=period.start), Q(warned_at__lt=period.start)
     saved = Q(saved_at__isnull=False)
+    lost = Q(saved_at__isnull=True, expires_on__lt=today)
     return {
         "c_sent": Count("pk", filter=cur_q),
         "p_sent": Count("pk", filter=prev_q),
         "c_saved": Count("pk", filter=cur_q & saved),
         "p_saved": Count("pk", filter=prev_q & saved),
+        "c_lost": Count("pk", filter=cur_q & lost),
+        "p_lost": Count("pk", filter=prev_q & lost),
     }
 
 
@@ -218,8 +234,16 @@ def _predunning(*, store: Store, period: Period):
     )
 
 
-def predunning_figures(*, store: Store, period: Period) -> dict:
-    return _predunning(store=store, period=period).aggregate(**_predunning_aggregates(period))
+def predunning_figures(*, store: Store, period: Period, today: dt.date | None = None) -> dict:
+    today = today or predunning_today(store)
+    return _predunning(store=store, period=period).aggregate(
+        **_predunning_aggregates(period, today)
+    )
+
+
+def _predunning_rate(f: Figures) -> None:
+    f.warnings_in_progress = max(f.warnings_sent - f.warnings_saved - f.warnings_lost, 0)
+    f.predunning_save_rate = ratio(f.warnings_saved, f.warnings_saved + f.warnings_lost)
 
 
 def at_risk_now(*, store: Store) -> dict:
@@ -247,10 +271,11 @@ def _figures(prefix: str, cohort: dict, closed: dict, subs: dict, pre: dict) -> 
         active_subscriptions=g(subs, "active"),
         warnings_sent=g(pre, "sent"),
         warnings_saved=g(pre, "saved"),
+        warnings_lost=g(pre, "lost"),
     )
     f.recovery_rate = ratio(f.recovered, f.recovered + f.lost)
     f.involuntary_churn_rate = ratio(f.churned_subscriptions, f.active_subscriptions)
-    f.predunning_save_rate = ratio(f.warnings_saved, f.warnings_sent)
+    _predunning_rate(f)
     median = closed.get(f"{prefix}_median_seconds")
     f.median_days_to_recovery = median / 86400 if median is not None else None
     f.attempts_per_recovery = ratio(g(closed, "attempts"), f.recoveries_closed)
@@ -374,46 +399,65 @@ def _table_exists(name: str) -> bool:
     return _tables[key]
 
 
-def by_channel(*, store: Store, period: Period) -> list[dict] | None:
-    """Recoveries of the period by the channel of the last message sent before them."""
-    Message = message_model()
-    if Message is None:
-        return None
-    last_channel = (
-        Message.objects.filter(
-            case=OuterRef("pk"), sent_at__isnull=False, sent_at__lte=OuterRef("closed_at")
-        )
-        .order_by("-sent_at")
-        .values("channel")[:1]
-    )
-    rows = (
-        RecoveryCase.objects.filter(
-            store=store, status=S.RECOVERED, closed_at__gte=period.start, closed_at__lt=period.end
-        )
-        .annotate(channel=Coalesce(Subquery(last_channel, output_field=CharField()), Value("")))
-        .values("channel")
-        .annotate(
-            recovered=Count("pk"),
-            recovered_amount=Coalesce(
-                Sum("recovered_amount", filter=Q(currency=store.currency)), 0
-            ),
-        )
-        .order_by()
-    )
-    labels = {"email": "Email", "sms": "SMS", "": "No message before it (technical recovery)"}
-    total = sum(r["recovered"] for r in rows)
-    return sorted(
-        (
+CHANNEL_LABELS = {"email": "Email", "sms": "SMS"}
+NO_CHANNEL_LABEL = "None (no message link visited / no message before it)"
+
+
+def channel_rows(acted: dict[str, dict], last: dict[str, dict]) -> list[dict]:
+    """One row per channel: the recoveries credited to it as the channel the customer
+    acted on (`recovered`, `recovered_amount`, `share`) and as the last touch
+    (`last_touch_*`). `acted` and `last` map a channel ("" = none) to its recovered
+    count and amount."""
+    total = sum(r["recovered"] for r in acted.values())
+    out = []
+    for key in acted.keys() | last.keys():
+        a = acted.get(key, {})
+        b = last.get(key, {})
+        out.append(
             {
-                "key": r["channel"],
-                "label": labels.get(r["channel"], r["channel"]),
-                "recovered": r["recovered"],
-                "recovered_amount": r["recovered_amount"],
-                "share": ratio(r["recovered"], total),
+                "key": key,
+                "label": CHANNEL_LABELS.get(key, key) if key else NO_CHANNEL_LABEL,
+                "recovered": a.get("recovered", 0),
+                "recovered_amount": a.get("recovered_amount", 0),
+                "share": ratio(a.get("recovered", 0), total),
+                "last_touch_recovered": b.get("recovered", 0),
+                "last_touch_amount": b.get("recovered_amount", 0),
+                "last_touch_share": ratio(b.get("recovered", 0), total),
             }
-            for r in rows
-        ),
-        key=lambda r: (-r["recovered"], r["label"]),
+        )
+    # Channels first (most recoveries first), "none" last.
+    return sorted(
+        out, key=lambda r: (r["key"] == "", -r["recovered"], -r["last_touch_recovered"], r["label"])
+    )
+
+
+def by_channel(*, store: Store, period: Period) -> list[dict] | None:
+    """Recoveries of the period by the channel the customer acted on (the last message
+    whose own pay link they visited before recovery) and by last touch (the last message
+    sent before it)."""
+    from .services import channel_expression
+
+    if message_model() is None:
+        return None
+    recovered = RecoveryCase.objects.filter(
+        store=store, status=S.RECOVERED, closed_at__gte=period.start, closed_at__lt=period.end
+    )
+    money = Q(currency=store.currency)
+
+    def grouped(expr) -> dict[str, dict]:
+        rows = (
+            recovered.annotate(ch=expr)
+            .values("ch")
+            .annotate(
+                recovered=Count("pk"),
+                recovered_amount=Coalesce(Sum("recovered_amount", filter=money), 0),
+            )
+            .order_by()
+        )
+        return {r["ch"]: r for r in rows}
+
+    return channel_rows(
+        grouped(channel_expression(acted=True)), grouped(channel_expression(acted=False))
     )
 
 
@@ -511,18 +555,23 @@ SUBSCRIPTION_FIGURES = (
     "c_churned_subscriptions",
     "p_churned_subscriptions",
 )
-PREDUNNING_FIGURES = ("c_sent", "p_sent", "c_saved", "p_saved")
+PREDUNNING_FIGURES = ("c_sent", "p_sent", "c_saved", "p_saved", "c_lost", "p_lost")
 
 
-def live_figures(*, store: Store, period: Period) -> tuple[dict, dict]:
+def live_figures(
+    *, store: Store, period: Period, today: dt.date | None = None
+) -> tuple[dict, dict]:
     """`subscription_figures` and `predunning_figures` in one statement (a UNION of the
-    two aggregates, the second padded to the first's six columns)."""
+    two aggregates, the second padded to the first's columns if it has fewer)."""
+    today = today or predunning_today(store)
 
     def build():
         subs = _subscription_aggregates(store=store, period=period)
-        pre = _predunning_aggregates(period)
+        pre = _predunning_aggregates(period, today)
         assert (tuple(subs), tuple(pre)) == (SUBSCRIPTION_FIGURES, PREDUNNING_FIGURES)
-        pad = {f"pad{i}": Value(0, output_field=IntegerField()) for i in range(len(subs) - 4)}
+        pad = {
+            f"pad{i}": Value(0, output_field=IntegerField()) for i in range(len(subs) - len(pre))
+        }
         a = (
             Subscription.objects.filter(store=store)
             .annotate(k=Value(1, output_field=IntegerField()))
@@ -539,7 +588,7 @@ def live_figures(*, store: Store, period: Period) -> tuple[dict, dict]:
         )
         return a.union(b, all=True)
 
-    key = ("live", store.pk, store.currency, period.start, period.end)
+    key = ("live", store.pk, store.currency, period.start, period.end, today)
     rows = {
         r[0]: [int(v) if v is not None else None for v in r[1:]]
         for r in fetch(*statement(key, build))
@@ -561,6 +610,7 @@ ROLLUP_COLUMNS = (
     "currency",
     "recovered_via",
     "channel",
+    "acted_channel",
     "duration",
     "n",
     "amount_sum",
@@ -595,6 +645,7 @@ def rollup_rows(*, store: Store, period: Period) -> list[dict]:
                 g_decline=current("decline_code"),
                 g_via=current("recovered_via"),
                 g_channel=current("channel"),
+                g_acted=current("acted_channel"),
             )
             .values(
                 "cur",
@@ -607,6 +658,7 @@ def rollup_rows(*, store: Store, period: Period) -> list[dict]:
                 "currency",
                 "g_via",
                 "g_channel",
+                "g_acted",
                 "duration",
             )
             .annotate(
@@ -686,7 +738,8 @@ def home(*, store: Store, period: Period) -> Home:
     products: dict[str, dict] = {}
     days: dict[dt.date, dict] = {}
     sources: dict[str, dict] = {}
-    channels: dict[str, dict] = {}
+    channels: dict[str, dict] = {}  # last touch
+    acted: dict[str, dict] = {}  # the channel the customer acted on
     for r in rows:
         p = "c" if r["cur"] else "p"
         money = r["currency"] == store.currency
@@ -712,6 +765,10 @@ def home(*, store: Store, period: Period) -> Home:
                     )
                     _add(
                         channels.setdefault(ch, {"key": ch}),
+                        {"recovered": r["n"], "recovered_amount": amount},
+                    )
+                    _add(
+                        acted.setdefault(r["acted_channel"], {"key": r["acted_channel"]}),
                         {"recovered": r["n"], "recovered_amount": amount},
                     )
         elif basis == "cohort":
@@ -746,10 +803,11 @@ def home(*, store: Store, period: Period) -> Home:
             active_subscriptions=subs[f"{p}_active"] or 0,
             warnings_sent=pre[f"{p}_sent"] or 0,
             warnings_saved=pre[f"{p}_saved"] or 0,
+            warnings_lost=pre[f"{p}_lost"] or 0,
         )
         f.recovery_rate = ratio(f.recovered, f.recovered + f.lost)
         f.involuntary_churn_rate = ratio(f.churned_subscriptions, f.active_subscriptions)
-        f.predunning_save_rate = ratio(f.warnings_saved, f.warnings_sent)
+        _predunning_rate(f)
         median = _median(durations[p])
         f.median_days_to_recovery = median / 86400 if median is not None else None
         f.attempts_per_recovery = ratio(c.get("attempts", 0), f.recoveries_closed)
@@ -768,17 +826,7 @@ def home(*, store: Store, period: Period) -> Home:
         }
         for s in sources.values()
     ]
-    labels = {"email": "Email", "sms": "SMS", "": "No message before it (technical recovery)"}
-    by_channel = [
-        {
-            "key": c["key"],
-            "label": labels.get(c["key"], c["key"]),
-            "recovered": c["recovered"],
-            "recovered_amount": c["recovered_amount"],
-            "share": ratio(c["recovered"], total_recovered),
-        }
-        for c in channels.values()
-    ]
+    by_channel = channel_rows(acted, channels)
     trend_rows = []
     day = period.start.date()
     while day <= period.last_day:
@@ -795,9 +843,7 @@ def home(*, store: Store, period: Period) -> Home:
         by_track=sorted((_with_rate(t) for t in tracks.values()), key=order),
         by_decline=sorted((_with_rate(d) for d in declines.values()), key=order),
         by_source=sorted(by_source, key=lambda r: (-r["recovered_amount"], r["label"])),
-        by_channel=sorted(by_channel, key=lambda r: (-r["recovered"], r["label"]))
-        if channels_on
-        else [],
+        by_channel=by_channel if channels_on else [],
         channel_available=channels_on,
         by_product=sorted(
             (_with_rate(r) for r in products.values()),

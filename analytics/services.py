@@ -76,6 +76,7 @@ COLUMNS = [
     "currency",
     "recovered_via",
     "channel",
+    "acted_channel",
     "duration",
     "cases",
     "amount",
@@ -105,19 +106,23 @@ def product_expression():
     )
 
 
-def channel_expression():
-    """The channel of the last message sent before a recovered case closed ("" if none,
-    or when the messaging app is not migrated)."""
+def channel_expression(*, acted: bool = False):
+    """The channel a recovered case's recovery is credited to ("" if none, or when the
+    messaging app is not migrated). Last touch: the last message sent before the case
+    closed. Acted on (`acted`): the last message whose own pay link the customer visited
+    before it closed (`Message.visited_at`)."""
     from .selectors import message_model
 
     Message = message_model()
     if Message is None:
         return Value("")
+    at = "visited_at" if acted else "sent_at"
     last = (
         Message.objects.filter(
-            case=OuterRef("pk"), sent_at__isnull=False, sent_at__lte=OuterRef("closed_at")
+            case=OuterRef("pk"),
+            **{f"{at}__isnull": False, f"{at}__lte": OuterRef("closed_at")},
         )
-        .order_by("-sent_at")
+        .order_by(f"-{at}", "-pk")
         .values("channel")[:1]
     )
     return Case(
@@ -171,6 +176,7 @@ def _row(qs, basis: str, *, attempts: bool = True, **dims):
         "r_currency": dims.pop("currency", blank),
         "r_via": dims.pop("recovered_via", blank),
         "r_channel": dims.pop("channel", blank),
+        "r_acted": dims.pop("acted_channel", blank),
         # Typed, so that PostgreSQL can match the UNION's columns.
         "r_duration": Cast(dims.pop("duration", Value(None)), FloatField()),
     }
@@ -235,6 +241,7 @@ def _insert_days(
             currency=F("currency"),
             recovered_via=F("recovered_via"),
             channel=channel_expression(),
+            acted_channel=channel_expression(acted=True),
         ),
         _row(
             by_closed.filter(status=S.RECOVERED),

@@ -80,7 +80,10 @@ SUMMARY_ROWS = [
     ("recovered_revenue", "Recovered revenue", "money"),
     ("recovered_mrr", "Recovered MRR", "money"),
     ("involuntary_churn_rate", "Involuntary churn rate", "rate"),
-    ("predunning_save_rate", "Pre-dunning save rate", "rate"),
+    ("predunning_save_rate", "Pre-dunning save rate (decided warnings)", "rate"),
+    ("warnings_saved", "Expiry warnings saved", "int"),
+    ("warnings_lost", "Expiry warnings lost (card expired unreplaced)", "int"),
+    ("warnings_in_progress", "Expiry warnings in progress (not counted)", "int"),
     ("median_days_to_recovery", "Median days to recovery", "days"),
     ("attempts_per_recovery", "Attempts per recovery", "float"),
 ]
@@ -139,15 +142,22 @@ def home_tables(h: Home, *, currency: str = "usd") -> dict[str, Table]:
         ),
         Table(
             "by_channel",
-            "By channel that preceded recovery",
+            "By channel",
             [
-                Column("label", "Last message before recovery", "text"),
-                Column("recovered", "Recovered"),
-                Column("recovered_amount", "Amount", "money"),
-                Column("share", "Share", "rate"),
+                Column("label", "Channel", "text"),
+                Column("recovered", "Recovered (channel acted on)"),
+                Column("recovered_amount", "Amount (channel acted on)", "money"),
+                Column("share", "Share (channel acted on)", "rate"),
+                Column("last_touch_recovered", "Recovered (last touch)"),
+                Column("last_touch_amount", "Amount (last touch)", "money"),
+                Column("last_touch_share", "Share (last touch)", "rate"),
             ],
             h.by_channel,
-            "" if h.channel_available else "Messaging is not set up yet.",
+            "Payments recovered in the period. Channel acted on: the last message whose own "
+            "pay link the customer opened before the recovery. Last touch: the last message "
+            "sent before it, whether or not it was opened."
+            if h.channel_available
+            else "Messaging is not set up yet.",
         ),
         Table(
             "by_product",

@@ -1,7 +1,11 @@
 """Signed card-update links: /pay/<token>/.
 
 A token is Django's signing (its own salt, so no other signed value of the project can
-stand in for it) over [store id, customer id, case id or 0, the customer's link version].
+stand in for it) over [store id, customer id, case id or 0, the customer's link version,
+link ref]. The link ref is a random value drawn for each link made: the message that
+carries the link stores it in its `pay_url`, so a visit tells which message (and so which
+channel) brought the customer (`link_message`). Tokens made before the ref existed (four
+items) stay valid.
 It is refused when the signature is wrong, after 14 days, after the case's window ends,
 when the customer's `link_version` was bumped (revoking every link sent so far), and
 when the customer or case does not belong to the store it names.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -33,6 +38,7 @@ class PayLink:
     issued_at: dt.datetime
     expires_at: dt.datetime
     token: str
+    ref: str = ""  # the link's own random ref ("" for a token made before refs)
 
 
 class LinkRefused(Exception):
@@ -46,7 +52,13 @@ class LinkRefused(Exception):
 
 
 def pay_token_make(*, customer: Customer, case: RecoveryCase | None = None) -> str:
-    payload = [customer.store_id.hex, customer.pk, case.pk if case else 0, customer.link_version]
+    payload = [
+        customer.store_id.hex,
+        customer.pk,
+        case.pk if case else 0,
+        customer.link_version,
+        secrets.token_urlsafe(6),
+    ]
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
@@ -62,7 +74,9 @@ def token_fingerprint(token: str) -> str:
 
 def _records(payload) -> tuple[Store, Customer, RecoveryCase | None] | None:
     try:
-        store_hex, customer_pk, case_pk, version = payload
+        store_hex, customer_pk, case_pk, version = payload[:4]
+        if len(payload) not in (4, 5):
+            return None
         customer = Customer.objects.select_related("store", "default_payment_method").get(
             pk=int(customer_pk), store_id=str(store_hex)
         )
@@ -104,5 +118,27 @@ def pay_link_resolve(*, token: str, now: dt.datetime) -> PayLink:
     if expired or now >= expires:
         raise LinkRefused("expired", customer=customer)
     return PayLink(
-        store=store, customer=customer, case=case, issued_at=issued, expires_at=expires, token=token
+        store=store,
+        customer=customer,
+        case=case,
+        issued_at=issued,
+        expires_at=expires,
+        token=token,
+        ref=str(payload[4]) if len(payload) > 4 else "",
     )
+
+
+def link_message(link: PayLink):
+    """The message whose link this is: one of the link's own customer's messages in the
+    link's own store (a token can never point at another store's or customer's message)
+    whose `pay_url` carries this very token. None when no message or more than one does
+    (a link made for a page rather than a message; an old token, without a ref, shared by
+    two messages made in the same second)."""
+    from .models import Message
+
+    found = list(
+        Message.objects.filter(
+            store=link.store, customer=link.customer, pay_url__endswith=f"/{link.token}/"
+        ).only("pk", "channel", "store_id", "customer_id", "visited_at", "clicked_at")[:2]
+    )
+    return found[0] if len(found) == 1 else None

@@ -100,6 +100,9 @@ class Message(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)
+    # The first visit to the pay page through this message's own link (its token's ref):
+    # the touch the customer acted on, which analytics credits a recovery to.
+    visited_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

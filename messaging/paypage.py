@@ -37,7 +37,7 @@ from subscriptions.models import Customer, PaymentMethod, Subscription
 from subscriptions.services import invoice_mark, payment_method_set_default, payment_method_upsert
 
 from . import rendering, selectors
-from .links import PayLink
+from .links import PayLink, link_message
 from .models import Channel, Message, Purpose
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,21 @@ class SandboxTestCardGateway(SandboxGateway):
         """The customer passed the (test) authentication: the payment is made."""
         with self._lock:
             self._paid[object_id] = True
+
+
+def pay_visit_record(*, link: PayLink, now: dt.datetime) -> Message | None:
+    """The customer opened the page through a message's link: that message's first visit
+    (and first click, if no click was recorded) is now. The message is found from the
+    token alone (`link_message`): only the link's own customer's messages in its own store
+    can be credited. Idempotent; returns the message, or None."""
+    message = link_message(link)
+    if message is None or message.visited_at is not None:
+        return message
+    qs = Message.objects.filter(pk=message.pk)
+    qs.filter(visited_at__isnull=True).update(visited_at=now)
+    if message.clicked_at is None:
+        qs.filter(clicked_at__isnull=True).update(clicked_at=now)
+    return message
 
 
 def pay_gateway(store: Store):

@@ -115,6 +115,7 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
         link = pay_link_resolve(token=token, now=now)
     except LinkRefused as refused:
         return _refused(request, token, refused)
+    paypage.pay_visit_record(link=link, now=now)
     sandbox = link.store.gateway == Store.Gateway.SANDBOX
     error = ""
     if request.method == "POST":
@@ -170,6 +171,7 @@ def pay_complete(request: HttpRequest, token: str) -> HttpResponse:
         link = pay_link_resolve(token=token, now=now)
     except LinkRefused as refused:
         return _refused(request, token, refused)
+    paypage.pay_visit_record(link=link, now=now)
     data = request.POST if request.method == "POST" else request.GET
     try:
         if data.get("setup_intent"):
