@@ -29,7 +29,17 @@ subscriptions, cards and orders, then replays 90 days of billing in simulated ti
 - customers react to what Recoup sent them: after a message is due (or a pre-dunning
   warning), some of them save a new card on the pay page, which goes through the services
   the pay page uses (`payment_method_upsert(make_default=True)` and
-  `engine.customer_card_changed`).
+  `engine.customer_card_changed`);
+- the escalation queue is alive: a few wholesale cafés pay over the store's high-value
+  MRR threshold; after a failed payment some customers look at the pricing and cancel
+  pages and downgrade or set their subscription to cancel at period end (Stripe's
+  `customer.subscription.updated`, then the signals the merchant posts, recorded by
+  `support.services.customer_signal_record` as the signals API does), and some answer a
+  dunning email (`case_customer_replied`). The demo's `agent` works the queue a few
+  working hours after each item enters, with the services behind the queue's buttons
+  (claim, note, promise to pay, offer, personal email, charge now, lost, hand back);
+  customers keep or break their promises. Each scheduler pass is followed by the
+  worker's `support.services.support_pass`, so the seed ends as the worker would leave it.
 
 Nothing is written around the services, so every number on the dashboard is one the
 product produced. What the replay does not import: renewals and orders whose first charge
@@ -47,6 +57,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -182,6 +193,46 @@ REACTION = {
     "final_notice": 0.18,
     "predunning_expiry": 0.33,
 }
+# High-value accounts: a few cafés buy wholesale, an MRR over the store's high-value
+# threshold (Store.high_value_mrr_threshold, $500 by default). Drawn by a generator of
+# their own, so the rest of the plan stays as it was; their business cards run into
+# limits more often (risky). The first of their renewals in the period fails, so even a
+# small demo has a high-value case in the queue.
+WHOLESALE = Plan(
+    "wholesale", "Café Wholesale", "12 kg a month", 62000, "month", 1, "BEAN-OFFICE-1000", 12, 0
+)
+WHOLESALE_SHARE = 0.03
+# After a failed renewal some customers think of leaving: they look at the pricing and
+# cancellation pages (the merchant's site posts these as churn signals, as
+# POST /api/v1/customers/<id>/signals does), and either set the subscription to cancel
+# at the end of the period or downgrade it (in Stripe). The first failure after the
+# showcase always does, so a small demo has one too.
+CHURN_AFTER_FAILURE = 0.25
+CHURN_DOWNGRADE = 0.4  # of them, those who downgrade rather than cancel (when they can)
+DOWNGRADE_TO = {"club-2": "club-1", "office": "club-2", "wholesale": "office"}
+# The demo's agent works the escalation queue: picks an item up a few hours after it
+# entered (within working hours, store time), claims it, notes what they did, then
+# promises, offers, personal emails, charges and outcomes as the queue's buttons do.
+AGENT_USERNAME = "agent"
+AGENT_HOURS = (8, 19)  # working day, the store's time zone; Monday to Saturday
+AGENT_PICKUP_MEDIAN_HOURS = (3.0, 18.0)  # high-value items first, then the rest
+AGENT_PICKUP_MAX_HOURS = 96.0
+# Some customers answer a dunning email (support.services.case_customer_replied, as
+# messaging reports a reply): a person reads it.
+REPLY = {
+    "soft_first_notice": 0.06,
+    "soft_reminder": 0.06,
+    "final_notice": 0.08,
+    "card_update_request": 0.05,
+}
+REPLIES = [
+    "Sorry about this, I get paid on Friday. Can you wait until then?",
+    "My bank blocked it, I'll call them tomorrow.",
+    "Is there a way to pause instead? Money is tight this month.",
+    "Please try again next week, thanks.",
+    "I didn't know the card had a problem. What do I need to do?",
+]
+AGENT_COUPON = "STAY20"
 BRANDS = [("visa", 0.58), ("mastercard", 0.34), ("amex", 0.08)]
 ZONES = [
     ("America/New_York", 0.28),
@@ -656,6 +707,11 @@ def demo_plan(
     """Draw the people and what will happen to them (pure: no database)."""
     rng = random.Random(f"recoup-demo:{seed}")
     consent_rng = random.Random(f"recoup-demo-sms:{seed}")  # leaves the rest of the plan as is
+    wholesale = set(
+        random.Random(f"recoup-demo-wholesale:{seed}").sample(
+            range(customers), min(customers, max(2, round(customers * WHOLESALE_SHARE)))
+        )
+    )
     start = end - dt.timedelta(days=days)
     people: list[Person] = []
     happenings: list[Happening] = []
@@ -669,6 +725,8 @@ def demo_plan(
     for i in range(customers):
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         plan = _pick(rng, [(p, p.weight) for p in PLANS])
+        if i in wholesale:
+            plan = WHOLESALE
         # Tenure: a few weeks to four years; about one in eight joins during the period.
         if rng.random() < 0.12:
             joined = start + dt.timedelta(seconds=rng.uniform(0, days * 86400 * 0.9))
@@ -710,7 +768,7 @@ def demo_plan(
                 exp_month=exp_day.month,
                 exp_year=exp_day.year,
             ),
-            risky=rng.random() < RISKY_SHARE,
+            risky=rng.random() < RISKY_SHARE or i in wholesale,
         )
         person.sms_consent = consent_rng.random() < SMS_CONSENT and bool(person.phone)
         people.append(person)
@@ -837,10 +895,13 @@ class Progress:
 class Replay:
     """Plays a DemoPlan into a store through the real services, in simulated time."""
 
-    def __init__(self, store: Store, plan: DemoPlan, *, traveller, now: dt.datetime, out=None):
+    def __init__(
+        self, store: Store, plan: DemoPlan, *, traveller, now: dt.datetime, out=None, agent=None
+    ):
         from recovery.simulation import SimulationGateway
 
         self.store, self.plan, self.traveller = store, plan, traveller
+        self.agent = agent  # the demo's agent user, who works the queue (None: nobody does)
         self.rng = random.Random(f"recoup-demo-replay:{plan.seed}")
         self.gateway = SimulationGateway(seed=plan.seed)
         self.heap: list[Happening] = list(plan.happenings)
@@ -861,6 +922,10 @@ class Replay:
         self.seconds: Counter = Counter()  # where the replay's time goes, by happening
         self.actions: Counter = Counter()  # what the scheduler passes did
         self.before_period = 0.0  # seconds spent on the customers who joined before it
+        self.wholesale_failed = False
+        self.churn_episodes = 0
+        self.cancelling: set[str] = set()  # subscriptions set to cancel at period end
+        self.last_queue_item = 0
 
     # ------------------------------------------------------------ plumbing
 
@@ -1003,17 +1068,23 @@ class Replay:
         consent_sms_signup(customer=customer, at=at, source="signup", detail=SMS_CONSENT_TEXT)
 
     def on_renewal(self, person: Person) -> None:
-        if person.sub_id in self.gone:
+        if person.sub_id in self.gone or person.sub_id in self.cancelling:
             return
         person.renewals += 1
         n = person.renewals
         rng = self._rand("renewal", person.index, n)
         if person.card.expires_on() < self.now.date():
             decline = ("expired_card", "")
-        elif rng.random() < self.plan.failure_rate * (RISKY_FACTOR if person.risky else 1.0):
+        elif (first_wholesale := person.plan is WHOLESALE and not self.wholesale_failed) or (
+            rng.random() < self.plan.failure_rate * (RISKY_FACTOR if person.risky else 1.0)
+        ):
+            if first_wholesale:
+                self.wholesale_failed = True
             decline = (
                 SHOWCASE[self.failures]
                 if self.failures < len(SHOWCASE)
+                else ("insufficient_funds", "")
+                if first_wholesale
                 else _pick(rng, DECLINE_MIX)
             )
         else:
@@ -1096,6 +1167,25 @@ class Replay:
                 "dispute",
                 person=person.index,
                 n=n,
+            )
+        churn = self._rand("churn", person.index, n)
+        if (
+            _track_of(decline) != "fraud"
+            and self.failures > len(SHOWCASE)
+            and (not self.churn_episodes or churn.random() < CHURN_AFTER_FAILURE)
+        ):
+            self.churn_episodes += 1
+            path = (
+                "downgrade"
+                if person.plan.key in DOWNGRADE_TO and churn.random() < CHURN_DOWNGRADE
+                else "cancel"
+            )
+            self._add(
+                self.now + dt.timedelta(hours=churn.uniform(2, 48)),
+                "churn",
+                person=person.index,
+                n=n,
+                path=path,
             )
 
     def on_stripe_retry(self, person: Person, n: int, decline: tuple[str, str]) -> None:
@@ -1241,6 +1331,327 @@ class Replay:
         )
         self.done["customer_card"] += 1
 
+    # ------------------------------------------------------------ churn
+
+    def _subscription_now(self, person: Person, **changes) -> tuple[dict, dt.datetime]:
+        """The subscription as Stripe has it now (its current period), and the period's end."""
+        from subscriptions.models import Subscription
+
+        row = Subscription.objects.get(store=self.store, stripe_id=person.sub_id)
+        start = person.joined
+        while _add_interval(start, person.plan) <= self.now:
+            start = _add_interval(start, person.plan)
+        obj = _subscription(person, start)
+        obj.update(
+            created=_ts(person.joined),
+            start_date=_ts(person.joined),
+            billing_cycle_anchor=_ts(person.joined),
+            status=row.status,
+            **changes,
+        )
+        return obj, _add_interval(start, person.plan)
+
+    def _signals(self, person: Person, n: int, kinds: list[tuple[str, dt.timedelta]]) -> None:
+        """The merchant's site posts what the customer did, as the signals API records it."""
+        from support.services import customer_signal_record
+
+        customer = self._customer(person)
+        for kind, ago in kinds:
+            customer_signal_record(
+                store=self.store,
+                customer=customer,
+                kind=kind,
+                at=self.now - ago,
+                external_id=f"demo-{person.index:05d}-{n:02d}-{kind}",
+                data={"source": "bean-box-site"},
+            )
+            self.done[f"signal:{kind}"] += 1
+
+    def on_churn(self, person: Person, n: int, path: str) -> None:
+        """After a failed payment the customer looks at leaving: a downgrade, or a cancel at
+        the end of the period (in Stripe, then the merchant's signals)."""
+        if person.sub_id in self.gone or person.sub_id in self.cancelling:
+            return
+        rng = self._rand("churn-visit", person.index, n)
+        pricing = dt.timedelta(minutes=rng.uniform(8, 40))
+        if path == "downgrade":
+            old = person.plan
+            person.plan = next(p for p in PLANS if p.key == DOWNGRADE_TO[old.key])
+            obj, _ = self._subscription_now(person)
+            self.deliver(
+                "customer.subscription.updated",
+                obj,
+                previous={"items": {"object": "list", "data": [], "has_more": False}},
+            )
+            self._signals(
+                person,
+                n,
+                [
+                    ("pricing_page_visit", pricing),
+                    ("cancel_page_visit", pricing / 2),
+                    ("downgrade", dt.timedelta(0)),
+                ],
+            )
+            return
+        obj, period_end = self._subscription_now(person)
+        obj.update(cancel_at_period_end=True, cancel_at=_ts(period_end))
+        self.deliver("customer.subscription.updated", obj, previous={"cancel_at_period_end": False})
+        self.cancelling.add(person.sub_id)
+        self._signals(
+            person,
+            n,
+            [
+                ("pricing_page_visit", pricing),
+                ("cancel_page_visit", pricing / 2),
+                ("cancel_at_period_end", dt.timedelta(0)),
+            ],
+        )
+        self._add(period_end - dt.timedelta(minutes=1), "sub_end", person=person.index)
+
+    def on_sub_end(self, person: Person) -> None:
+        """The period ends: Stripe cancels a subscription set to cancel at its end."""
+        from subscriptions.models import Subscription
+
+        if person.sub_id in self.gone:
+            return
+        row = Subscription.objects.get(store=self.store, stripe_id=person.sub_id)
+        if not row.cancel_at_period_end:
+            return
+        obj, _ = self._subscription_now(person)
+        obj.update(
+            status="canceled",
+            cancel_at_period_end=True,
+            canceled_at=_ts(self.now),
+            ended_at=_ts(self.now),
+        )
+        self.deliver("customer.subscription.deleted", obj)
+        self.gone.add(person.sub_id)
+
+    # ------------------------------------------------------------ the agent
+
+    def _working_time(self, at: dt.datetime, rng: random.Random) -> dt.datetime:
+        """`at`, or the start of the agent's next working day (store time) if it is outside."""
+        zone = self.store.tzinfo
+        local = at.astimezone(zone)
+        start, end = AGENT_HOURS
+        if local.hour >= end:
+            local = (local + dt.timedelta(days=1)).replace(hour=start, minute=0)
+        elif local.hour < start:
+            local = local.replace(hour=start, minute=0)
+        elif local.weekday() != 6:
+            return at
+        else:  # Sunday: Monday morning
+            local = local.replace(hour=start, minute=0)
+        while local.weekday() == 6:
+            local += dt.timedelta(days=1)
+        local += dt.timedelta(minutes=rng.uniform(0, 90))
+        return local.astimezone(dt.UTC)
+
+    def _queue_watch(self) -> None:
+        """New queue items: the agent will pick each up a few working hours later."""
+        from support.models import QueueItem
+
+        if self.agent is None:
+            return
+        rows = list(
+            QueueItem.objects.filter(store_id=self.store.pk, pk__gt=self.last_queue_item)
+            .order_by("pk")
+            .values_list("pk", "entered_at", "value_at_risk")
+        )
+        for pk, entered, value in rows:
+            self.last_queue_item = pk
+            rng = self._rand("agent-pickup", pk)
+            soon, later = AGENT_PICKUP_MEDIAN_HOURS
+            median = soon if value >= self.store.high_value_mrr_threshold else later
+            hours = min(rng.lognormvariate(math.log(median), 1.0), AGENT_PICKUP_MAX_HOURS)
+            at = self._working_time(entered + dt.timedelta(hours=hours), rng)
+            self._add(at, "agent", item=pk, step="claim")
+
+    def _agent_later(self, item_pk: int, step: str, hours: float, rng: random.Random) -> None:
+        at = self._working_time(self.now + dt.timedelta(hours=hours), rng)
+        self._add(at, "agent", item=item_pk, step=step)
+
+    def on_agent(self, item_pk: int, step: str) -> None:
+        """One piece of the agent's work, through the services the queue's buttons call."""
+        from common.errors import ApplicationError
+        from support.models import QueueItem
+
+        item = QueueItem.objects.select_related("case", "case__customer").get(pk=item_pk)
+        if item.status == QueueItem.Status.DONE or not item.case.is_open:
+            return
+        if item.claimed_by_id not in (None, self.agent.pk):
+            return
+        try:
+            getattr(self, f"_agent_{step}")(item)
+        except ApplicationError as exc:  # refused as the button would be: note why
+            self._note(item, f"Could not {step.replace('_', ' ')}: {exc}")
+        self.done[f"agent:{step}"] += 1
+
+    def _note(self, item, body: str) -> None:
+        from support.services import case_note_add
+
+        case_note_add(case=item.case, user=self.agent, body=body[:500], at=self.now)
+
+    def _agent_claim(self, item) -> None:
+        from support.services import queue_item_claim, queue_outcome_offer
+
+        rng = self._rand("agent-claim", item.pk)
+        item = queue_item_claim(item=item, user=self.agent, at=self.now)
+        codes = {r["code"] for r in item.reasons}
+        case = item.case
+        if "fraud" in codes:
+            self._note(
+                item,
+                "Checked the charge history and the dispute; asked the customer to confirm "
+                "whether they made the earlier payments.",
+            )
+            if rng.random() < 0.7:
+                self._agent_later(item.pk, "lost_fraud", rng.uniform(4, 40), rng)
+            return
+        if "churn_risk" in codes:
+            self._note(
+                item,
+                "Customer looked at cancelling right after the failed payment. Reaching out "
+                "before the period ends.",
+            )
+            if rng.random() < 0.3:  # they stay if they can pay a little later
+                self._agent_promise(item, rng)
+                return
+            if case.subscription_id and rng.random() < 0.5:
+                queue_outcome_offer(
+                    item=item,
+                    user=self.agent,
+                    kind="discount",
+                    coupon=AGENT_COUPON,
+                    at=self.now,
+                    note="20% off the next three months if they stay",
+                )
+            self._agent_email(item)
+            self._customer_answer(item, rng, kept=0.35, lost=0.35)
+            return
+        self._note(
+            item,
+            "High-value account: called the customer's billing contact."
+            if {"high_value_mrr", "high_value_ltv"} & codes
+            else "Read the customer's reply; answering personally.",
+        )
+        r = rng.random()
+        if r < 0.6:
+            self._agent_promise(item, rng)
+        elif r < 0.85:
+            self._agent_email(item)
+            self._customer_answer(item, rng, kept=0.45, lost=0.2)
+        else:
+            self._agent_charge(item)
+
+    def _agent_promise(self, item, rng: random.Random) -> None:
+        """The customer promises to pay by a day; most keep it (they pay on the pay page),
+        the others' promise comes due and the agent follows up."""
+        from support.services import queue_outcome_promise
+
+        today = self.now.astimezone(self.store.tzinfo).date()
+        pay_by = today + dt.timedelta(days=rng.randint(2, 10))
+        queue_outcome_promise(
+            item=item,
+            user=self.agent,
+            pay_by=pay_by,
+            at=self.now,
+            note="Customer will move funds to the card before then",
+        )
+        if rng.random() < 0.6:  # kept: they pay on the pay page before the date
+            due = dt.datetime.combine(pay_by, dt.time(17), tzinfo=self.store.tzinfo)
+            hours = max((due - self.now).total_seconds() / 3600, 1)
+            at = self.now + dt.timedelta(hours=rng.uniform(hours * 0.3, hours))
+            self._add(at, "customer_card", person=self._person_of(item), why="promise_kept")
+        else:  # broken: the promise comes due, the agent follows up
+            after = dt.datetime.combine(
+                pay_by + dt.timedelta(days=1), dt.time(9), tzinfo=self.store.tzinfo
+            )
+            self._add(
+                self._working_time(after + dt.timedelta(hours=rng.uniform(0, 6)), rng),
+                "agent",
+                item=item.pk,
+                step="broken_promise",
+            )
+
+    def _person_of(self, item) -> int:
+        return _index(item.case.customer.stripe_id)
+
+    def _customer_answer(self, item, rng: random.Random, *, kept: float, lost: float) -> None:
+        """What the customer does after the agent wrote: pays with a new card, says no (the
+        agent records it lost a little later), or says nothing (the agent hands most of
+        those back to automated recovery after a few days)."""
+        r = rng.random()
+        if r < kept:
+            at = self.now + dt.timedelta(hours=rng.uniform(2, 60))
+            self._add(at, "customer_card", person=self._person_of(item), why="agent_email")
+        elif r < kept + lost:
+            self._agent_later(item.pk, "lost", rng.uniform(24, 96), rng)
+        elif rng.random() < 0.6:
+            self._agent_later(item.pk, "hand_back", rng.uniform(48, 120), rng)
+
+    def _agent_hand_back(self, item) -> None:
+        from support.models import QueueItem
+        from support.services import queue_item_return_to_automation
+
+        if item.status != QueueItem.Status.CLAIMED:
+            return  # promised meanwhile: the promise decides
+        self._note(item, "No answer from the customer; automated reminders take it from here.")
+        queue_item_return_to_automation(item=item, user=self.agent, at=self.now)
+
+    def _agent_email(self, item) -> None:
+        from support.services import queue_outcome_email
+
+        first = item.case.customer.name.split(" ")[0] if item.case.customer.name else "there"
+        queue_outcome_email(
+            item=item,
+            user=self.agent,
+            note=f"Hi {first}, your last payment for Bean Box did not go through. Reply to "
+            "this email or update your card with the link below and I will sort it out.",
+            at=self.now,
+            idempotency_key=f"demo-email-{int(self.now.timestamp())}",
+        )
+
+    def _agent_charge(self, item) -> None:
+        from support.services import queue_outcome_recovered
+
+        self._note(item, "Customer asked us to charge the card on file again now.")
+        queue_outcome_recovered(item=item, user=self.agent, at=self.now, gateway=self.gateway)
+
+    def _agent_broken_promise(self, item) -> None:
+        self._note(item, "The promised date passed without a payment; following up.")
+        self._agent_email(item)
+        rng = self._rand("agent-broken", item.pk)
+        self._customer_answer(item, rng, kept=0.3, lost=0.4)
+
+    def _agent_lost(self, item) -> None:
+        from support.services import queue_outcome_lost
+
+        queue_outcome_lost(
+            item=item,
+            user=self.agent,
+            at=self.now,
+            why="customer does not want to continue the subscription",
+        )
+
+    def _agent_lost_fraud(self, item) -> None:
+        from support.services import queue_outcome_lost
+
+        queue_outcome_lost(
+            item=item,
+            user=self.agent,
+            at=self.now,
+            why="customer confirmed the card was used without their permission",
+        )
+
+    def on_reply(self, person: Person, text: str) -> None:
+        """The customer answers a dunning email: messaging reports it, a person reads it."""
+        from support.services import case_customer_replied
+
+        case_customer_replied(
+            customer=self._customer(person), at=self.now, channel="email", excerpt=text
+        )
+
     def on_restock(self, code: str, units: int) -> None:
         from orders.models import SKU
         from orders.services import SkuInput, skus_upsert
@@ -1270,11 +1681,15 @@ class Replay:
 
     def run_pass(self, at: dt.datetime) -> None:
         from recovery.scheduler import run_due
+        from support.services import support_pass
 
         self._move(at)
         t0 = time.perf_counter()
         with transaction.atomic():  # counted with the commit and the deliveries it runs
             report = run_due(now=at, gateways={self.store.pk: self.gateway}, rollups=False)
+            # The worker's every-minute support pass: promises due, items of closed cases.
+            support = support_pass(now=at)
+        self.actions.update({f"support:{k}": v for k, v in support.items() if v})
         t1 = time.perf_counter()
         self.seconds["passes"] += t1 - t0
         self.actions.update(report.actions)
@@ -1284,6 +1699,7 @@ class Replay:
         self.done["passes"] += 1
         self.last_pass = at
         self._react()
+        self._queue_watch()
         self.seconds["reactions"] += time.perf_counter() - t1
 
     def _react(self) -> None:
@@ -1305,6 +1721,10 @@ class Replay:
             if chance and rng.random() < chance:
                 delay = dt.timedelta(hours=min(rng.lognormvariate(1.6, 1.0), 96))
                 self._add(at + delay, "customer_card", person=_index(cus), why=purpose)
+            reply = self._rand("reply", cus, purpose, case_id)
+            if reply.random() < REPLY.get(purpose, 0.0):
+                delay = dt.timedelta(hours=min(reply.lognormvariate(1.2, 1.0), 72))
+                self._add(at + delay, "reply", person=_index(cus), text=reply.choice(REPLIES))
         warnings = list(
             ExpiryWarning.objects.filter(store_id=self.store.pk, pk__gt=self.last_warning)
             .order_by("pk")
@@ -1367,6 +1787,10 @@ class Replay:
             ),
             "dispute": lambda h: self.on_dispute(people[h.data["person"]], h.data["n"]),
             "restock": lambda h: self.on_restock(h.data["sku"], h.data["units"]),
+            "churn": lambda h: self.on_churn(people[h.data["person"]], h.data["n"], h.data["path"]),
+            "sub_end": lambda h: self.on_sub_end(people[h.data["person"]]),
+            "agent": lambda h: self.on_agent(h.data["item"], h.data["step"]),
+            "reply": lambda h: self.on_reply(people[h.data["person"]], h.data["text"]),
         }
 
         def play(h: Happening) -> None:
@@ -1378,8 +1802,11 @@ class Replay:
             # Counted with the commit: the work the product defers to it (message delivery).
             self.seconds[h.kind] += time.perf_counter() - t0
             self.done[h.kind] += 1
-            if h.kind == "customer_card" or self.events.total() != events:
+            if h.kind in ("customer_card", "churn", "agent", "reply") or (
+                self.events.total() != events
+            ):
                 self.due_stale = True  # an event or a card change may have planned work
+                self._queue_watch()
 
         # Each happening and each pass commits on its own, as in production: work the
         # product defers to the commit (message delivery) runs at that simulated moment.
@@ -1515,8 +1942,12 @@ def demo_seed(
                         for code, title, on_hand, preorder, threshold, _ in CATALOGUE
                     ],
                 )
+                # The agent works the queue during the replay (the operator logs in after).
+                agent, _ = membership_create(
+                    store=store, username=AGENT_USERNAME, role="agent", password=DEMO_PASSWORD
+                )
             phases["setup"] = time.perf_counter() - started
-            replay = Replay(store, plan, traveller=traveller, now=first, out=out)
+            replay = Replay(store, plan, traveller=traveller, now=first, out=out, agent=agent.user)
             replay.run()
             phases["before the period"] = replay.before_period
             phases["the period"] = replay.progress.elapsed() - replay.before_period
@@ -1533,7 +1964,6 @@ def demo_seed(
     t0 = time.perf_counter()
     with transaction.atomic():
         membership_create(store=store, username="operator", role="operator", password=DEMO_PASSWORD)
-        membership_create(store=store, username="agent", role="agent", password=DEMO_PASSWORD)
         _, token = api_token_create(store=store, name=DEMO_TOKEN_NAME)
     phases["logins"] = time.perf_counter() - t0
     seconds = time.perf_counter() - started
