@@ -1313,6 +1313,9 @@ class Replay:
         if why != "predunning_expiry" and not open_cases_for_customer(customer=customer).exists():
             return  # paid meanwhile: nothing left to fix
         confirm = why == "authentication_request"
+        self._visit_pay_link(
+            customer, why, self._rand("pay-visit", person.index, person.generation)
+        )
         rng = self._rand("customer-card", person.index, person.generation)
         card = person.card if confirm else person.new_card(rng, self.now, same_number=False)
         pm = subs.payment_method_upsert(
@@ -1330,6 +1333,28 @@ class Replay:
             ),
         )
         self.done["customer_card"] += 1
+
+    def _visit_pay_link(self, customer, purpose: str, rng) -> None:
+        """The customer opens the pay page through one of the messages that asked (email
+        or SMS, whichever they read): the page records the visit on that message, as a
+        real visit does (the channel the customer acted on)."""
+        from messaging.links import LinkRefused, pay_link_resolve
+        from messaging.models import Message
+        from messaging.paypage import pay_visit_record
+
+        asked = list(
+            Message.objects.filter(customer=customer, purpose=purpose, created_at__lte=self.now)
+            .exclude(pay_url="")
+            .order_by("-created_at")
+            .values_list("pay_url", flat=True)[:2]
+        )
+        if not asked:
+            return
+        token = rng.choice(asked).rstrip("/").rsplit("/", 1)[-1]
+        try:
+            pay_visit_record(link=pay_link_resolve(token=token, now=self.now), now=self.now)
+        except LinkRefused:
+            pass  # expired: the customer came some other way
 
     # ------------------------------------------------------------ churn
 

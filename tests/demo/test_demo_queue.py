@@ -126,3 +126,18 @@ def test_a_first_real_time_pass_after_the_seed_changes_nothing(store):
     assert report.messages_sent == 0
     assert support == {"promises_due": 0, "settled": 0, "routed": 0}
     assert state() == before
+
+
+def test_recoveries_are_credited_to_the_message_the_customer_acted_on(store):
+    """The demo's customers fix their card through the pay link of a message that asked
+    (email or SMS): the visit is recorded on it, so the channel figures have something
+    true to show, not "None" for every recovery."""
+    from messaging.models import Message
+
+    visited = Message.objects.filter(store=store, visited_at__isnull=False)
+    assert visited.exists()
+    recovered_after_a_visit = RecoveryCase.objects.filter(
+        store=store, status="recovered", messages__visited_at__isnull=False
+    )
+    assert recovered_after_a_visit.exists()
+    assert all(m.pay_url for m in visited)
