@@ -82,9 +82,22 @@ class NulFreePathMixin:
 
 def api_not_found(request, path: str = ""):
     """Any /api/ address no endpoint answers: a 404 in the API's error shape, not
-    Django's HTML page (the catch-all route at the end of config/api_urls.py)."""
-    from django.http import JsonResponse
+    Django's HTML page (the catch-all route at the end of config/api_urls.py). An address
+    that only lacks its trailing slash is redirected, as APPEND_SLASH did before the
+    catch-all matched everything."""
+    from django.http import HttpResponsePermanentRedirect, JsonResponse
+    from django.urls import Resolver404, resolve
 
+    if request.method in ("GET", "HEAD") and not request.path_info.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_not_found:
+            query = request.META.get("QUERY_STRING", "")
+            return HttpResponsePermanentRedirect(
+                request.path + "/" + (f"?{query}" if query else "")
+            )
     return JsonResponse(
         {
             "error": {

@@ -59,8 +59,17 @@ def json_loads_bounded(body: bytes | str, *, max_bytes: int, limit: int = MAX_DE
     refusal (too large, too deep, a NUL, not JSON, not UTF-8)."""
     if len(body) > max_bytes:
         raise BodyRejected(f"Body larger than {max_bytes // 1024} KiB.")
+    if isinstance(body, bytes):
+        # Strictly UTF-8, as JSON on the web is: json.loads(bytes) would guess UTF-16 or
+        # UTF-32 and let NULs and lone surrogates through as raw characters.
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BodyRejected("Body is not UTF-8.") from exc
+    if "\x00" in body:
+        raise BodyRejected("Body contains a NUL character.")
     json_depth_check(body, limit=limit)
-    data = body.encode() if isinstance(body, str) else body
+    data = body.encode()
     if b"\\u0000" in data:
         # No text or JSON column on PostgreSQL can hold a NUL (jsonb refuses \u0000).
         raise BodyRejected("Body contains a NUL character (\\u0000).")

@@ -205,7 +205,7 @@ def pay_page_state(*, link: PayLink, now: dt.datetime) -> PageState:
         return state
     state.amount = rendering.money(case.amount, case.currency)
     state.product = selectors._product(case=case, customer=customer)
-    state.order_note, _ = selectors._order_note(
+    state.order_note, *_ = selectors._order_note(
         case=case, now=now, tz=tz, locale=customer.locale or "en"
     )
     if case.status == RecoveryCase.Status.RECOVERED:

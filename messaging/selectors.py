@@ -136,8 +136,11 @@ def _product(*, case: RecoveryCase | None, customer: Customer) -> str:
     return (product_label(sub.product_name or sub.plan_name) if sub else "") or "your subscription"
 
 
-def _order_note(*, case: RecoveryCase, now: dt.datetime, tz: str, locale: str) -> tuple[str, str]:
-    """(a sentence on what happens to the order or shipment, held-until date)."""
+def _order_note(
+    *, case: RecoveryCase, now: dt.datetime, tz: str, locale: str
+) -> tuple[str, str, dt.datetime | None]:
+    """(a sentence on what happens to the order or shipment, held-until date, when the
+    first held item is released)."""
     if case.order_id:
         from orders.selectors import case_order_summary
 
@@ -145,38 +148,45 @@ def _order_note(*, case: RecoveryCase, now: dt.datetime, tz: str, locale: str) -
         held = [line["held_until"] for line in summary.get("lines", []) if line["held_until"]]
         if held:
             until = rendering.day(min(held), tz=tz, locale=locale)
-            return f"We're holding your items until {until}.", until
+            return f"We're holding your items until {until}.", until, min(held)
         if summary.get("fulfillment_status") == "awaiting_payment" or summary.get("lines"):
-            return "We'll send your order as soon as the payment goes through.", ""
-        return "", ""
+            return "We'll send your order as soon as the payment goes through.", "", None
+        return "", "", None
     if case.subscription_id:
         if case.stepped_down_at:
-            return "Your next shipment is paused until the payment goes through.", ""
+            return "Your next shipment is paused until the payment goes through.", "", None
         when = rendering.day(case.step_down_at or case.window_end, tz=tz, locale=locale)
-        return f"Your subscription carries on as normal until {when} while you sort it out.", ""
-    return "", ""
+        note = f"Your subscription carries on as normal until {when} while you sort it out."
+        return note, "", None
+    return "", "", None
 
 
 HELD_WITHOUT_DATE = "We're holding your items for you while you sort it out."
 
 
 def _one_deadline(
-    case: RecoveryCase, *, note: str, held_until: str, tz: str, locale: str
-) -> tuple[str, str]:
-    """(final_date, order_note) stating one date between them: a customer told "sorted by
-    4 December" and "holding your items until 14 December" cannot tell which matters.
-    The date is the one the case's policy acts on: a subscription's step-down (access
-    restricted), else an order's hold (its items released), else the window's end. A hold
-    on another date is then mentioned without one."""
+    case: RecoveryCase,
+    *,
+    note: str,
+    held_until: str,
+    hold: dt.datetime | None,
+    tz: str,
+    locale: str,
+) -> tuple[str, str, str]:
+    """(final_date, order_note, held_until) stating one date between them: a customer told
+    "sorted by 4 December" and "holding your items until 14 December" cannot tell which
+    matters. The date is the first one the case's policy acts on: a subscription's
+    step-down (access restricted) or its order's items released, whichever comes first,
+    else the window's end. A hold that ends later is mentioned without its date."""
+    dates = []
     if case.subscription_id and case.step_down_at and not case.stepped_down_at:
-        final = rendering.day(case.step_down_at, tz=tz, locale=locale)
-    elif held_until:
-        final = held_until
-    else:
-        final = rendering.day(case.window_end, tz=tz, locale=locale)
+        dates.append(case.step_down_at)
+    if hold is not None:
+        dates.append(hold)
+    final = rendering.day(min(dates) if dates else case.window_end, tz=tz, locale=locale)
     if held_until and held_until != final:
-        note = HELD_WITHOUT_DATE
-    return final, note
+        return final, HELD_WITHOUT_DATE, ""
+    return final, note, held_until
 
 
 def message_context(
@@ -213,9 +223,9 @@ def message_context(
             ctx["card_expiry"] = f"{pm.exp_month:02d}/{pm.exp_year}"
     if case is not None:
         ctx["amount"] = rendering.money(case.amount, case.currency)
-        ctx["order_note"], ctx["held_until"] = _order_note(case=case, now=now, tz=tz, locale=locale)
-        ctx["final_date"], ctx["order_note"] = _one_deadline(
-            case, note=ctx["order_note"], held_until=ctx["held_until"], tz=tz, locale=locale
+        note, held_until, hold = _order_note(case=case, now=now, tz=tz, locale=locale)
+        ctx["final_date"], ctx["order_note"], ctx["held_until"] = _one_deadline(
+            case, note=note, held_until=held_until, hold=hold, tz=tz, locale=locale
         )
         if case.order_id and case.order:
             ctx["order_number"] = case.order.number

@@ -200,8 +200,9 @@ def card_changed_since_failure(case: RecoveryCase) -> bool:
     """Has the customer's card changed since the case's last failure? A change recorded
     before the failure does not count, and neither does one that names the card that
     failed: a card saved in the same second as the failure, or a `customer.updated` that
-    arrives late, sets the default to the very card that was declined. The card updater
-    refreshes a card in place (same payment method, new details), so its change counts."""
+    arrives late, sets the default to the very payment method that was declined (or, on
+    the hard track, to the same card number). The card updater refreshes a card in place
+    (same payment method, new details), so its change counts."""
     if not case.card_changed_at or case.card_changed_at < (case.last_attempt_at or case.opened_at):
         return False
     if case.card_updater_result == "updated":
@@ -212,14 +213,14 @@ def card_changed_since_failure(case: RecoveryCase) -> bool:
         # Which card failed is not known (Stripe has not said): a change in the very
         # second of the failure is the card the failure was made on.
         return case.card_changed_at > (case.last_attempt_at or case.opened_at)
-    fingerprint, pm_id, exp_month, exp_year = failed
+    fingerprint, pm_id, _exp_month, _exp_year = failed
     if pm.stripe_id and pm.stripe_id == pm_id:
-        return False
+        return False  # the very payment method that was declined
     if pm.fingerprint and pm.fingerprint == fingerprint:
-        # The same card number again: a new expiry date is what an expired card needs;
-        # anything else is the card that was declined.
-        renewed = (pm.exp_month, pm.exp_year) != (exp_month, exp_year) and pm.exp_year
-        return bool(renewed) and case.track not in (Track.HARD, Track.FRAUD)
+        # The same card number saved again: what an incorrect CVC or postal code, an
+        # expired card's new date, or a card confirmed for off-session use needs; never a
+        # cure for a lost, stolen or do-not-honour card.
+        return case.track not in (Track.HARD, Track.FRAUD)
     return True
 
 
@@ -617,9 +618,10 @@ def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
 
     from .services import case_event_record
 
-    # A person was working it: the queue item leaves with the case's result, now, not
-    # at the support pass's next sweep (a replay runs no such sweep).
-    queue_item_settle_for_case(case=case, at=at)
+    # A person was working it: the queue item leaves with the case's result once the
+    # close commits (not at the support pass's next sweep). After the commit, not under
+    # the case's lock: an agent's action locks the item, then the case.
+    transaction.on_commit(lambda: queue_item_settle_for_case(case=case, at=at))
     sub = case.subscription
     if case.status == RecoveryCase.Status.RECOVERED:
         if sub is not None:

@@ -535,6 +535,24 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
     decline = decline_from_payment_intent(data)
     customer = _customer(event, data.get("customer"))
     invoice = _invoice_for_payment_intent(event.store, data)
+    if invoice is not None and invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID):
+        # A failure reported after the invoice was settled (its invoice.paid came first):
+        # counted, and it opens nothing.
+        payment_attempt_record(
+            store=event.store,
+            case=getattr(invoice, "case", None),
+            customer=invoice.customer,
+            source=PaymentAttempt.Source.STRIPE_AUTO,
+            outcome=PaymentAttempt.Outcome.FAILED,
+            amount=minor(data.get("amount")),
+            currency=invoice.currency,
+            at=at,
+            decline=decline,
+            invoice_stripe_id=invoice.stripe_id,
+            stripe_event_id=event.pk,
+            reason="reported after the invoice was settled",
+        )
+        return f"recorded: invoice already {invoice.status}"
     if invoice is not None:
         case, _ = recovery_case_open(
             store=event.store,
@@ -927,10 +945,13 @@ def stripe_events_work(
             return False
         return max_seconds is None or time.monotonic() - started < max_seconds
 
-    reader = None
+    reader, stopped = None, threading.Event()
     if not until_idle and connection.vendor == "postgresql":
         reader = threading.Thread(
-            target=_lookups_loop, args=(running, idle_sleep), name="recoup-lookups", daemon=True
+            target=_lookups_loop,
+            args=(lambda: not stopped.is_set() and running(), idle_sleep),
+            name="recoup-lookups",
+            daemon=True,
         )
         reader.start()
     try:
@@ -945,6 +966,7 @@ def stripe_events_work(
                     break
                 time.sleep(idle_sleep)
     finally:
+        stopped.set()  # the reader ends with this loop, however it ended
         if reader is not None:
             reader.join()
     return done

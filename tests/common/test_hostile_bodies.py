@@ -48,7 +48,7 @@ def test_brackets_inside_strings_are_not_nesting():
 
 @pytest.mark.parametrize("body", ["NaN", '{"a": Infinity}', b"\xff\xfe{", "{", ""])
 def test_what_is_not_json_is_refused(body):
-    with pytest.raises(BodyRejected, match="not valid JSON"):
+    with pytest.raises(BodyRejected, match="not valid JSON|not UTF-8"):
         json_loads_bounded(body, max_bytes=10**6)
 
 
@@ -200,3 +200,9 @@ def test_an_api_address_no_endpoint_answers_is_a_json_404(api, path):
     response = api.get(path)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_an_api_address_missing_its_slash_is_redirected_not_refused(api):
+    response = api.get("/api/v1/cases?status=open")
+    assert response.status_code == 301
+    assert response["Location"] == "/api/v1/cases/?status=open"

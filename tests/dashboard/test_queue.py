@@ -296,10 +296,11 @@ def test_handing_back_resumes_dunning(store, queued, agent_client):
     assert not queued.case.dunning_paused
 
 
-def test_a_case_paid_meanwhile_leaves_the_queue(store, queued):
+def test_a_case_paid_meanwhile_leaves_the_queue(store, queued, django_capture_on_commit_callbacks):
     from recovery.services import recovery_case_close
 
-    recovery_case_close(case=queued.case, status="recovered", reason="paid", via="stripe_retry")
+    with django_capture_on_commit_callbacks(execute=True):
+        recovery_case_close(case=queued.case, status="recovered", reason="paid", via="stripe_retry")
     # Settled with the close itself: the support pass's sweep finds nothing left.
     queued.refresh_from_db()
     assert queued.status == QueueItem.Status.DONE and queued.outcome == QueueItem.Outcome.RECOVERED

@@ -96,9 +96,9 @@ def test_every_default_message_states_one_deadline(webhooks, store, shelf, kind,
                 seen |= dates
     # And that one date is the one the case's policy acts on.
     case.refresh_from_db()
+    dates = [h.held_until for h in case.order.lines.get().holds.all()] if case.order_id else []
     if case.subscription_id:
-        expected = case.step_down_at
-    else:
-        expected = min(h.held_until for h in case.order.lines.get().holds.all())
+        dates.append(case.step_down_at)
+    expected = min(dates)  # the first date the policy acts on
     local = expected.astimezone(ZoneInfo(case.customer.time_zone or store.timezone))
     assert seen == {f"{local.day} {local:%B}"}

@@ -375,3 +375,20 @@ def test_a_card_refreshed_by_the_updater_becomes_the_default_when_none_is_on_rec
     customer.refresh_from_db()
     assert customer.default_payment_method.stripe_id == "pm_refreshed"
     assert customer.default_payment_method.last4 == "0005"
+
+
+def test_a_payment_intent_failure_reported_after_its_invoice_was_paid_opens_nothing(webhooks):
+    """Under a backlog the invoice events are claimed first: invoice.paid may be applied
+    before an earlier payment_intent.payment_failed of the same invoice."""
+    from subscriptions.models import Invoice as InvoiceRow
+
+    invoice = sf.failed_invoice()
+    webhooks.deliver("invoice.paid", sf.paid_invoice(invoice))
+    assert InvoiceRow.objects.get(stripe_id=invoice["id"]).status == "paid"
+    pi = sf.payment_intent_failed(invoice)
+    # Recoup knows the invoice's PaymentIntent (a read-back told it), so the two join.
+    InvoiceRow.objects.filter(stripe_id=invoice["id"]).update(payment_intent_id=pi["id"])
+    webhooks.deliver("payment_intent.payment_failed", pi)
+    assert RecoveryCase.objects.count() == 0
+    assert StripeEvent.objects.get(type="payment_intent.payment_failed").outcome == "processed"
+    assert PaymentAttempt.objects.get().reason == "reported after the invoice was settled"
