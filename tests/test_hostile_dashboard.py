@@ -17,7 +17,7 @@ from orders.models import HoldPolicy
 from recovery.models import RetryPolicy
 from stores.models import Store
 from support.models import SupportPolicy
-from tests.dashboard.conftest import login, make_case
+from tests.dashboard.conftest import RETRY_FORM, login, make_case
 
 DAY = dt.timedelta(days=1)
 INFINITIES = ["inf", "-inf", "Infinity", "nan", "1e308", "-1e308", "1e400", "-1e400", "1e-400"]
@@ -246,20 +246,6 @@ def test_the_widest_periods_still_work(store, operator_client, params):
 
 HOSTILE_NUMBERS = [*INFINITIES, HUGE, "-" + HUGE, DIGITS_5000, "", "twelve", "1,5"]
 
-RETRY_FORM = {
-    "max_retries": "3",
-    "first_retry_hours": "6",
-    "generic_retries_before_card_update": "2",
-    "window_days_day": "3",
-    "window_days_week": "7",
-    "window_days_month": "28",
-    "window_days_year": "45",
-    "window_days_order": "7",
-    "grace_fraction": "40",
-    "end_action": "pause",
-    "predunning_days": "30",
-    "learned_timing": "on",
-}
 RETRY_MESSAGES = {
     "max_retries": "max_retries must be between 0 and 8",
     "first_retry_hours": "first_retry_hours must be between 1 and 72 hours.",

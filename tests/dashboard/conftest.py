@@ -128,3 +128,20 @@ def count_queries():
 
 def queries_text(ctx) -> str:
     return "\n".join(f"{i}. {q['sql'][:300]}" for i, q in enumerate(ctx.captured_queries, 1))
+
+
+# A valid retry-policy form, as the settings page posts it.
+RETRY_FORM = {
+    "max_retries": "3",
+    "first_retry_hours": "6",
+    "generic_retries_before_card_update": "2",
+    "window_days_day": "3",
+    "window_days_week": "7",
+    "window_days_month": "28",
+    "window_days_year": "45",
+    "window_days_order": "7",
+    "grace_fraction": "40",
+    "end_action": "pause",
+    "predunning_days": "30",
+    "learned_timing": "on",
+}

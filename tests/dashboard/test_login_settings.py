@@ -13,6 +13,7 @@ from recovery.models import RetryPolicy
 from stores.models import Store
 from support.models import SupportPolicy
 from tests.dashboard.billing_stripe import billing_stripe  # noqa: F401 - a fixture
+from tests.dashboard.conftest import RETRY_FORM
 
 
 @pytest.fixture(autouse=True)
@@ -73,20 +74,7 @@ def test_password_change_and_reset(store, operator, operator_client):
 def test_retry_policy_saves_a_new_version(store, operator_client):
     url = f"/s/{store.id}/settings/retry-policy/"
     assert "(defaults)" in operator_client.get(url).content.decode()
-    form = {
-        "max_retries": "3",
-        "first_retry_hours": "6",
-        "generic_retries_before_card_update": "2",
-        "window_days_day": "3",
-        "window_days_week": "7",
-        "window_days_month": "28",
-        "window_days_year": "45",
-        "window_days_order": "7",
-        "grace_fraction": "40",
-        "end_action": "pause",
-        "predunning_days": "30",
-        "learned_timing": "on",
-    }
+    form = dict(RETRY_FORM)
     operator_client.post(url, form)
     policy = RetryPolicy.objects.get(store=store)
     assert (policy.version, policy.max_retries, policy.window_days_month, policy.end_action) == (
