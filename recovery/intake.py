@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
+import psycopg
 import stripe
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Case, F, Q, When
 from django.utils import timezone
 
@@ -145,19 +146,36 @@ _INSERT = (
 def _event_insert(*, store: Store, event: dict, body: str | None) -> bool:
     """The webhook's one statement on PostgreSQL: the verified body itself as the JSONB
     payload (not the parsed event serialised again), a duplicate answered by the
-    unique index without an error. True when the row is new."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT,
-            [
-                store.pk,
-                event["id"],
-                event["type"],
-                body if body is not None else json.dumps(event),
-                ts(event.get("created")),
-                timezone.now(),
-            ],
-        )
+    unique index without an error. True when the row is new.
+
+    One round trip per event. Django's connection health check (CONN_HEALTH_CHECKS)
+    would add a `SELECT 1` before it on every request; here the INSERT is the check:
+    on a connection that turns out dead it is sent once more on a new one. That is
+    safe because the statement is idempotent (a row stored before the connection died
+    is found by the unique index, and the second answer says duplicate).
+    """
+    params = [
+        store.pk,
+        event["id"],
+        event["type"],
+        body if body is not None else json.dumps(event),
+        ts(event.get("created")),
+        timezone.now(),
+    ]
+    connection.health_check_done = True  # the INSERT below checks the connection
+    try:
+        return _insert_once(params)
+    except (OperationalError, InterfaceError):
+        connection.close()
+        return _insert_once(params)
+
+
+def _insert_once(params: list) -> bool:
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # Parameters bound by the server, not spliced into the SQL: PostgreSQL does not
+        # parse the body twice (once as a quoted literal, once as JSON).
+        cursor.execute(_INSERT, params)
         return cursor.fetchone() is not None
 
 

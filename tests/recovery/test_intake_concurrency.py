@@ -228,3 +228,50 @@ def test_two_workers_recording_one_charge_at_once_keep_one_attempt(store):
     attempt = PaymentAttempt.objects.get()
     assert (attempt.card_brand, attempt.card_last4) == ("visa", "4242")
     assert dt.timedelta(0) == attempt.attempted_at - at
+
+
+def test_a_webhook_on_a_connection_the_database_dropped_is_still_stored(store):
+    """The webhook sends no health-check query: its INSERT is the check. When PostgreSQL
+    has ended the process's connection (a restart, a failover, an idle timeout), the
+    event is stored on a new connection and acknowledged once, not answered with a 500."""
+    import psycopg
+    from django.conf import settings
+
+    client = Client()
+    path = f"/webhooks/stripe/{store.pk}/"
+    first, second = (
+        sf.event("invoice.payment_failed", sf.failed_invoice(invoice_id=i))
+        for i in ("in_drop_1", "in_drop_2")
+    )
+    body = json.dumps(first)
+    response = client.post(
+        path,
+        data=body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=sf.sign(body, WEBHOOK_SECRET),
+    )
+    assert response.json() == {"received": True, "duplicate": False}
+    pid = connection.connection.info.backend_pid
+    db = settings.DATABASES["default"]
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        dbname=db["NAME"],
+        autocommit=True,
+    ) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
+
+    body = json.dumps(second)
+    response = client.post(
+        path,
+        data=body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=sf.sign(body, WEBHOOK_SECRET),
+    )
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "duplicate": False}
+    assert connection.connection.info.backend_pid != pid
+    assert sorted(StripeEvent.objects.values_list("event_id", flat=True)) == sorted(
+        [first["id"], second["id"]]
+    )
