@@ -233,6 +233,10 @@ REPLIES = [
     "I didn't know the card had a problem. What do I need to do?",
 ]
 AGENT_COUPON = "STAY20"
+# The last day of the replay: a few customers with an open case answer an email or look
+# at leaving, hours before "now". The agent has not got to all of them yet, so "Needs an
+# agent" shows what arrives in a working day, at its real ages (hours before the end).
+RECENT_QUEUE = [(20.0, "reply"), (11.0, "churn"), (6.5, "reply"), (2.5, "churn"), (1.2, "reply")]
 BRANDS = [("visa", 0.58), ("mastercard", 0.34), ("amex", 0.08)]
 ZONES = [
     ("America/New_York", 0.28),
@@ -1677,6 +1681,45 @@ class Replay:
             customer=self._customer(person), at=self.now, channel="email", excerpt=text
         )
 
+    def on_recent(self, step: str, k: int) -> None:
+        """Hours before the end, one more customer with an open case and an email behind it
+        replies to it or looks at leaving; a person should see them (RECENT_QUEUE)."""
+        from recovery.models import RecoveryCase, Track
+        from support.models import QueueItem
+        from support.selectors import ACTIVE as ACTIVE_QUEUE
+
+        queued = QueueItem.objects.filter(
+            store_id=self.store.pk, status__in=ACTIVE_QUEUE
+        ).values("case__customer_id")
+        candidates = list(
+            RecoveryCase.objects.filter(
+                store=self.store,
+                status=RecoveryCase.Status.OPEN,
+                invoice__isnull=False,
+                messages__isnull=False,
+                queue_item__isnull=True,
+                # Still days to go: an item whose window ends tonight is not what waits.
+                window_end__gt=self.plan.end + dt.timedelta(days=2),
+            )
+            .exclude(track=Track.FRAUD)
+            .exclude(customer_id__in=queued)
+            .exclude(customer__subscriptions__stripe_id__in=self.cancelling | self.gone)
+            .order_by("pk")
+            .values_list("customer__stripe_id", "invoice__stripe_id")
+            .distinct()
+        )
+        if not candidates:
+            return
+        rng = self._rand("recent", step, k)
+        cus, inv = rng.choice(candidates)
+        person = self.plan.people[_index(cus)]
+        if step == "reply":
+            self.on_reply(person, rng.choice(REPLIES))
+            return
+        n = int(inv.rsplit("_", 1)[-1])
+        path = "downgrade" if person.plan.key in DOWNGRADE_TO and rng.random() < 0.5 else "cancel"
+        self.on_churn(person, n, path)
+
     def on_restock(self, code: str, units: int) -> None:
         from orders.models import SKU
         from orders.services import SkuInput, skus_upsert
@@ -1816,7 +1859,12 @@ class Replay:
             "sub_end": lambda h: self.on_sub_end(people[h.data["person"]]),
             "agent": lambda h: self.on_agent(h.data["item"], h.data["step"]),
             "reply": lambda h: self.on_reply(people[h.data["person"]], h.data["text"]),
+            "recent": lambda h: self.on_recent(h.data["step"], h.data["k"]),
         }
+        for k, (hours, step) in enumerate(RECENT_QUEUE):
+            at = plan.end - dt.timedelta(hours=hours)
+            if at > plan.start:
+                self._add(at, "recent", step=step, k=k)
 
         def play(h: Happening) -> None:
             self._move(h.at)
@@ -1827,7 +1875,7 @@ class Replay:
             # Counted with the commit: the work the product defers to it (message delivery).
             self.seconds[h.kind] += time.perf_counter() - t0
             self.done[h.kind] += 1
-            if h.kind in ("customer_card", "churn", "agent", "reply") or (
+            if h.kind in ("customer_card", "churn", "agent", "reply", "recent") or (
                 self.events.total() != events
             ):
                 self.due_stale = True  # an event or a card change may have planned work

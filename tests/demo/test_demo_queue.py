@@ -57,6 +57,8 @@ def test_every_queue_view_has_items(store, agent):
 def test_waiting_items_are_hours_to_days_old_and_their_windows_are_open(store):
     waiting = QueueItem.objects.filter(store=store, status=QueueItem.Status.WAITING)
     assert waiting.exists()
+    # What came in during the last working day is there, hours old, not only leftovers.
+    assert waiting.filter(entered_at__gt=END - dt.timedelta(hours=24)).exists()
     for item in waiting:
         assert END - item.entered_at <= dt.timedelta(days=6), item
         assert item.window_end > END, item
