@@ -369,6 +369,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         order=_renewal_order(event.store, subscription, data),
         payment_intent_ids=invoice_payment_intent_ids(data),
         decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
+        replan_unchanged=False,
     )
     attempt, created = payment_attempt_record(
         store=event.store,
@@ -582,6 +583,7 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
             invoice=invoice,
             subscription=invoice.subscription,
             payment_intent_ids=[decline.payment_intent_id],
+            replan_unchanged=False,
         )
     else:
         order = _order_for_payment_intent(event.store, data)
@@ -625,6 +627,7 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
             at=at,
             order=order,
             payment_intent_ids=[decline.payment_intent_id],
+            replan_unchanged=False,
         )
     attempt, created = payment_attempt_record(
         store=event.store,
@@ -715,6 +718,7 @@ def _charge_failed(event: StripeEvent, data: dict) -> str:
             at=at,
             invoice=invoice,
             payment_intent_ids=[decline.payment_intent_id],
+            replan_unchanged=False,
         )
     attempt, created = payment_attempt_record(
         store=event.store,

@@ -246,12 +246,16 @@ def recovery_case_open(
     order: Order | None = None,
     payment_intent_ids: list[str] | None = None,
     decline_awaited_until: dt.datetime | None = None,
+    replan_unchanged: bool = True,
 ) -> tuple[RecoveryCase, bool]:
     """Open the one case for a failed invoice or order payment, or update the open one.
 
     Returns (case, changed). A closed case is never reopened by a late failure.
     decline_awaited_until: the report did not say why the payment failed; a new case
     waits (no retry, no message) until Stripe says or until then.
+    replan_unchanged=False: a report that changes nothing on the open case (a Stripe
+    event telling a failure the case already has) writes and plans nothing; the intake
+    plans a new attempt when it records it.
     """
     from . import engine
 
@@ -324,6 +328,14 @@ def recovery_case_open(
         subscription=subscription,
         order=order,
     )
+    if not replan_unchanged and event is None and not any(
+        # invoice, subscription and order are only in `updates` when the case had none
+        field in ("invoice", "subscription", "order") or getattr(case, field) != value
+        for field, value in updates.items()
+    ):
+        # The same failure told again (its charge.failed, its payment_intent.payment_failed,
+        # a redelivery): nothing to write and nothing to plan again.
+        return case, False
     if event is not None:
         event.save(force_insert=True)
     for field, value in updates.items():
