@@ -85,8 +85,15 @@ _POLICY_VERSIONS: dict[tuple, RetryPolicy] = {}
 
 def _policy(case: RecoveryCase) -> RetryPolicy:
     key = (case.store_id, case.policy_version)
-    if case.policy_version is not None and key in _POLICY_VERSIONS:
+    if case.policy_version and key in _POLICY_VERSIONS:
         return _POLICY_VERSIONS[key]
+    if not case.policy_version:
+        # Opened on the defaults (version 0, never saved): the store's current policy,
+        # asked once per case object (a handler and the planner ask several times).
+        memo = case.__dict__.get("_current_policy")
+        if memo is None:
+            memo = case.__dict__["_current_policy"] = retry_policy_current(store=case.store)
+        return memo
     policy = RetryPolicy.objects.filter(store_id=case.store_id, version=case.policy_version).first()
     if policy is not None:
         if len(_POLICY_VERSIONS) > 10_000:

@@ -287,6 +287,8 @@ def recovery_case_open(
             decline_awaited_until=None if decline.has_code else decline_awaited_until,
             **case_card_fields(decline),
         )
+        if not policy.version:
+            case.__dict__["_current_policy"] = policy  # engine._policy: asked once per case
         case_event_record(
             case=case,
             kind="opened",

@@ -29,13 +29,32 @@ from . import facts
 from .models import Customer, Invoice, PaymentMethod, Subscription
 
 
-def _get_or_create(model, *, lookup: dict, defaults: dict):
-    """get_or_create that survives a concurrent insert of the same Stripe object."""
+def _get_or_create(model, *, lookup: dict, defaults: dict, lock: bool = False):
+    """get_or_create that survives a concurrent insert of the same Stripe object.
+
+    A row that exists (the usual case: every event after the first) costs one SELECT,
+    with no savepoint around it; lock=True takes its row lock in that same SELECT (a row
+    created here is this transaction's own). Only an INSERT needs the savepoint, so that
+    losing the race to another worker leaves the transaction usable."""
+    objects = model.objects.select_for_update() if lock else model.objects
+    found = objects.filter(**lookup).first()
+    if found is not None:
+        return found, False
+    return _create_or_get(model, lookup=lookup, defaults=defaults, lock=lock)
+
+
+def _create_or_get(model, *, lookup: dict, defaults: dict, lock: bool = False):
+    """Insert a row just looked for and not found; the row another worker inserted
+    first, if it won the race."""
+    objects = model.objects.select_for_update() if lock else model.objects
     try:
         with transaction.atomic():
-            return model.objects.get_or_create(**lookup, defaults=defaults)
+            return model.objects.create(**lookup, **defaults), True
     except IntegrityError:
-        return model.objects.get(**lookup), False
+        found = objects.filter(**lookup).first()
+        if found is None:
+            raise  # not the race: a row this lookup cannot find was refused
+        return found, False
 
 
 def _phone_region(*, store: Store, country: str = "", card_country: str = "") -> str | None:
@@ -61,7 +80,7 @@ def customer_upsert(
     customer, created = (
         (known, False)
         if known is not None
-        else _get_or_create(
+        else _create_or_get(
             Customer,
             lookup={"store": store, "stripe_id": stripe_id},
             defaults={
@@ -343,10 +362,10 @@ def subscription_upsert(
             Subscription,
             lookup={"store": store, "stripe_id": str(data["id"])},
             defaults={**values, "stripe_updated": at},
+            lock=True,
         )
         if created:
             return subscription
-        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
         if subscription.stripe_updated and at < subscription.stripe_updated:
             return subscription  # an older snapshot arriving late
         # A cancelled subscription stays cancelled whatever a late update says.
@@ -535,10 +554,10 @@ def invoice_upsert(
         Invoice,
         lookup={"store": store, "stripe_id": str(data["id"])},
         defaults={**values, "stripe_updated": at},
+        lock=True,
     )
     if created:
         return invoice
-    invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
     newer = invoice.stripe_updated is None or at >= invoice.stripe_updated
     if _INVOICE_RANK[status] < _INVOICE_RANK[invoice.status]:
         values.pop("status")  # never backwards
