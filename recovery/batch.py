@@ -687,7 +687,7 @@ def _payment_record(case, attempt, result, *, now: dt.datetime, writes: Writes) 
         case,
         status=RecoveryCase.Status.RECOVERED,
         reason=reason,
-        via=engine.recovered_via(case, attempt),
+        via=case.credit_for(attempt),
         amount=amount,
     )
     updates.update(

@@ -679,22 +679,6 @@ def subscriptions_restore(subscription_ids) -> None:
     ).update(status=Subscription.Status.ACTIVE, access=Subscription.Access.FULL)
 
 
-def recovered_via(case: RecoveryCase, attempt: PaymentAttempt) -> str:
-    """Who is credited when an attempt of ours pays."""
-    via = {
-        PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
-        PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
-        PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
-    }.get(attempt.source)
-    if via is None:  # after a card change: the updater or the customer
-        via = (
-            RecoveryCase.RecoveredVia.CARD_UPDATER
-            if case.card_updater_result == "updated"
-            else RecoveryCase.RecoveredVia.CUSTOMER
-        )
-    return via
-
-
 def case_route_to_person(*, case: RecoveryCase, at: dt.datetime, track: str, reason: str) -> None:
     from .services import case_event_record
 
@@ -1108,7 +1092,7 @@ def attempt_resolve(
             success=success,
         )
     if success:
-        via = recovered_via(case, attempt)
+        via = case.credit_for(attempt)
         if case.invoice_id:
             from subscriptions.services import invoice_mark
 
@@ -1325,8 +1309,8 @@ def _paid_elsewhere(
 
     if outcome not in ANSWERED_AS:
         return
-    if case.status != RecoveryCase.Status.RECOVERED or case.recovered_via != recovered_via(
-        case, attempt
+    if case.status != RecoveryCase.Status.RECOVERED or case.recovered_via != case.credit_for(
+        attempt
     ):
         return  # not closed on this attempt's credit
     if not PaymentAttempt.objects.filter(

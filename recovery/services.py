@@ -330,10 +330,14 @@ def recovery_case_open(
         subscription=subscription,
         order=order,
     )
-    if not replan_unchanged and event is None and not any(
-        # invoice, subscription and order are only in `updates` when the case had none
-        field in ("invoice", "subscription", "order") or getattr(case, field) != value
-        for field, value in updates.items()
+    if (
+        not replan_unchanged
+        and event is None
+        and not any(
+            # invoice, subscription and order are only in `updates` when the case had none
+            field in ("invoice", "subscription", "order") or getattr(case, field) != value
+            for field, value in updates.items()
+        )
     ):
         # The same failure told again (its charge.failed, its payment_intent.payment_failed,
         # a redelivery): nothing to write and nothing to plan again.
@@ -493,13 +497,7 @@ def recovered_via_for_success(*, case: RecoveryCase, at: dt.datetime) -> str:
     """Who brought the money back, judged from the attempts and events just before."""
     last = case.attempts.order_by("-attempted_at", "-id").first()
     if last is not None and last.outcome == PaymentAttempt.Outcome.SUCCEEDED:
-        return {
-            PaymentAttempt.Source.RECOUP_RETRY: RecoveryCase.RecoveredVia.RECOUP_RETRY,
-            PaymentAttempt.Source.CUSTOMER: RecoveryCase.RecoveredVia.CUSTOMER,
-            PaymentAttempt.Source.CARD_UPDATE: RecoveryCase.RecoveredVia.CUSTOMER,
-            PaymentAttempt.Source.AGENT: RecoveryCase.RecoveredVia.AGENT,
-            PaymentAttempt.Source.STRIPE_AUTO: RecoveryCase.RecoveredVia.STRIPE_RETRY,
-        }[last.source]
+        return case.credit_for(last)
     if case.card_updater_result == "updated":
         return RecoveryCase.RecoveredVia.CARD_UPDATER
     return RecoveryCase.RecoveredVia.STRIPE_RETRY
