@@ -14,7 +14,8 @@ class Channel(models.TextChoices):
 
 
 class Purpose(models.TextChoices):
-    """Why a message goes out; the values are recovery.engine.Purpose's."""
+    """Why a message goes out: the one list, which the engine plans with and the
+    templates are named after."""
 
     PREDUNNING = "predunning_expiry", "Pre-dunning: card expiring"
     SOFT_FIRST = "soft_first_notice", "Payment failed: first notice"

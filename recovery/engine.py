@@ -18,6 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from messaging.models import Purpose  # the one list of why a message goes out
 from subscriptions.models import Subscription
 
 from . import budgets, declines, timing
@@ -38,20 +39,6 @@ CLAIM_LEASE = dt.timedelta(minutes=10)
 # How late a pass may act on a retry slot chosen earlier. Passes run every minute (or
 # hour) and never exactly on the slot; later than this, a new slot is chosen instead.
 DUE_GRACE = dt.timedelta(hours=1)
-
-
-class Purpose:
-    """Why a message goes out (the messaging issue's templates use the same names)."""
-
-    PREDUNNING = "predunning_expiry"
-    SOFT_FIRST = "soft_first_notice"
-    SOFT_REMINDER = "soft_reminder"
-    SHIPMENT_AT_RISK = "shipment_at_risk"
-    FINAL_NOTICE = "final_notice"
-    CARD_UPDATE = "card_update_request"
-    AUTHENTICATION = "authentication_request"
-    RECOVERED = "recovered_thanks"
-    AGENT = "agent_follow_up"
 
 
 # ------------------------------------------------------------------ facts read once per batch

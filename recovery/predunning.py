@@ -21,7 +21,7 @@ def card_expires_on(exp_month: int, exp_year: int) -> dt.date:
 
 def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
     """Default cards on active subscriptions that expire soon get one warning each."""
-    from .engine import Purpose
+    from messaging.models import Purpose
 
     now = now or timezone.now()
     today = now.date()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from messaging import sms
-from messaging.models import ConsentEvent, Suppression
+from messaging.models import ConsentEvent, Purpose, Suppression
 from messaging.services import consent_sms_opt_out, consent_sms_signup, message_send_for_case
-from recovery.engine import Purpose
 from subscriptions.models import Customer
 
 from .conftest import T0
