@@ -88,12 +88,15 @@ def _unprepared_cursor_class():
 
 
 @contextlib.contextmanager
-def _binding_cursor():
+def binding_cursor(*, check_health: bool = True):
     """A cursor that sends its parameters apart from the statement (`%b`: in binary),
     wrapped as Django wraps its own (execute wrappers, query logging, error translation).
     Statements are not prepared on the server, so a transaction-mode pooler in front of
-    PostgreSQL sees nothing it would have to keep per connection."""
-    connection.close_if_health_check_failed()
+    PostgreSQL sees nothing it would have to keep per connection. check_health=False
+    skips Django's SELECT 1 on a reused connection: for a caller whose statement is its
+    own check (it is sent again on a new connection if this one turns out dead)."""
+    if check_health:
+        connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
@@ -162,7 +165,7 @@ def rows_update(objs: list, fields, *, where: dict | None = None, rising: bool =
             f"UPDATE {table} SET {sets} FROM {source} "
             f"WHERE {table}.{q(pk.column)} = v.{alias[0]}{guard}"
         )
-        with _binding_cursor() as cursor:
+        with binding_cursor() as cursor:
             for lo in range(0, len(objs), CHUNK * 10):
                 cursor.execute(
                     sql, _arrays(objs[lo : lo + CHUNK * 10], [pk, *columns]) + guard_params
@@ -213,7 +216,7 @@ def rows_insert(objs: list) -> list:
         + ", ".join(f"CAST(%b AS {_base_type(f)}[])" for f in fields)
         + f") RETURNING {q(meta.pk.column)}"
     )
-    with _binding_cursor() as cursor:
+    with binding_cursor() as cursor:
         for lo in range(0, len(objs), CHUNK * 10):
             chunk = objs[lo : lo + CHUNK * 10]
             cursor.execute(sql, _arrays(chunk, fields))

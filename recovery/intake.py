@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
-import psycopg
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
@@ -24,6 +23,7 @@ from django.db.models import Case, F, Q, When
 from django.utils import timezone
 
 from common.bodies import BodyRejected, json_loads_bounded
+from common.bulk import binding_cursor
 from common.errors import ApplicationError
 from messaging.services import consent_sms_from_stripe
 from orders.models import Order
@@ -162,19 +162,20 @@ def _event_insert(*, store: Store, event: dict, body: str | None) -> bool:
         ts(event.get("created")),
         timezone.now(),
     ]
-    connection.health_check_done = True  # the INSERT below checks the connection
     try:
         return _insert_once(params)
     except (OperationalError, InterfaceError):
+        raw = connection.connection
+        if raw is not None and not raw.closed and not raw.broken:
+            raise  # the database answered (a timeout, a lock): not a dropped connection
         connection.close()
         return _insert_once(params)
 
 
 def _insert_once(params: list) -> bool:
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        # Parameters bound by the server, not spliced into the SQL: PostgreSQL does not
-        # parse the body twice (once as a quoted literal, once as JSON).
+    # Parameters bound by the server, not spliced into the SQL: PostgreSQL does not parse
+    # the body twice (once as a quoted literal, once as JSON).
+    with binding_cursor(check_health=False) as cursor:
         cursor.execute(_INSERT, params)
         return cursor.fetchone() is not None
 

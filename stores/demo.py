@@ -929,6 +929,7 @@ class Replay:
         self.wholesale_failed = False
         self.churn_episodes = 0
         self.cancelling: set[str] = set()  # subscriptions set to cancel at period end
+        self.churning: set[int] = set()  # customers who look at leaving (once each)
         self.last_queue_item = 0
 
     # ------------------------------------------------------------ plumbing
@@ -1179,6 +1180,7 @@ class Replay:
             and (not self.churn_episodes or churn.random() < CHURN_AFTER_FAILURE)
         ):
             self.churn_episodes += 1
+            self.churning.add(person.index)
             path = (
                 "downgrade"
                 if person.plan.key in DOWNGRADE_TO and churn.random() < CHURN_DOWNGRADE
@@ -1403,7 +1405,7 @@ class Replay:
             return
         rng = self._rand("churn-visit", person.index, n)
         pricing = dt.timedelta(minutes=rng.uniform(8, 40))
-        if path == "downgrade":
+        if path == "downgrade" and person.plan.key in DOWNGRADE_TO:
             old = person.plan
             person.plan = next(p for p in PLANS if p.key == DOWNGRADE_TO[old.key])
             obj, _ = self._subscription_now(person)
@@ -1682,8 +1684,8 @@ class Replay:
         )
 
     def on_recent(self, step: str, k: int) -> None:
-        """Hours before the end, one more customer with an open case and an email behind it
-        replies to it or looks at leaving; a person should see them (RECENT_QUEUE)."""
+        """Hours before the end, one more customer with an open case and a message behind
+        it replies or looks at leaving; a person should see them (RECENT_QUEUE)."""
         from recovery.models import RecoveryCase, Track
         from support.models import QueueItem
         from support.selectors import ACTIVE as ACTIVE_QUEUE
@@ -1708,6 +1710,8 @@ class Replay:
             .values_list("customer__stripe_id", "invoice__stripe_id")
             .distinct()
         )
+        if step == "churn":  # a customer looks at leaving once (their own churn may be due)
+            candidates = [c for c in candidates if _index(c[0]) not in self.churning]
         if not candidates:
             return
         rng = self._rand("recent", step, k)
@@ -1716,6 +1720,7 @@ class Replay:
         if step == "reply":
             self.on_reply(person, rng.choice(REPLIES))
             return
+        self.churning.add(person.index)
         n = int(inv.rsplit("_", 1)[-1])
         path = "downgrade" if person.plan.key in DOWNGRADE_TO and rng.random() < 0.5 else "cancel"
         self.on_churn(person, n, path)
