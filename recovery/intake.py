@@ -274,17 +274,34 @@ def _cases_lock(event: StripeEvent, data: dict) -> None:
     intents = {ref(data.get("id")) if kind == "payment_intent" else ref(data.get("payment_intent"))}
     invoices.discard("")
     intents.discard("")
-    match = Q(invoice__stripe_id__in=invoices) | Q(invoice__payment_intent_id__in=intents)
-    match |= Q(payment_intent_id__in=intents)
+    # Each condition on the case's own columns, with the ids looked up first: an OR
+    # across a join would read every case of the store, for every event.
+    invoice_ids = (
+        list(
+            Invoice.objects.filter(store=event.store)
+            .filter(Q(stripe_id__in=invoices) | Q(payment_intent_id__in=intents))
+            .values_list("pk", flat=True)
+        )
+        if invoices or intents
+        else []
+    )
+    match = Q(invoice_id__in=invoice_ids) | Q(payment_intent_id__in=intents)
     if event.type in CUSTOMER_EVENTS:
         # A customer's facts and cards re-plan all their open cases after writing the
         # customer's row; an invoice event locks its case and then writes that row. The
         # cases come first here too, so the two wait for each other instead of deadlocking.
         is_customer = event.type in ("customer.created", "customer.updated")
-        customer_id = ref(data.get("id") if is_customer else data.get("customer"))
-        if customer_id:
-            match |= Q(customer__stripe_id=customer_id, status=RecoveryCase.Status.OPEN)
-    elif not invoices and not intents:
+        stripe_id = ref(data.get("id") if is_customer else data.get("customer"))
+        customer_pk = (
+            Customer.objects.filter(store=event.store, stripe_id=stripe_id)
+            .values_list("pk", flat=True)
+            .first()
+            if stripe_id
+            else None
+        )
+        if customer_pk is not None:
+            match |= Q(customer_id=customer_pk, status=RecoveryCase.Status.OPEN)
+    elif not invoice_ids and not intents:
         return
     cases = RecoveryCase.objects.filter(store=event.store).filter(match)
     list(cases.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
