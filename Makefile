@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# `make run` installs the product (with time-machine, the demo's simulated clock); `make test`
-# and `make install` (CI) add the dev and test tools (pytest, ruff, playwright).
+# `make run` installs the product with the demo extra (time-machine, the demo's simulated clock;
+# matplotlib, simulate's chart); `make test` and `make install` (CI) add the dev and test
+# tools (pytest, ruff, playwright).
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
-RUN_REQS := -e .
-DEV_REQS := -e ".[dev]" pip
+RUN_REQS := -e ".[demo]"
+DEV_REQS := -e ".[demo,dev]" pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -85,6 +86,7 @@ run: $(RUN_STAMP)
 # The whole suite: SQLite unless DATABASE_URL is set.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Starts over: the next `make run` seeds the demo store again.

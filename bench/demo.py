@@ -2,7 +2,7 @@
 
 Runs what `make run` runs after the install (embedded defaults, DEBUG on), in one process
 and into a throwaway database under a temporary directory: `migrate`, then
-`stores.demo.demo_seed`. Prints the wall time of each phase, where the replay's time went
+`demo.replay.demo_seed`. Prints the wall time of each phase, where the replay's time went
 (by kind of happening, and the scheduler passes) and what the replay produced. With
 `--profile FILE` the seed runs under cProfile and the top functions are printed.
 
@@ -59,7 +59,7 @@ def main() -> int:
     t2 = time.perf_counter()
     cpu2 = cpu()
 
-    from stores import demo
+    from demo import replay as demo
 
     profiler = None
     if args.profile:

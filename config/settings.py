@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "recovery",
     "messaging",
     "analytics",
+    # The demo store and `simulate`: commands only; no product app imports it.
+    "demo",
 ]
 
 MIDDLEWARE = [

@@ -14,11 +14,11 @@ import datetime as dt
 import pytest
 from django.core.management import call_command
 
-from recovery import simulation
+from demo import replay as demo
+from demo import simulation
 from recovery.gateways.sandbox import SandboxGateway
 from recovery.models import CaseEvent, DeclineLookup, RecoveryCase, SandboxPayment, StripeEvent
 from recovery.stripe_payloads import decline_from_payment_intent
-from stores import demo
 
 END = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 CARD_FIELDS = ("brand", "last4", "fingerprint", "exp_month", "exp_year", "country")

@@ -14,10 +14,10 @@ import time_machine
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from demo import replay as demo
 from recovery.gateways.sandbox import SandboxGateway
 from recovery.models import CaseEvent, RecoveryCase
 from recovery.scheduler import run_due
-from stores import demo
 from support.models import CustomerSignal, QueueItem
 from support.selectors import ACTIVE, VIEWS, queue_items
 from support.services import support_pass

@@ -11,12 +11,12 @@ import datetime as dt
 import pytest
 from django.core.management import call_command
 
+from demo import replay as demo
+from demo.simulation import Attempt, network_violations
 from messaging.models import ConsentEvent, Message
 from orders.models import InventoryHold, Order
 from recovery.gateways.sandbox import SandboxGateway
 from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, StripeEvent, Track
-from recovery.simulation import Attempt, network_violations
-from stores import demo
 from stores.models import ApiToken, Membership, Store
 from subscriptions.models import Customer, Invoice, PaymentMethod, Subscription
 

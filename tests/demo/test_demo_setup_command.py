@@ -7,8 +7,8 @@ from django.core import mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from demo import replay as demo
 from recovery.models import PaymentAttempt, RecoveryCase, StripeEvent
-from stores import demo
 from stores.models import Store
 from stores.services import store_create
 

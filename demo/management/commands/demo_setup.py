@@ -3,7 +3,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from stores import demo
+from demo import replay as demo
+from demo.extra import require
 from stores.models import Store
 
 
@@ -38,6 +39,7 @@ class Command(BaseCommand):
                 "Run `make reset` and then `make run` to start over."
             )
         if store is None and not Store.objects.exists():
+            require("time_machine", "replays the demo store's history in simulated time")
             self.stdout.write(
                 f"Seeding the demo store: {opts['customers']:,} customers, "
                 f"{opts['days']} days of billing replayed through Recoup (seed {opts['seed']})…"

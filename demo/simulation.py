@@ -30,14 +30,12 @@ import datetime as dt
 import logging
 import random
 import statistics
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import declines, timing
-from .gateways.sandbox import Hint, SandboxGateway, sandbox_payment_record
+from recovery import declines, timing
+from recovery.gateways.sandbox import Hint, SandboxGateway, sandbox_payment_record
 
 STRATEGIES = ("recoup", "fixed", "none")
 EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # a Monday, well before any live data
@@ -152,7 +150,7 @@ class Cohort:
 
 
 def default_window_days() -> int:
-    from .models import RetryPolicy
+    from recovery.models import RetryPolicy
 
     return RetryPolicy(version=0).window_days("month")
 
@@ -438,15 +436,14 @@ def run_recoup(cohort: Cohort, *, log=None) -> StrategyResult:
 def _recoup_inside(cohort: Cohort, traveller, *, log=None, errors: _ErrorLog):
     from django.db.models import Min
 
+    from recovery import engine
+    from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryPolicy
+    from recovery.scheduler import run_due
+    from recovery.services import payment_attempt_record, recovery_case_open
+    from recovery.stripe_payloads import decline_from_payment_intent
     from stores.models import Store
     from subscriptions import services as subs
     from subscriptions.models import Customer, Invoice, PaymentMethod, Subscription
-
-    from . import engine
-    from .models import CaseEvent, PaymentAttempt, RecoveryCase, RetryPolicy
-    from .scheduler import run_due
-    from .services import payment_attempt_record, recovery_case_open
-    from .stripe_payloads import decline_from_payment_intent
 
     notes: list[str] = []
     store = Store.objects.create(
@@ -908,8 +905,8 @@ def write_csv(path: Path, cohort: Cohort, results: list[StrategyResult]) -> None
             )
 
 
-def write_chart(path: Path, cohort: Cohort, results: list[StrategyResult]) -> str:
-    """A PNG bar chart: matplotlib when installed, else a tiny built-in renderer."""
+def write_chart(path: Path, cohort: Cohort, results: list[StrategyResult]) -> None:
+    """A PNG bar chart of the strategies side by side (matplotlib, from the `demo` extra)."""
     panels = [
         ("Recovery rate", [r.metrics["recovery_rate"] * 100 for r in results], "{:.1f}%"),
         ("Recovered revenue", [r.metrics["recovered_revenue"] / 100 for r in results], "${:,.0f}"),
@@ -917,14 +914,11 @@ def write_chart(path: Path, cohort: Cohort, results: list[StrategyResult]) -> st
     ]
     names = [r.strategy for r in results]
     title = f"Recoup simulation, seed {cohort.seed}, {len(cohort.customers)} customers, {len(cohort.failures)} failures"
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _PngChart(960, 420).draw(title, names, panels).save(path)
-        return "built-in PNG renderer"
+    matplotlib.use("Agg")  # no display: draw to a file
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 4.5))
     for ax, (label, values, fmt) in zip(axes, panels, strict=True):
         bars = ax.bar(names, values, color=[_hex(n) for n in names])
@@ -940,7 +934,6 @@ def write_chart(path: Path, cohort: Cohort, results: list[StrategyResult]) -> st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return "matplotlib"
 
 
 _COLORS = {"recoup": (46, 139, 87), "fixed": (230, 145, 56), "none": (140, 140, 140)}
@@ -948,127 +941,3 @@ _COLORS = {"recoup": (46, 139, 87), "fixed": (230, 145, 56), "none": (140, 140, 
 
 def _hex(name: str) -> str:
     return "#{:02x}{:02x}{:02x}".format(*_COLORS.get(name, (90, 90, 90)))
-
-
-# A 5x7 bitmap font for the built-in renderer (upper case, digits, a few signs).
-_FONT_ROWS = {
-    "A": " ### |#   #|#   #|#####|#   #|#   #|#   #",
-    "B": "#### |#   #|#   #|#### |#   #|#   #|#### ",
-    "C": " ### |#   #|#    |#    |#    |#   #| ### ",
-    "D": "#### |#   #|#   #|#   #|#   #|#   #|#### ",
-    "E": "#####|#    |#    |#### |#    |#    |#####",
-    "F": "#####|#    |#    |#### |#    |#    |#    ",
-    "G": " ### |#   #|#    |# ###|#   #|#   #| ####",
-    "H": "#   #|#   #|#   #|#####|#   #|#   #|#   #",
-    "I": " ### |  #  |  #  |  #  |  #  |  #  | ### ",
-    "J": "  ###|   # |   # |   # |   # |#  # | ##  ",
-    "K": "#   #|#  # |# #  |##   |# #  |#  # |#   #",
-    "L": "#    |#    |#    |#    |#    |#    |#####",
-    "M": "#   #|## ##|# # #|# # #|#   #|#   #|#   #",
-    "N": "#   #|#   #|##  #|# # #|#  ##|#   #|#   #",
-    "O": " ### |#   #|#   #|#   #|#   #|#   #| ### ",
-    "P": "#### |#   #|#   #|#### |#    |#    |#    ",
-    "Q": " ### |#   #|#   #|#   #|# # #|#  # | ## #",
-    "R": "#### |#   #|#   #|#### |# #  |#  # |#   #",
-    "S": " ####|#    |#    | ### |    #|    #|#### ",
-    "T": "#####|  #  |  #  |  #  |  #  |  #  |  #  ",
-    "U": "#   #|#   #|#   #|#   #|#   #|#   #| ### ",
-    "V": "#   #|#   #|#   #|#   #|#   #| # # |  #  ",
-    "W": "#   #|#   #|#   #|# # #|# # #|# # #| # # ",
-    "X": "#   #|#   #| # # |  #  | # # |#   #|#   #",
-    "Y": "#   #|#   #| # # |  #  |  #  |  #  |  #  ",
-    "Z": "#####|    #|   # |  #  | #   |#    |#####",
-    "0": " ### |#   #|#  ##|# # #|##  #|#   #| ### ",
-    "1": "  #  | ##  |  #  |  #  |  #  |  #  | ### ",
-    "2": " ### |#   #|    #|   # |  #  | #   |#####",
-    "3": "#####|   # |  #  |   # |    #|#   #| ### ",
-    "4": "   # |  ## | # # |#  # |#####|   # |   # ",
-    "5": "#####|#    |#### |    #|    #|#   #| ### ",
-    "6": "  ## | #   |#    |#### |#   #|#   #| ### ",
-    "7": "#####|    #|   # |  #  | #   | #   | #   ",
-    "8": " ### |#   #|#   #| ### |#   #|#   #| ### ",
-    "9": " ### |#   #|#   #| ####|    #|   # | ##  ",
-    "%": "##   |##  #|   # |  #  | #   |#  ##|   ##",
-    ".": "     |     |     |     |     | ##  | ##  ",
-    ",": "     |     |     |     | ##  |  #  | #   ",
-    "$": "  #  | ####|# #  | ### |  # #|#### |  #  ",
-    "-": "     |     |     |#####|     |     |     ",
-    "/": "     |    #|   # |  #  | #   |#    |     ",
-    ":": "     | ##  | ##  |     | ##  | ##  |     ",
-    "(": "   # |  #  | #   | #   | #   |  #  |   # ",
-    ")": " #   |  #  |   # |   # |   # |  #  | #   ",
-    " ": "     |     |     |     |     |     |     ",
-}
-_FONT = {ch: [row for row in rows.split("|")] for ch, rows in _FONT_ROWS.items()}
-
-
-class _PngChart:
-    """Just enough raster drawing to write a labelled bar chart as PNG (zlib + struct)."""
-
-    def __init__(self, width: int, height: int):
-        self.w, self.h = width, height
-        self.px = bytearray(b"\xff" * (width * height * 3))
-
-    def rect(self, x0, y0, x1, y1, color):
-        x0, x1 = max(0, int(x0)), min(self.w, int(x1))
-        y0, y1 = max(0, int(y0)), min(self.h, int(y1))
-        row = bytes(color) * max(0, x1 - x0)
-        for y in range(y0, y1):
-            start = (y * self.w + x0) * 3
-            self.px[start : start + len(row)] = row
-
-    def text(self, x, y, s, *, scale=2, color=(30, 30, 30), center=False):
-        s = s.upper()
-        if center:
-            x -= len(s) * 6 * scale // 2
-        for ch in s:
-            glyph = _FONT.get(ch, _FONT[" "])
-            for gy, row in enumerate(glyph):
-                for gx, bit in enumerate(row):
-                    if bit == "#":
-                        self.rect(
-                            x + gx * scale,
-                            y + gy * scale,
-                            x + (gx + 1) * scale,
-                            y + (gy + 1) * scale,
-                            color,
-                        )
-            x += 6 * scale
-
-    def draw(self, title, names, panels):
-        self.text(self.w // 2, 14, title, center=True)
-        pw = self.w // len(panels)
-        for p, (label, values, fmt) in enumerate(panels):
-            x0 = p * pw
-            self.text(x0 + pw // 2, 50, label, center=True)
-            base, top = self.h - 50, 100
-            self.rect(x0 + 20, base, x0 + pw - 20, base + 2, (60, 60, 60))
-            peak = max(values + [1e-9])
-            slot = (pw - 40) / max(1, len(values))
-            for k, (name, v) in enumerate(zip(names, values, strict=True)):
-                bh = (base - top) * (v / peak if peak > 0 else 0)
-                bx = x0 + 20 + slot * k + slot * 0.15
-                self.rect(bx, base - bh, bx + slot * 0.7, base, _COLORS.get(name, (90, 90, 90)))
-                cx = int(bx + slot * 0.35)
-                self.text(cx, int(base - bh) - 20, fmt.format(v), center=True)
-                self.text(cx, base + 12, name, center=True)
-        return self
-
-    def save(self, path: Path) -> None:
-        raw = b"".join(
-            b"\x00" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3]) for y in range(self.h)
-        )
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return (
-                struct.pack(">I", len(data))
-                + kind
-                + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-            )
-
-        png = b"\x89PNG\r\n\x1a\n"
-        png += chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0))
-        png += chunk(b"IDAT", zlib.compress(raw, 9))
-        png += chunk(b"IEND", b"")
-        path.write_bytes(png)

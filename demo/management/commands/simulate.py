@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 
-from recovery import simulation
+from demo import simulation
+from demo.extra import require
 
 
 class Command(BaseCommand):
@@ -46,6 +47,8 @@ class Command(BaseCommand):
             raise CommandError("--failure-rate is a probability between 0 and 1.")
         if "recoup" in strategies:
             self._check_ready()
+        if opts["out"]:
+            require("matplotlib", "draws the chart that --out writes")
         cohort = simulation.build_cohort(
             seed=opts["seed"],
             customers=opts["customers"],
@@ -65,21 +68,19 @@ class Command(BaseCommand):
             out: Path = opts["out"]
             out.mkdir(parents=True, exist_ok=True)
             simulation.write_csv(out / "results.csv", cohort, results)
-            how = simulation.write_chart(out / "chart.png", cohort, results)
-            self.stdout.write(f"wrote {out / 'results.csv'} and {out / 'chart.png'} ({how})")
+            simulation.write_chart(out / "chart.png", cohort, results)
+            self.stdout.write(f"wrote {out / 'results.csv'} and {out / 'chart.png'}")
 
     def _log(self, message: str) -> None:
         if self.verbosity >= 2:
             self.stderr.write(message)
 
     def _check_ready(self) -> None:
-        try:
-            import time_machine  # noqa: F401
-        except ImportError as exc:
-            raise CommandError(
-                "The recoup strategy steps simulated time with time-machine, a dev "
-                "dependency: pip install -e '.[dev]' (or run --strategy fixed --strategy none)."
-            ) from exc
+        require(
+            "time_machine",
+            "steps the recoup strategy through simulated time "
+            "(or run --strategy fixed --strategy none)",
+        )
         connection = connections[DEFAULT_DB_ALIAS]
         executor = MigrationExecutor(connection)
         if executor.migration_plan(executor.loader.graph.leaf_nodes()):

@@ -24,7 +24,7 @@ subscriptions, cards and orders, then replays 90 days of billing in simulated ti
 - Recoup's retries, messages, step-downs, holds and closings come from the scheduler
   itself (`recovery.scheduler.run_due(now=...)`), run whenever a case is due (and at least
   once a simulated day, for pre-dunning and hold expiry); the sandbox issuer decides every
-  retry (`recovery.simulation.SimulationGateway`: the sandbox's approval model, keyed by
+  retry (`demo.simulation.SimulationGateway`: the sandbox's approval model, keyed by
   invoice so a seed gives the same history on any database);
 - customers react to what Recoup sent them: after a message is due (or a pre-dunning
   warning), some of them save a new card on the pay page, which goes through the services
@@ -902,7 +902,7 @@ class Replay:
     def __init__(
         self, store: Store, plan: DemoPlan, *, traveller, now: dt.datetime, out=None, agent=None
     ):
-        from recovery.simulation import SimulationGateway
+        from demo.simulation import SimulationGateway
 
         self.store, self.plan, self.traveller = store, plan, traveller
         self.agent = agent  # the demo's agent user, who works the queue (None: nobody does)
@@ -1690,9 +1690,9 @@ class Replay:
         from support.models import QueueItem
         from support.selectors import ACTIVE as ACTIVE_QUEUE
 
-        queued = QueueItem.objects.filter(
-            store_id=self.store.pk, status__in=ACTIVE_QUEUE
-        ).values("case__customer_id")
+        queued = QueueItem.objects.filter(store_id=self.store.pk, status__in=ACTIVE_QUEUE).values(
+            "case__customer_id"
+        )
         candidates = list(
             RecoveryCase.objects.filter(
                 store=self.store,
