@@ -113,7 +113,7 @@ class Scenario:
         return [decline] * (self.recovers_on - 1) + [fakestripe.Outcome.success()]
 
     def expected(self):
-        from recovery.declines import classify
+        from recovery.domain.declines import classify
 
         return classify(
             decline_code=self.code,

@@ -1196,7 +1196,7 @@ class Replay:
 
     def on_stripe_retry(self, person: Person, n: int, decline: tuple[str, str]) -> None:
         """Stripe's own Smart Retry of the invoice, decided by the same sandbox issuer."""
-        from recovery import declines, timing
+        from recovery.domain import declines, timing
         from recovery.gateways.sandbox import Hint
         from recovery.models import RecoveryCase
         from subscriptions.models import Invoice
@@ -1940,7 +1940,7 @@ def _ceil(at: dt.datetime, grid: dt.timedelta) -> dt.datetime:
 
 
 def _track_of(decline: tuple[str, str]) -> str:
-    from recovery import declines
+    from recovery.domain import declines
 
     return declines.classify(decline_code=decline[0], advice_code=decline[1]).track
 

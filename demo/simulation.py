@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recovery import declines, timing
+from recovery.domain import declines, timing
 from recovery.gateways.sandbox import Hint, SandboxGateway, sandbox_payment_record
 
 STRATEGIES = ("recoup", "fixed", "none")

@@ -3,6 +3,7 @@ providers reported about it, and the customer's consent."""
 
 from django.db import models
 
+from recovery.domain.events import Purpose as P
 from recovery.models import ExpiryWarning, RecoveryCase
 from stores.models import Store
 from subscriptions.models import Customer
@@ -14,19 +15,19 @@ class Channel(models.TextChoices):
 
 
 class Purpose(models.TextChoices):
-    """Why a message goes out: the one list, which the engine plans with and the
-    templates are named after."""
+    """Why a message goes out, as the database stores it and the templates are named:
+    the values are the domain's one list (`recovery.domain.events.Purpose`)."""
 
-    PREDUNNING = "predunning_expiry", "Pre-dunning: card expiring"
-    SOFT_FIRST = "soft_first_notice", "Payment failed: first notice"
-    SOFT_REMINDER = "soft_reminder", "Reminder"
-    SHIPMENT_AT_RISK = "shipment_at_risk", "Next shipment at risk"
-    FINAL_NOTICE = "final_notice", "Final notice"
-    CARD_UPDATE = "card_update_request", "Card update request"
-    AUTHENTICATION = "authentication_request", "Authentication request"
-    RECOVERED = "recovered_thanks", "Recovered: thank you"
-    AGENT = "agent_follow_up", "Agent's personal follow-up"
-    FRESH_LINK = "fresh_link", "Fresh card-update link (asked for by the customer)"
+    PREDUNNING = P.PREDUNNING.value, "Pre-dunning: card expiring"
+    SOFT_FIRST = P.SOFT_FIRST.value, "Payment failed: first notice"
+    SOFT_REMINDER = P.SOFT_REMINDER.value, "Reminder"
+    SHIPMENT_AT_RISK = P.SHIPMENT_AT_RISK.value, "Next shipment at risk"
+    FINAL_NOTICE = P.FINAL_NOTICE.value, "Final notice"
+    CARD_UPDATE = P.CARD_UPDATE.value, "Card update request"
+    AUTHENTICATION = P.AUTHENTICATION.value, "Authentication request"
+    RECOVERED = P.RECOVERED.value, "Recovered: thank you"
+    AGENT = P.AGENT.value, "Agent's personal follow-up"
+    FRESH_LINK = P.FRESH_LINK.value, "Fresh card-update link (asked for by the customer)"
 
 
 class MessageTemplate(models.Model):

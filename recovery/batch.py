@@ -46,7 +46,9 @@ from messaging.models import Purpose
 from subscriptions.models import Invoice
 from subscriptions.services import INVOICE_MARK_FIELDS, invoice_mark_apply
 
-from . import budgets, engine, timing
+from . import budgets, engine, retry_stats
+from .domain.budgets import card_id
+from .domain.timing import outcome_key
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .services import (
     case_close_event,
@@ -117,7 +119,7 @@ class Writes:
 
 def _card(case: RecoveryCase) -> tuple:
     brand, fingerprint, pm_id = engine._card_for(case)
-    return budgets.card_id(
+    return card_id(
         store_id=case.store_id,
         fingerprint=fingerprint,
         payment_method_id=pm_id,
@@ -126,7 +128,7 @@ def _card(case: RecoveryCase) -> tuple:
 
 
 def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
-    """Attach `engine.CaseFacts` to each case: four queries for the whole batch."""
+    """Attach `engine.BatchFacts` to each case: four queries for the whole batch."""
     ids = [c.pk for c in cases]
     attempts = defaultdict(list)
     for case_id, *row in PaymentAttempt.objects.filter(case_id__in=ids).values_list(
@@ -144,9 +146,9 @@ def facts_load(cases: list[RecoveryCase], *, now: dt.datetime) -> None:
         .annotate(first=Min("opened_at"))
         .values_list("customer_id", "first")
     )
-    stats = timing.stats_for_stores({c.store_id for c in cases})
+    stats = retry_stats.stats_for_stores({c.store_id for c in cases})
     for case in cases:
-        case._facts = engine.CaseFacts(
+        case._facts = engine.BatchFacts(
             attempts=attempts[case.pk],
             touches=touches[case.pk],
             earlier_failures=first_opened.get(case.customer_id, case.opened_at) < case.opened_at,
@@ -502,7 +504,7 @@ def _results_record(results: list, *, now: dt.datetime, released: set) -> None:
         except Exception:
             logger.exception("recording the retry of case %s failed", case.pk)
     try:
-        timing.record_outcomes(stats)
+        retry_stats.record_outcomes(stats)
     except Exception:  # learning only: the attempts themselves are recorded
         logger.exception("adding the batch's results to the retry statistics failed")
 
@@ -584,7 +586,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
         if case.invoice_id and attempt.invoice_attempt_number:
             invoices[case.invoice_id] = attempt.invoice_attempt_number
         if attempt.source == PaymentAttempt.Source.RECOUP_RETRY:
-            key = timing.outcome_key(
+            key = outcome_key(
                 store_id=case.store_id,
                 group=engine._classification(case).decline_group,
                 failed_at=case.window_start,

@@ -11,55 +11,173 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from messaging.models import Purpose  # the one list of why a message goes out
 from subscriptions.models import Subscription
 
-from . import budgets, declines, timing
+from . import budgets, retry_stats
+from .domain import budgets as budget_rules
+from .domain import declines, facts, planning, timing
+from .domain.events import Purpose  # the one list of why a message goes out
 from .models import ExpiryWarning, PaymentAttempt, RecoveryCase, RetryPolicy, Track
 from .selectors import retry_policy_current
 from .stripe_payloads import DeclineInfo
 
 logger = logging.getLogger(__name__)
 
-OUR_SOURCES = [
-    PaymentAttempt.Source.RECOUP_RETRY,
-    PaymentAttempt.Source.CARD_UPDATE,
-    PaymentAttempt.Source.AGENT,
-]
+OUR_SOURCES = list(facts.OUR_SOURCES)  # a retry, a retry after a card change, an agent's
 RECONCILE_DELAY = dt.timedelta(minutes=5)
-TOUCH_WINDOW = dt.timedelta(days=14)  # 5+ emails in 14 days reads as harassment
 CLAIM_LEASE = dt.timedelta(minutes=10)
-# How late a pass may act on a retry slot chosen earlier. Passes run every minute (or
-# hour) and never exactly on the slot; later than this, a new slot is chosen instead.
-DUE_GRACE = dt.timedelta(hours=1)
+DUE_GRACE = planning.DUE_GRACE
 
 
-# ------------------------------------------------------------------ facts read once per batch
+# ------------------------------------------------------------------ facts
 
 
 @dataclass
-class CaseFacts:
-    """What planning a case needs beyond its row, read for a whole scheduler batch at once
-    (recovery/batch.py) and kept current as the batch acts; without it, each question is
-    one query. `attempts`: this case's (source, outcome, attempted_at, brand, fingerprint,
-    payment method, exp month, exp year); `touches`: its message_due events as (at, data)."""
+class BatchFacts:
+    """What a scheduler batch (recovery/batch.py) read for all its cases at once, kept
+    current as the batch acts; `case_facts` takes a case's facts from it instead of
+    asking. `attempts`: ATTEMPT_FACT rows; `touches`: message_due events as (at, data)."""
 
     attempts: list = field(default_factory=list)
     touches: list = field(default_factory=list)
     earlier_failures: bool = False
-    card_rows: dict | None = None  # budgets.card_id -> budget rows, shared by the batch
+    card_rows: dict | None = None  # card_id -> budget rows, shared by the batch
     stats: dict | None = None  # (store_id, group) -> RetryStat counts, shared by the batch
 
 
-def _facts(case: RecoveryCase) -> CaseFacts | None:
+def _facts(case: RecoveryCase) -> BatchFacts | None:
     return getattr(case, "_facts", None)
+
+
+# What a case's attempt is to planning (facts.Attempt's fields, in order).
+ATTEMPT_FACT = (
+    "source",
+    "outcome",
+    "attempted_at",
+    "card_brand",
+    "card_fingerprint",
+    "payment_method_id",
+    "card_exp_month",
+    "card_exp_year",
+)
+
+
+def case_facts(
+    case: RecoveryCase, *, plan: bool = False, budget_at: dt.datetime | None = None
+) -> facts.CaseFacts:
+    """The case as `recovery.domain.planning` decides from it: its row, its customer's
+    card and its attempts (one query, none in a batch). `plan`: also what a whole plan
+    needs (earlier cases, message touches, the learned statistics and the next card's
+    budget rows at `budget_at`, default now); `budget_at` alone: the budget rows only."""
+    batch = _facts(case)
+    attempts = batch.attempts if batch is not None else case.attempts.values_list(*ATTEMPT_FACT)
+    pm = case.customer.default_payment_method if case.customer_id else None
+    f = facts.CaseFacts(
+        track=case.track,
+        opened_at=case.opened_at,
+        window_start=case.window_start,
+        window_end=case.window_end,
+        customer_since=case.opened_at,  # the customer's own, below, when planning
+        decline_code=case.decline_code,
+        advice_code=case.advice_code,
+        network_advice_code=case.network_advice_code,
+        network_decline_code=case.network_decline_code,
+        card_brand=case.card_brand,
+        step_down_at=case.step_down_at,
+        last_attempt_at=case.last_attempt_at,
+        card_changed_at=case.card_changed_at,
+        card_updater_result=case.card_updater_result,
+        escalated=case.escalated,
+        dunning_paused=case.dunning_paused,
+        dunning_stage=case.dunning_stage,
+        retry_reason=case.retry_reason,
+        ships=bool(case.order_id or case.subscription_id),
+        default_card=facts.Card(pm.brand, pm.fingerprint, pm.stripe_id) if pm else None,
+        attempts=tuple(facts.Attempt(*a) for a in attempts),
+    )
+    # What only a plan or a budget needs is read only for them (the store, the invoice).
+    more = {}
+    if plan:
+        more["customer_since"] = case.customer.first_seen_at
+        more["time_zone"] = case.customer.time_zone or case.store.timezone or "UTC"
+        more["earlier_failures"] = _earlier_failures(case)
+        touches = (
+            batch.touches
+            if batch is not None
+            else case.events.filter(kind="message_due").values_list("at", "data")
+        )
+        more["touches"] = tuple(facts.Touch(at, data.get("purpose", "")) for at, data in touches)
+        group = planning.classification(f).decline_group
+        if batch is not None and batch.stats is not None:
+            more["stats"] = batch.stats.get((case.store_id, group), {})
+        else:
+            more["stats"] = retry_stats.stats_for(store_id=case.store_id, group=group)
+        budget_at = budget_at or timezone.now()
+    if budget_at is not None:
+        more["card_rows"] = tuple(_card_rows(case, f, at=budget_at))
+        more["stripe_next_attempt"] = case.invoice.next_payment_attempt if case.invoice_id else None
+    return replace(f, **more) if more else f
+
+
+def _earlier_failures(case: RecoveryCase) -> bool:
+    """Had the customer a case before this one? The history before a case never
+    changes: asked once per case object."""
+    batch = _facts(case)
+    if batch is not None:
+        return batch.earlier_failures
+    history = case.__dict__.get("_earlier_failures")
+    if history is None:
+        history = case.__dict__["_earlier_failures"] = RecoveryCase.objects.filter(
+            customer_id=case.customer_id, opened_at__lt=case.opened_at
+        ).exists()
+    return history
+
+
+def _card_rows(case: RecoveryCase, f: facts.CaseFacts, *, at: dt.datetime) -> list:
+    """The budget rows of the card the next retry would use: the batch's, or one query."""
+    _brand, fingerprint, pm_id = planning.card_for(f)
+    batch = _facts(case)
+    if batch is not None and batch.card_rows is not None:
+        card = budget_rules.card_id(
+            store_id=case.store_id,
+            fingerprint=fingerprint,
+            payment_method_id=pm_id,
+            customer_id=case.customer_id,
+        )
+        if card in batch.card_rows:
+            return batch.card_rows[card]
+    return budgets.budget_rows(
+        store_id=case.store_id,
+        fingerprint=fingerprint,
+        payment_method_id=pm_id,
+        customer_id=case.customer_id,
+        at=at,
+    )
+
+
+def policy_facts(policy: RetryPolicy) -> facts.Policy:
+    return facts.Policy(
+        version=policy.version,
+        max_retries=policy.max_retries,
+        generic_retries_before_card_update=policy.generic_retries_before_card_update,
+        first_retry_hours=policy.first_retry_hours,
+        learned_timing=policy.learned_timing,
+    )
+
+
+def cadence() -> facts.Cadence:
+    """The messaging service's cadence: one source for the gap and the cap."""
+    return facts.Cadence(
+        min_gap=dt.timedelta(hours=settings.MESSAGING_MIN_HOURS_BETWEEN),
+        max_touches=settings.MESSAGING_MAX_EMAILS_PER_CASE,
+    )
 
 
 # ------------------------------------------------------------------ planning
@@ -100,157 +218,23 @@ def _classification(case: RecoveryCase) -> declines.Classification:
     )
 
 
-def _our_retries(case: RecoveryCase) -> int:
-    facts = _facts(case)
-    if facts is not None:
-        return sum(
-            1
-            for source, outcome, *_ in facts.attempts
-            if source in OUR_SOURCES and outcome != PaymentAttempt.Outcome.NOT_SENT
-        )
-    return (
-        case.attempts.filter(source__in=OUR_SOURCES)
-        .exclude(outcome=PaymentAttempt.Outcome.NOT_SENT)
-        .count()
-    )
-
-
-def retry_allowance(case: RecoveryCase, policy: RetryPolicy) -> tuple[int, str]:
-    """How many retries this case gets, and why: patience for loyal customers, less
-    for a new customer's repeated failure."""
-    allowed = policy.max_retries
-    note = f"{allowed} retries by policy v{policy.version}"
-    tenure = case.opened_at - case.customer.first_seen_at
-    # The history before this case never changes: ask once per case object.
-    history = getattr(case, "_earlier_failures", None)
-    if history is None and _facts(case) is not None:
-        history = _facts(case).earlier_failures
-    if history is None:
-        history = case._earlier_failures = RecoveryCase.objects.filter(
-            customer_id=case.customer_id, opened_at__lt=case.opened_at
-        ).exists()
-    if tenure >= dt.timedelta(days=365) and not history:
-        allowed += 1
-        note = f"{allowed} retries: a customer of {tenure.days // 30} months with a clean history"
-    elif tenure < dt.timedelta(days=60) and history:
-        allowed = min(allowed, 2)
-        note = f"{allowed} retries: a new customer failing again moves to a card update sooner"
-    group = _classification(case).decline_group
-    if group == "do_not_honor":
-        allowed = min(allowed, policy.generic_retries_before_card_update)
-        note = f"{allowed} retries for {case.decline_code or 'a generic decline'}, then a card-update request"
-    return allowed, note
-
-
 def _card_for(case: RecoveryCase) -> tuple[str, str, str]:
     """(brand, fingerprint, payment_method_id) of the card the next retry would use."""
-    pm = case.customer.default_payment_method
-    if pm is not None and (pm.fingerprint or pm.stripe_id):
-        return pm.brand, pm.fingerprint, pm.stripe_id
-    facts = _facts(case)
-    if facts is not None:
-        for _, _, _, brand, fingerprint, pm_id, *_ in sorted(
-            facts.attempts, key=lambda a: a[2], reverse=True
-        ):
-            if fingerprint or pm_id:
-                return brand, fingerprint, pm_id
-        return "", "", ""
-    last = (
-        case.attempts.exclude(card_fingerprint="", payment_method_id="")
-        .order_by("-attempted_at")
-        .first()
-    )
-    if last:
-        return last.card_brand, last.card_fingerprint, last.payment_method_id
-    return "", "", ""
-
-
-def _failed_card(case: RecoveryCase) -> tuple | None:
-    """(fingerprint, payment method, exp month, exp year) of the card the case's latest
-    failed attempt was made on, where Stripe told which; None when it has not."""
-    facts = _facts(case)
-    if facts is not None:
-        rows = [
-            (a[2], a[4], a[5], a[6], a[7])
-            for a in facts.attempts
-            if a[1] == PaymentAttempt.Outcome.FAILED and (a[4] or a[5])
-        ]
-    else:
-        rows = list(
-            case.attempts.filter(outcome=PaymentAttempt.Outcome.FAILED)
-            .exclude(card_fingerprint="", payment_method_id="")
-            .values_list(
-                "attempted_at",
-                "card_fingerprint",
-                "payment_method_id",
-                "card_exp_month",
-                "card_exp_year",
-            )
-        )
-    return max(rows)[1:] if rows else None
+    return planning.card_for(case_facts(case))
 
 
 def card_changed_since_failure(case: RecoveryCase) -> bool:
-    """Has the customer's card changed since the case's last failure? A change recorded
-    before the failure does not count, and neither does one that names the card that
-    failed: a card saved in the same second as the failure, or a `customer.updated` that
-    arrives late, sets the default to the very payment method that was declined (or, on
-    the hard track, to the same card number). The card updater refreshes a card in place
-    (same payment method, new details), so its change counts."""
-    if not case.card_changed_at or case.card_changed_at < (case.last_attempt_at or case.opened_at):
-        return False
-    if case.card_updater_result == "updated":
-        return True
-    pm = case.customer.default_payment_method if case.customer_id else None
-    failed = _failed_card(case)
-    if pm is None or failed is None:
-        # Which card failed is not known (Stripe has not said): a change in the very
-        # second of the failure is the card the failure was made on.
-        return case.card_changed_at > (case.last_attempt_at or case.opened_at)
-    fingerprint, pm_id, _exp_month, _exp_year = failed
-    if pm.stripe_id and pm.stripe_id == pm_id:
-        return False  # the very payment method that was declined
-    if pm.fingerprint and pm.fingerprint == fingerprint:
-        # The same card number saved again: what an incorrect CVC or postal code, an
-        # expired card's new date, or a card confirmed for off-session use needs; never a
-        # cure for a lost, stolen or do-not-honour card.
-        return case.track not in (Track.HARD, Track.FRAUD)
-    return True
+    """`planning.card_changed_since_failure` of the case as it is now."""
+    return planning.card_changed_since_failure(case_facts(case))
 
 
 def _may_retry_same_card(case: RecoveryCase) -> bool:
-    if case.track == Track.SOFT:
-        return True
-    # card_update / hard / authentication: only once the payment method changed after
-    # the last failure.
-    return card_changed_since_failure(case)
+    return planning.may_retry_same_card(case_facts(case))
 
 
-def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budgets.BudgetVerdict:
+def _budget_verdict(case: RecoveryCase, *, at: dt.datetime) -> budget_rules.BudgetVerdict:
     """May the card the next retry would use take one more attempt at `at`?"""
-    brand, fingerprint, pm_id = _card_for(case)
-    facts = _facts(case)
-    rows = None
-    if facts is not None and facts.card_rows is not None:
-        rows = facts.card_rows.get(
-            budgets.card_id(
-                store_id=case.store_id,
-                fingerprint=fingerprint,
-                payment_method_id=pm_id,
-                customer_id=case.customer_id,
-            )
-        )
-    return budgets.budget_check(
-        store_id=case.store_id,
-        brand=brand,
-        fingerprint=fingerprint,
-        payment_method_id=pm_id,
-        customer_id=case.customer_id,
-        at=at,
-        since_card_change=case.card_changed_at if card_changed_since_failure(case) else None,
-        stripe_next_attempt=case.invoice.next_payment_attempt if case.invoice_id else None,
-        rows=rows,
-    )
+    return planning.budget_verdict(case_facts(case, budget_at=at), at=at)
 
 
 def _card_lock(*, store_id, fingerprint: str, payment_method_id: str, customer_id) -> None:
@@ -258,7 +242,7 @@ def _card_lock(*, store_id, fingerprint: str, payment_method_id: str, customer_i
     two cases sharing a card cannot both pass its budget check and both charge it."""
     cards_lock(
         [
-            budgets.card_id(
+            budget_rules.card_id(
                 store_id=store_id,
                 fingerprint=fingerprint,
                 payment_method_id=payment_method_id,
@@ -282,155 +266,6 @@ def cards_lock(cards) -> None:
             " FROM unnest(%s::text[]) AS k ORDER BY h) AS card_locks",
             [keys],
         )
-
-
-def plan_retry(
-    case: RecoveryCase,
-    *,
-    now: dt.datetime,
-    policy: RetryPolicy,
-    rng: random.Random,
-    due: dt.datetime | None = None,
-) -> tuple[dt.datetime | None, str]:
-    """When to retry next, and why. `due`: the slot chosen earlier that a pass is now
-    acting on; it is kept if every rule still allows a retry at `now`."""
-    if case.track == Track.FRAUD:
-        return None, "with a person: no automated retries"
-    card_changed = card_changed_since_failure(case)
-    if case.escalated and case.dunning_paused and not card_changed:
-        # A new card is the customer asking to be charged: that retry still goes out.
-        return None, "with a person: no automated retries"
-    if not _may_retry_same_card(case):
-        return None, f"{case.track}: no retry on the same card until the payment method changes"
-    stripe_next = case.invoice.next_payment_attempt if case.invoice_id else None
-    verdict = _budget_verdict(case, at=now)
-    if card_changed:
-        if verdict.allowed:
-            return now, "payment method changed: retry at once"
-        if verdict.not_before and verdict.not_before < case.window_end:
-            return verdict.not_before, f"payment method changed; {verdict.reason}"
-        return None, verdict.reason
-    done = _our_retries(case)
-    allowed, note = retry_allowance(case, policy)
-    if done >= allowed:
-        return None, f"{done} of {allowed} retries used ({note})"
-    group = _classification(case).decline_group
-    not_before = now
-    if not verdict.allowed:
-        if verdict.not_before is None:
-            return None, verdict.reason
-        not_before = verdict.not_before
-    cls = _classification(case)
-    if cls.retry_after and case.last_attempt_at:
-        not_before = max(not_before, case.last_attempt_at + cls.retry_after)
-    if done == 0:
-        not_before = max(not_before, case.window_start + dt.timedelta(hours=1))
-    elif case.last_attempt_at:
-        not_before = max(not_before, case.last_attempt_at + dt.timedelta(hours=1))
-    if due is not None and due <= now < due + DUE_GRACE and not_before <= now:
-        # The pass acting on a chosen slot comes a little after it: choosing again would
-        # only find later slots and put the retry off for ever.
-        return now, case.retry_reason or f"retry {done + 1} of {allowed}"
-    options = timing.candidates(
-        now=now,
-        failed_at=case.window_start,
-        not_before=not_before,
-        until=case.window_end,
-        tz=case.customer.time_zone or case.store.timezone,
-        group=group,
-        first=done == 0,
-        first_within=dt.timedelta(hours=policy.first_retry_hours),
-    )
-    if stripe_next:
-        options = [o for o in options if abs(o - stripe_next) >= budgets.STRIPE_CLEARANCE]
-    facts = _facts(case)
-    choice = timing.choose(
-        store_id=case.store_id,
-        group=group,
-        failed_at=case.window_start,
-        options=options,
-        tz=case.customer.time_zone or case.store.timezone,
-        rng=rng,
-        stats=facts.stats.get((case.store_id, group), {})
-        if facts is not None and facts.stats is not None
-        else None,
-        learned=policy.learned_timing,
-    )
-    if choice is None:
-        return None, "no allowed retry slot left in the window" + (
-            f" ({verdict.reason})" if not verdict.allowed else ""
-        )
-    return choice.at, f"retry {done + 1} of {allowed}: {choice.reason}"
-
-
-def plan_message(
-    case: RecoveryCase, *, now: dt.datetime, retries_used_up: bool = False
-) -> tuple[dt.datetime | None, str]:
-    """The next message and its purpose. retries_used_up: a soft case has no retries
-    left, so only a new card can pay; it is asked for as on the card-update track."""
-    if case.dunning_paused or case.track == Track.FRAUD:
-        return None, ""
-    # The cadence is the messaging service's: one source for the gap and the cap.
-    min_gap = dt.timedelta(hours=settings.MESSAGING_MIN_HOURS_BETWEEN)
-    max_touches = settings.MESSAGING_MAX_EMAILS_PER_CASE
-    facts = _facts(case)
-    touches = (
-        sorted(facts.touches, key=lambda t: t[0])
-        if facts is not None
-        else list(case.events.filter(kind="message_due").order_by("at").values_list("at", "data"))
-    )
-    last_touch = touches[-1][0] if touches else None
-    earliest = (last_touch + min_gap) if last_touch else now
-    if (
-        case.track == Track.SOFT
-        and retries_used_up
-        and not any(data.get("purpose") == Purpose.CARD_UPDATE for _, data in touches)
-    ):
-        # The retries ran out: only a new card can pay now, so ask for one even if the
-        # reminders are used up, but never more than max_touches in any TOUCH_WINDOW.
-        at = max(now, earliest)
-        if len(touches) >= max_touches:
-            at = max(at, touches[-max_touches][0] + TOUCH_WINDOW)
-        return at, Purpose.CARD_UPDATE
-    stage = case.dunning_stage
-    if stage >= max_touches:
-        return None, ""
-    needs_card = case.track in (Track.CARD_UPDATE, Track.HARD) or (
-        case.track == Track.SOFT and retries_used_up
-    )
-    if stage == 0:
-        if case.track == Track.AUTHENTICATION:
-            return max(now, earliest), Purpose.AUTHENTICATION
-        if needs_card:
-            return max(now, earliest), Purpose.CARD_UPDATE
-        # Soft: technical recovery first: after the first retry failed, or 24 h.
-        first_failed = (
-            any(
-                source in OUR_SOURCES and outcome == PaymentAttempt.Outcome.FAILED
-                for source, outcome, *_ in facts.attempts
-            )
-            if facts is not None
-            else case.attempts.filter(
-                source__in=OUR_SOURCES, outcome=PaymentAttempt.Outcome.FAILED
-            ).exists()
-        )
-        when = now if first_failed else case.opened_at + dt.timedelta(hours=24)
-        return max(when, earliest), Purpose.SOFT_FIRST
-    final_at = (case.step_down_at or case.window_end) - dt.timedelta(hours=24)
-    if stage == max_touches - 1 or earliest + min_gap > final_at:
-        if earliest > (case.step_down_at or case.window_end):
-            return None, ""
-        return max(earliest, final_at), Purpose.FINAL_NOTICE
-    purpose = (
-        Purpose.SHIPMENT_AT_RISK
-        if stage == 1 and (case.order_id or case.subscription_id)
-        else Purpose.SOFT_REMINDER
-    )
-    if needs_card:
-        purpose = Purpose.CARD_UPDATE
-    if case.track == Track.AUTHENTICATION:
-        purpose = Purpose.AUTHENTICATION
-    return max(earliest, now + dt.timedelta(hours=72) if not last_touch else earliest), purpose
 
 
 PLAN_FIELDS = (
@@ -474,13 +309,14 @@ def case_plan(
         # Nothing to time while Stripe has not said why it failed (see below).
         retry_at, retry_reason, message_at, purpose = None, "", None, ""
     else:
-        retry_at, retry_reason = plan_retry(
-            case, now=now, policy=policy, rng=rng, due=case.retry_at if acting else None
+        f = case_facts(case, plan=True, budget_at=now)
+        rules = policy_facts(policy)
+        retry_at, retry_reason = planning.plan_retry(
+            f, now=now, policy=rules, rng=rng, due=case.retry_at if acting else None
         )
-        retries_used_up = (
-            case.track == Track.SOFT and _our_retries(case) >= retry_allowance(case, policy)[0]
+        message_at, purpose = planning.plan_message(
+            f, now=now, cadence=cadence(), retries_used_up=planning.retries_used_up(f, rules)
         )
-        message_at, purpose = plan_message(case, now=now, retries_used_up=retries_used_up)
     steps = [(case.window_end, RecoveryCase.NextAction.CLOSE, "recovery window ends")]
     if case.inflight_key:
         steps.append(
@@ -1070,7 +906,7 @@ def attempt_resolve(
     case.refresh_from_db()
     success = outcome == PaymentAttempt.Outcome.SUCCEEDED
     if attempt.source in (PaymentAttempt.Source.RECOUP_RETRY,):
-        timing.record_outcome(
+        retry_stats.record_outcome(
             store_id=case.store_id,
             group=_classification(case).decline_group,
             failed_at=case.window_start,
@@ -1314,7 +1150,7 @@ def _paid_elsewhere(
             tz=case.customer.time_zone or case.store.timezone,
         )
         # Nothing reached the card when it was not sent: no failure to learn from.
-        timing.success_withdrawn(key, failed=outcome != PaymentAttempt.Outcome.NOT_SENT)
+        retry_stats.success_withdrawn(key, failed=outcome != PaymentAttempt.Outcome.NOT_SENT)
     was = case.recovered_via
     via = recovered_via_for_success(case=case, at=case.closed_at or timezone.now())
     if via == was:

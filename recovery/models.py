@@ -1,16 +1,19 @@
 from django.db import models
 
 from orders.models import Order
+from recovery.domain import declines
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
 
 
 class Track(models.TextChoices):
-    SOFT = "soft", "Retry (soft decline)"
-    CARD_UPDATE = "card_update", "Card update"
-    HARD = "hard", "Hard decline"
-    FRAUD = "fraud", "Fraud / dispute risk"
-    AUTHENTICATION = "authentication", "Authentication"
+    """The recovery tracks (the values are the domain's: `recovery.domain.declines`)."""
+
+    SOFT = declines.SOFT, "Retry (soft decline)"
+    CARD_UPDATE = declines.CARD_UPDATE, "Card update"
+    HARD = declines.HARD, "Hard decline"
+    FRAUD = declines.FRAUD, "Fraud / dispute risk"
+    AUTHENTICATION = declines.AUTHENTICATION, "Authentication"
 
 
 class StripeEvent(models.Model):

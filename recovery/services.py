@@ -16,7 +16,7 @@ from orders.models import Order
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
 
-from . import declines
+from .domain import declines
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors import retry_policy_current
 from .stripe_payloads import DeclineInfo

@@ -20,7 +20,7 @@ from common.paging import page_number
 from stores.access import Access, dashboard_view, render_page
 
 from . import actions
-from .declines import DECLINE_CODES
+from .domain.declines import DECLINE_CODES
 from .forms import CaseFilterForm, CustomerSearchForm
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors_dashboard import case_timeline, cases_filtered

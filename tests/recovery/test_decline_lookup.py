@@ -15,7 +15,7 @@ import time_machine
 from django.utils import timezone
 
 from messaging.models import Message
-from recovery import declines
+from recovery.domain import declines
 from recovery.intake import stripe_events_work
 from recovery.lookups import decline_lookups_run
 from recovery.models import CaseEvent, DeclineLookup, PaymentAttempt, RecoveryCase

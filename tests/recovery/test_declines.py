@@ -3,7 +3,7 @@ from datetime import timedelta
 
 import pytest
 
-from recovery.declines import (
+from recovery.domain.declines import (
     DECLINE_CODES,
     MASTERCARD_NEVER_RETRY,
     MASTERCARD_RETRY_AFTER,

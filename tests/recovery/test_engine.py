@@ -382,7 +382,7 @@ def test_new_customers_repeated_failure_moves_to_card_update_sooner(webhooks, st
 
 
 def test_retry_reason_is_recorded(webhooks, store):
-    from recovery import timing
+    from recovery.domain import timing
     from recovery.models import RetryStat
 
     for bucket in ("h0", "h1", "h2", "h3"):

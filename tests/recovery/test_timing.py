@@ -8,7 +8,8 @@ import zoneinfo
 import pytest
 import time_machine
 
-from recovery import engine, timing
+from recovery import engine
+from recovery.domain import timing
 from recovery.models import RecoveryCase, RetryPolicy, RetryStat
 from subscriptions.models import Customer
 from tests.recovery.test_engine import DAY, HOUR, T0, issuer, open_case, ours, passes

@@ -10,7 +10,7 @@ import zoneinfo
 import pytest
 from django.test import Client
 
-from recovery import timing
+from recovery.domain import timing
 from recovery.models import RecoveryCase, StripeEvent
 from stores.services import api_token_create
 from subscriptions.models import Customer, PaymentMethod

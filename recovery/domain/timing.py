@@ -4,7 +4,7 @@ Candidates are the customer's local daytime hours: soon after the failure, and o
 payday slots (1st, 15th, month end, Fridays). Candidates fall into arms: the
 hours-since-failure bucket and the slot. Each arm's chance is a Beta posterior: the
 default prior below plus the store's own results (RetryStat) for the same decline group,
-bucket and slot. The engine draws once from each arm's posterior (Thompson sampling) so
+bucket and slot, which the caller reads and passes in. The engine draws once from each arm's posterior (Thompson sampling) so
 that it keeps learning, discounts later slots a little, takes the best arm's earliest
 candidate, and records why it chose what it chose.
 """
@@ -18,8 +18,6 @@ import functools
 import random
 import zoneinfo
 from dataclasses import dataclass
-
-from .models import RetryStat
 
 PRIOR_WEIGHT = 10.0  # the defaults count as this many observations
 DAYTIME_HOURS = (9, 13, 17)  # local hours issuers approve best at
@@ -141,22 +139,14 @@ def _local_slot(tz: str, at: dt.datetime) -> tuple[dt.datetime, str]:
     return local, slot_of(local)
 
 
-def stats_for(*, store_id, group: str) -> dict[tuple[str, str], tuple[int, int]]:
-    return {
-        (s.hours_bucket, s.slot): (s.successes, s.failures)
-        for s in RetryStat.objects.filter(store_id=store_id, decline_group=group)
-    }
-
-
 def choose(
     *,
-    store_id,
     group: str,
     failed_at: dt.datetime,
     options: list[dt.datetime],
     tz: str,
     rng: random.Random,
-    stats: dict | None = None,
+    stats: dict[tuple[str, str], tuple[int, int]],
     learned: bool = True,
 ) -> Choice | None:
     """The retry time among `options` (ascending) with the best sampled chance.
@@ -164,13 +154,13 @@ def choose(
     Thompson sampling over arms, an arm being (hours since the failure, kind of day):
     each arm's success rate is drawn once from its Beta posterior (the group's prior,
     worth PRIOR_WEIGHT attempts, plus the store's own results), discounted for each day
-    of waiting; an arm's earliest option is its best, so it is the one scored."""
+    of waiting; an arm's earliest option is its best, so it is the one scored. `stats`:
+    the store's (successes, failures) by arm for this group (`recovery.retry_stats.stats_for`);
+    ignored when the policy does not learn."""
     if not options:
         return None
     if not learned:
         stats = {}
-    elif stats is None:
-        stats = stats_for(store_id=store_id, group=group)
     tz = tz or "UTC"
     arms: dict[tuple[str, str], tuple[dt.datetime, dt.datetime]] = {}
     for at in options:
@@ -212,62 +202,3 @@ def outcome_key(
         hours_bucket((at - failed_at).total_seconds() / 3600),
         slot_of(at.astimezone(_zone(tz))),
     )
-
-
-def record_outcome(
-    *, store_id, group: str, failed_at: dt.datetime, at: dt.datetime, tz: str, success: bool
-) -> None:
-    key = outcome_key(store_id=store_id, group=group, failed_at=failed_at, at=at, tz=tz)
-    record_outcomes({key: (1, 0) if success else (0, 1)})
-
-
-def record_outcomes(counts: dict[tuple, tuple[int, int]]) -> None:
-    """Add (successes, failures) to each RetryStat row, creating the missing ones: one
-    upsert statement, so that workers adding to the same rows never lose a count and hold
-    each row's lock only for the statement."""
-    from django.db import connection
-
-    # In one order for every worker: two upserts of overlapping rows wait, not deadlock.
-    rows = sorted(((k, v) for k, v in counts.items() if v[0] or v[1]), key=lambda r: str(r[0]))
-    if not rows:
-        return
-    q = connection.ops.quote_name
-    table = q(RetryStat._meta.db_table)
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
-    store_field = RetryStat._meta.get_field("store")
-    params = [
-        p
-        for (store_id, group, bucket, slot), (s, f) in rows
-        for p in (store_field.get_db_prep_save(store_id, connection), group, bucket, slot, s, f)
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({q('store_id')}, {q('decline_group')}, {q('hours_bucket')}, "
-            f"{q('slot')}, {q('successes')}, {q('failures')}) VALUES {values} "
-            f"ON CONFLICT ({q('store_id')}, {q('decline_group')}, {q('hours_bucket')}, {q('slot')}) "
-            f"DO UPDATE SET {q('successes')} = {table}.{q('successes')} + excluded.{q('successes')}, "
-            f"{q('failures')} = {table}.{q('failures')} + excluded.{q('failures')}",
-            params,
-        )
-
-
-def success_withdrawn(key: tuple, *, failed: bool) -> None:
-    """An attempt counted as a success in the RetryStat row `key` (see `outcome_key`) was
-    not one: take it back, and count it as a failure if it `failed`."""
-    from django.db.models import F
-
-    store_id, group, bucket, slot = key
-    RetryStat.objects.filter(
-        store_id=store_id, decline_group=group, hours_bucket=bucket, slot=slot, successes__gt=0
-    ).update(successes=F("successes") - 1, failures=F("failures") + int(failed))
-
-
-def stats_for_stores(store_ids) -> dict[tuple, dict[tuple[str, str], tuple[int, int]]]:
-    """stats_for of every decline group of these stores, by (store_id, group): one query."""
-    out: dict[tuple, dict] = {}
-    for s in RetryStat.objects.filter(store_id__in=list(store_ids)):
-        out.setdefault((s.store_id, s.decline_group), {})[(s.hours_bucket, s.slot)] = (
-            s.successes,
-            s.failures,
-        )
-    return out

@@ -12,13 +12,13 @@ import functools
 from dataclasses import dataclass
 from datetime import timedelta
 
-from recovery.models import Track
-
-SOFT = Track.SOFT.value
-CARD_UPDATE = Track.CARD_UPDATE.value
-HARD = Track.HARD.value
-FRAUD = Track.FRAUD.value
-AUTHENTICATION = Track.AUTHENTICATION.value
+# The tracks (recovery.models.Track is the database's list of these values).
+SOFT = "soft"
+CARD_UPDATE = "card_update"
+HARD = "hard"
+FRAUD = "fraud"
+AUTHENTICATION = "authentication"
+TRACKS = (SOFT, CARD_UPDATE, HARD, FRAUD, AUTHENTICATION)
 
 
 @dataclass(frozen=True)
