@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from stores.models import Store
 
@@ -119,7 +120,7 @@ def case_timeline(*, case: RecoveryCase) -> list[Entry]:
             ("failed", m.failed_at),
         ):
             if when:
-                steps.append(f"{label} {when:%b %-d %H:%M}")
+                steps.append(f"{label} {timezone.localtime(when):%b %-d %H:%M}")
         entries.append(
             Entry(
                 at=m.sent_at or m.scheduled_for or m.created_at,
@@ -140,7 +141,7 @@ def case_timeline(*, case: RecoveryCase) -> list[Entry]:
                 title=f"Stock {h.get_status_display().lower()}: {what}",
                 detail=h.reason
                 + (
-                    f" · until {h.held_until:%b %-d %H:%M}"
+                    f" · until {timezone.localtime(h.held_until):%b %-d %H:%M}"
                     if h.held_until and h.status == "held"
                     else ""
                 )

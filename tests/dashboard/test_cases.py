@@ -5,6 +5,7 @@ through a service, recorded on the timeline with the person who did it."""
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pytest
 from django.utils import timezone
@@ -125,6 +126,10 @@ def test_case_page_shows_the_whole_timeline(store, operator_client, webhooks):
     assert "visa •••• 4242" in body
     assert "Email · Payment failed: first notice: Delivered" in body
     assert "opened" in body and "clicked" in body
+    # In the store's zone (Europe/Berlin), as every other time on the page.
+    berlin = now.astimezone(zoneinfo.ZoneInfo("Europe/Berlin"))
+    assert f"sent {berlin:%b %-d %H:%M}" in body
+    assert f"opened {berlin + dt.timedelta(minutes=3):%b %-d %H:%M}" in body
     assert "Customer asked for a call" in body and "— olivia" in body
 
 
