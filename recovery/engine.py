@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -79,7 +79,7 @@ def case_facts(
     batch = _facts(case)
     attempts = batch.attempts if batch is not None else case.attempts.values_list(*ATTEMPT_FACT)
     pm = case.customer.default_payment_method if case.customer_id else None
-    f = facts.CaseFacts(
+    known = dict(
         track=case.track,
         opened_at=case.opened_at,
         window_start=case.window_start,
@@ -103,27 +103,32 @@ def case_facts(
         attempts=tuple(facts.Attempt(*a) for a in attempts),
     )
     # What only a plan or a budget needs is read only for them (the store, the invoice).
-    more = {}
     if plan:
-        more["customer_since"] = case.customer.first_seen_at
-        more["time_zone"] = case.customer.time_zone or case.store.timezone or "UTC"
-        more["earlier_failures"] = _earlier_failures(case)
+        known["customer_since"] = case.customer.first_seen_at
+        known["time_zone"] = case.customer.time_zone or case.store.timezone or "UTC"
+        known["earlier_failures"] = _earlier_failures(case)
         touches = (
             batch.touches
             if batch is not None
             else case.events.filter(kind="message_due").values_list("at", "data")
         )
-        more["touches"] = tuple(facts.Touch(at, data.get("purpose", "")) for at, data in touches)
-        group = planning.classification(f).decline_group
+        known["touches"] = tuple(facts.Touch(at, data.get("purpose", "")) for at, data in touches)
+        group = _classification(case).decline_group
         if batch is not None and batch.stats is not None:
-            more["stats"] = batch.stats.get((case.store_id, group), {})
+            known["stats"] = batch.stats.get((case.store_id, group), {})
         else:
-            more["stats"] = retry_stats.stats_for(store_id=case.store_id, group=group)
+            known["stats"] = retry_stats.stats_for(store_id=case.store_id, group=group)
         budget_at = budget_at or timezone.now()
     if budget_at is not None:
-        more["card_rows"] = tuple(_card_rows(case, f, at=budget_at))
-        more["stripe_next_attempt"] = case.invoice.next_payment_attempt if case.invoice_id else None
-    return replace(f, **more) if more else f
+        known["card_rows"] = tuple(
+            _card_rows(
+                case, planning.card_for_of(known["default_card"], known["attempts"]), at=budget_at
+            )
+        )
+        known["stripe_next_attempt"] = (
+            case.invoice.next_payment_attempt if case.invoice_id else None
+        )
+    return facts.CaseFacts(**known)
 
 
 def _earlier_failures(case: RecoveryCase) -> bool:
@@ -140,9 +145,9 @@ def _earlier_failures(case: RecoveryCase) -> bool:
     return history
 
 
-def _card_rows(case: RecoveryCase, f: facts.CaseFacts, *, at: dt.datetime) -> list:
+def _card_rows(case: RecoveryCase, card: tuple[str, str, str], *, at: dt.datetime) -> list:
     """The budget rows of the card the next retry would use: the batch's, or one query."""
-    _brand, fingerprint, pm_id = planning.card_for(f)
+    _brand, fingerprint, pm_id = card
     batch = _facts(case)
     if batch is not None and batch.card_rows is not None:
         card = budget_rules.card_id(

@@ -2,6 +2,7 @@ from django.db import models
 
 from orders.models import Order
 from recovery.domain import declines
+from recovery.domain.events import EventKind
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
 
@@ -385,7 +386,10 @@ class CaseEvent(models.Model):
 
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
     case = models.ForeignKey(RecoveryCase, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=48)
+    # One of the domain's EventKind (the one list, whichever app writes the entry).
+    kind = models.CharField(
+        max_length=48, choices=[(k.value, k.value.replace("_", " ")) for k in EventKind]
+    )
     at = models.DateTimeField()
     message = models.CharField(max_length=500)
     data = models.JSONField(default=dict, blank=True)

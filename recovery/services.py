@@ -17,6 +17,7 @@ from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
 
 from .domain import declines
+from .domain.events import EventKind
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors import retry_policy_current
 from .stripe_payloads import DeclineInfo
@@ -50,11 +51,12 @@ def case_event_build(
     data: dict | None = None,
     actor: str = "system",
 ) -> CaseEvent:
-    """A timeline entry, not yet saved (a scheduler batch saves its entries together)."""
+    """A timeline entry, not yet saved (a scheduler batch saves its entries together).
+    `kind` is one of `EventKind` (ValueError otherwise)."""
     return CaseEvent(
         store_id=case.store_id,
         case=case,
-        kind=kind,
+        kind=EventKind(kind).value,
         at=at or timezone.now(),
         message=message[:500],
         data=data or {},

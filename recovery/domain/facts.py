@@ -18,7 +18,7 @@ FAILED = "failed"
 NOT_SENT = "not_sent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One charge attempt on the case's payment, whoever made it."""
 
@@ -32,7 +32,7 @@ class Attempt:
     exp_year: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Card:
     """The customer's default payment method."""
 
@@ -41,7 +41,7 @@ class Card:
     payment_method_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Touch:
     """A message that fell due for the case (the cadence counts these)."""
 
@@ -49,7 +49,7 @@ class Touch:
     purpose: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The retry policy's numbers that planning uses (recovery.models.RetryPolicy)."""
 
@@ -60,7 +60,7 @@ class Policy:
     learned_timing: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cadence:
     """The messaging cadence: the gap between two messages and the cap per case."""
 
@@ -68,7 +68,7 @@ class Cadence:
     max_touches: int = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaseFacts:
     """A case as planning sees it."""
 

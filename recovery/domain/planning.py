@@ -25,7 +25,7 @@ import random
 
 from . import budgets, declines, timing
 from .events import Purpose
-from .facts import FAILED, NOT_SENT, OUR_SOURCES, Cadence, CaseFacts, Policy
+from .facts import FAILED, NOT_SENT, OUR_SOURCES, Attempt, Cadence, Card, CaseFacts, Policy
 
 # A pass acting on a chosen retry slot comes a little after it (the every-minute pass,
 # claims, leases): the slot still holds within this grace; later, a new one is chosen.
@@ -78,10 +78,14 @@ def retries_used_up(f: CaseFacts, policy: Policy) -> bool:
 def card_for(f: CaseFacts) -> tuple[str, str, str]:
     """(brand, fingerprint, payment_method_id) of the card the next retry would use: the
     customer's default, else the card of the latest attempt that names one."""
-    pm = f.default_card
+    return card_for_of(f.default_card, f.attempts)
+
+
+def card_for_of(pm: Card | None, attempts: tuple[Attempt, ...]) -> tuple[str, str, str]:
+    """`card_for` from the default card and the attempts alone."""
     if pm is not None and (pm.fingerprint or pm.payment_method_id):
         return pm.brand, pm.fingerprint, pm.payment_method_id
-    for a in sorted(f.attempts, key=lambda a: a.at, reverse=True):
+    for a in sorted(attempts, key=lambda a: a.at, reverse=True):
         if a.fingerprint or a.payment_method_id:
             return a.brand, a.fingerprint, a.payment_method_id
     return "", "", ""

@@ -296,3 +296,57 @@ def test_the_database_and_the_templates_use_the_domains_lists():
 
     assert set(StoredPurpose.values) == {p.value for p in Purpose}
     assert set(Track.values) == set(declines.TRACKS)
+
+
+def test_every_timeline_kind_the_code_writes_is_one_of_the_domains():
+    """A literal `kind="..."` handed to any timeline writer, in every product app."""
+    import ast
+    import pathlib
+
+    from recovery.domain.events import EventKind
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    apps = [
+        "analytics",
+        "common",
+        "messaging",
+        "orders",
+        "recovery",
+        "stores",
+        "subscriptions",
+        "support",
+    ]
+    writers = {"case_event_record", "case_event_build", "_record", "_case_event"}
+    seen, prefixes = set(), set()
+    for app in apps:
+        for path in (root / app).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                for kw in node.keywords:
+                    if name not in writers or kw.arg != "kind":
+                        continue
+                    # Literals, either side of a conditional, and the fixed part of a
+                    # prefix (f"hold_{what}", "subscription_" + status).
+                    for const in ast.walk(kw.value):
+                        if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                            if isinstance(kw.value, ast.Constant | ast.IfExp):
+                                seen.add(const.value)
+                            else:
+                                prefixes.add(const.value)
+    kinds = {k.value for k in EventKind}
+    assert len(seen) > 30 and {"order_released", "order_backordered"} <= seen
+    assert seen <= kinds, seen - kinds
+    assert prefixes == {"hold_", "subscription_"}
+    assert all(any(k.startswith(p) for k in kinds) for p in prefixes)
+
+
+def test_a_timeline_entry_of_an_unknown_kind_is_refused():
+    from recovery.models import RecoveryCase
+    from recovery.services import case_event_build
+
+    with pytest.raises(ValueError, match="made_up"):
+        case_event_build(case=RecoveryCase(store_id=None), kind="made_up", message="x")
