@@ -22,19 +22,17 @@ from dataclasses import dataclass, field
 import stripe
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
-from recovery import engine
+from recovery import commands
 from recovery.gateways import gateway_for
 from recovery.gateways.base import ChargeResult
 from recovery.gateways.sandbox import SandboxGateway
 from recovery.gateways.stripe import stripe_client
 from recovery.models import PaymentAttempt, RecoveryCase, Track
-from recovery.services import open_cases_for_customer, payment_attempt_record, recovery_case_close
 from recovery.stripe_payloads import DeclineInfo
 from stores.models import Store
 from subscriptions.models import Customer, PaymentMethod, Subscription
-from subscriptions.services import invoice_mark, payment_method_set_default, payment_method_upsert
+from subscriptions.services import payment_method_set_default, payment_method_upsert
 
 from . import rendering, selectors
 from .links import PayLink, link_message
@@ -179,7 +177,7 @@ def _focus_case(link: PayLink) -> RecoveryCase | None:
             "invoice", "subscription", "order", "store", "customer"
         ).get(pk=link.case.pk)
     return (
-        open_cases_for_customer(customer=link.customer)
+        commands.open_cases_for_customer(customer=link.customer)
         .exclude(track=Track.FRAUD)
         .select_related("invoice", "subscription", "order", "store", "customer")
         .order_by("window_end")
@@ -243,30 +241,12 @@ def _card_saved(*, link: PayLink, pm_data: dict, now: dt.datetime, gateway) -> P
     with transaction.atomic():
         pm = payment_method_upsert(store=link.store, customer=customer, data=pm_data)
         payment_method_set_default(customer=customer, payment_method=pm)
-    engine.customer_card_changed(
+    commands.customer_new_card_retry(
         customer=customer,
         at=now,
-        source="customer",
+        gateway=gateway,
         message=f"The customer added {pm.brand.title() or 'a card'} •••• {pm.last4} on the pay page",
     )
-    cases = (
-        open_cases_for_customer(customer=customer)
-        .exclude(track=Track.FRAUD)
-        .select_related("store", "invoice", "customer", "customer__default_payment_method")
-        .order_by("window_end")
-    )
-    for case in cases:
-        # customer_card_changed planned a retry at once where the network budgets allow;
-        # a card that is out of budget waits for its planned time.
-        acting = max(now, timezone.now())
-        if case.retry_at is not None and case.retry_at <= acting and not case.inflight_key:
-            engine.case_retry(
-                case,
-                now=acting,
-                gateway=gateway,
-                actor="customer",
-                reason="the customer added a new card on the pay page",
-            )
     return pm
 
 
@@ -312,40 +292,9 @@ def pay_sandbox_authentication_submit(*, link: PayLink, approve: bool, now: dt.d
     return True
 
 
-@transaction.atomic
 def _paid_on_session(*, case: RecoveryCase, now: dt.datetime, amount: int, charge_id: str) -> None:
-    """The customer confirmed the payment on the page: record it and close the case."""
-    case = (
-        RecoveryCase.objects.select_for_update(of=("self",))
-        .select_related("invoice", "customer", "store")
-        .get(pk=case.pk)
-    )
-    if not case.is_open:
-        return
-    payment_attempt_record(
-        store=case.store,
-        case=case,
-        customer=case.customer,
-        source=PaymentAttempt.Source.CUSTOMER,
-        outcome=PaymentAttempt.Outcome.SUCCEEDED,
-        amount=amount,
-        currency=case.currency,
-        at=now,
-        decline=DeclineInfo(charge_id=charge_id, payment_intent_id=case.payment_intent_id),
-        invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
-        reason="the customer confirmed the payment on the pay page",
-    )
-    if case.invoice_id:
-        invoice_mark(invoice=case.invoice, status="paid", at=now, amount_paid=amount)
-    recovery_case_close(
-        case=case,
-        status=RecoveryCase.Status.RECOVERED,
-        reason="the customer confirmed the payment on the pay page",
-        at=now,
-        via=RecoveryCase.RecoveredVia.CUSTOMER,
-        amount=amount,
-        actor="customer",
-    )
+    """The customer confirmed the payment on the page: recovery records it and closes the case."""
+    commands.case_paid_on_session(case=case, at=now, amount=amount, charge_id=charge_id)
 
 
 # ------------------------------------------------------------------ Stripe

@@ -621,7 +621,7 @@ def _render_template(template: MessageTemplate, context: dict, *, store: Store) 
 def _case_event(
     *, case: RecoveryCase, kind: str, at: dt.datetime, text: str, message: Message
 ) -> None:
-    from recovery.services import case_event_record
+    from recovery.commands import case_event_record
 
     if not case.is_open:
         # A closed case's timeline ends with its close (the engine's rule); messages
@@ -721,7 +721,7 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
     (so two workers never both send one), checked again, handed to the provider in one
     batch (Postmark's batch API: one request per 500) and recorded together. Anything
     else goes through `message_deliver`."""
-    from recovery.services import case_event_build
+    from recovery.commands import case_event_build
 
     now = now or timezone.now()
     if not message_ids:

@@ -111,7 +111,7 @@ def _record(
 ) -> None:
     if case is None:
         return
-    from recovery.services import case_event_record
+    from recovery.commands import case_event_record
 
     case_event_record(case=case, kind=kind, message=message, at=at, data=data)
 

@@ -1,7 +1,7 @@
 """Dashboard pages for cases: the filterable list, the case page and its actions.
 
 Every query is scoped to `access.store` (stores.access); every action is a POST through
-a service in recovery.actions or support.services, recorded on the case's timeline.
+a command in recovery.commands or a service in support.services, recorded on the case's timeline.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from common.errors import ApplicationError
 from common.paging import page_number
 from stores.access import Access, dashboard_view, render_page
 
-from . import actions
+from . import commands
 from .domain.declines import DECLINE_CODES
 from .forms import CaseFilterForm, CustomerSearchForm
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
@@ -97,7 +97,7 @@ def case_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
 
     case = _case(access, pk)
     now = timezone.now()
-    refusal = actions.case_retry_refusal(case=case, at=now) if case.is_open else ""
+    refusal = commands.case_retry_refusal(case=case, at=now) if case.is_open else ""
     return render_page(
         request,
         access,
@@ -109,7 +109,7 @@ def case_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
             "retry_refusal": refusal,
             "support": case_support_panel(case=case, now=now, user=request.user),
             "today": now.astimezone(access.store.tzinfo).date(),
-            "max_extend": actions.MAX_EXTEND_DAYS,
+            "max_extend": commands.MAX_EXTEND_DAYS,
         },
         section="cases",
     )
@@ -131,15 +131,15 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
     post = request.POST
     try:
         if action == "retry":
-            result = actions.case_retry_now(case=case, actor=actor, at=now)
+            result = commands.case_retry_now(case=case, actor=actor, at=now)
             (messages.success if result.ok else messages.warning)(request, result.message)
         elif action == "pause":
-            changed = actions.case_dunning_pause(case=case, actor=actor, at=now)
+            changed = commands.case_dunning_pause(case=case, actor=actor, at=now)
             messages.success(
                 request, "Automated dunning paused." if changed else "Dunning was already paused."
             )
         elif action == "resume":
-            changed = actions.case_dunning_resume(case=case, actor=actor, at=now)
+            changed = commands.case_dunning_resume(case=case, actor=actor, at=now)
             messages.success(
                 request, "Automated dunning resumed." if changed else "Dunning was not paused."
             )
@@ -148,17 +148,17 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
                 days = int(post.get("days") or 0)
             except ValueError as exc:
                 raise ApplicationError("Extend by a whole number of days.") from exc
-            end = actions.case_window_extend(
+            end = commands.case_window_extend(
                 case=case, actor=actor, at=now, days=days, why=post.get("why", "")
             )
             messages.success(
                 request, f"Window extended; it now ends {timezone.localtime(end):%b %-d, %H:%M}."
             )
         elif action == "cancel":
-            actions.case_cancel(case=case, actor=actor, at=now, why=post.get("why", ""))
+            commands.case_cancel(case=case, actor=actor, at=now, why=post.get("why", ""))
             messages.success(request, "Case cancelled: nothing more will be retried or sent.")
         elif action == "mark-paid":
-            actions.case_mark_paid_outside(
+            commands.case_mark_paid_outside(
                 case=case, actor=actor, at=now, note=post.get("note", "")
             )
             messages.success(request, "Marked paid outside Stripe; the case is recovered.")

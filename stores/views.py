@@ -126,9 +126,9 @@ def _settings_save(request: HttpRequest, form, save, *, saved: str) -> bool:
 
 @dashboard_view(operator_only=True)
 def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
+    from recovery.commands import retry_policy_update
     from recovery.models import RetryPolicy
     from recovery.selectors import retry_policy_current
-    from recovery.services import retry_policy_update
 
     from .forms import RetryPolicyForm
 

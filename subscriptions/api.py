@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.api import NulFreePathMixin
-from recovery import engine
+from recovery import commands
 
 from . import facts
 from .models import Subscription, TimeZoneSource
@@ -116,5 +116,5 @@ class CustomerView(NulFreePathMixin, APIView):
             )
             customer.refresh_from_db()
             if zone_changed:
-                engine.customer_zone_changed(customer=customer, at=at)
+                commands.customer_zone_changed(customer=customer, at=at)
         return Response(self._body(customer))

@@ -14,9 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from common.errors import ApplicationError
-from recovery import actions, engine
+from recovery import commands
+from recovery.commands import case_event_record, recovery_case_close
 from recovery.models import RecoveryCase, Track
-from recovery.services import case_event_record, recovery_case_close
 from stores.models import Store
 from subscriptions.models import Customer
 
@@ -110,7 +110,7 @@ def case_route(
     if entering and not case.dunning_paused:
         RecoveryCase.objects.filter(pk=case.pk).update(dunning_paused=True)
         case.dunning_paused = True
-        engine.case_plan(case, now=at, record=False)
+        commands.case_plan(case, now=at, record=False)
         case_event_record(
             case=case,
             kind="dunning_paused",
@@ -327,17 +327,17 @@ def queue_outcome_promise(
     )
     if pay_by_end + PROMISE_WINDOW_MARGIN > case.window_end:
         days = (pay_by_end + PROMISE_WINDOW_MARGIN - case.window_end).days + 1
-        actions.case_window_extend(
+        commands.case_window_extend(
             case=case,
             actor=user.username,
             at=at,
-            days=min(days, actions.MAX_EXTEND_DAYS),
+            days=min(days, commands.MAX_EXTEND_DAYS),
             why=f"promise to pay by {pay_by:%b %-d}",
         )
     with transaction.atomic():
         item = _item_locked(item)
         if not item.case.dunning_paused:
-            actions.case_dunning_pause(
+            commands.case_dunning_pause(
                 case=item.case, actor=user.username, at=at, why=f"promise to pay by {pay_by}"
             )
         item.case.refresh_from_db(fields=["window_end"])
@@ -436,7 +436,7 @@ def queue_outcome_email(
 def queue_outcome_recovered(*, item: QueueItem, user, at: dt.datetime, gateway=None) -> str:
     """The customer agreed to pay now: charge them (as the agent, within budgets). Returns
     what happened. A payment made outside Stripe is the case's "Mark paid" action."""
-    result = actions.case_retry_now(case=item.case, actor=user.username, at=at, gateway=gateway)
+    result = commands.case_retry_now(case=item.case, actor=user.username, at=at, gateway=gateway)
     case = RecoveryCase.objects.get(pk=item.case_id)
     if case.status == RecoveryCase.Status.RECOVERED:
         queue_item_settle(item=item, at=at, actor=user.username)
@@ -475,7 +475,7 @@ def queue_item_return_to_automation(*, item: QueueItem, user, at: dt.datetime) -
             message="Handed back to automated recovery",
         )
         if item.case.is_open and item.case.dunning_paused and item.case.track != "fraud":
-            actions.case_dunning_resume(
+            commands.case_dunning_resume(
                 case=item.case, actor=user.username, at=at, why="handed back to automation"
             )
 
@@ -539,7 +539,7 @@ def promises_due(*, now: dt.datetime) -> int:
                 "automated recovery resumes",
             )
             if case.dunning_paused and case.track != "fraud":
-                actions.case_dunning_resume(case=case, actor="system", at=now, why="promise date")
+                commands.case_dunning_resume(case=case, actor="system", at=now, why="promise date")
         done += 1
     return done
 

@@ -1,5 +1,12 @@
-"""What a person can do to a case from the dashboard: retry now, pause or resume dunning,
-extend the window, cancel, mark paid outside Stripe.
+"""Recovery's commands: the one entry the other apps (messaging, orders, support,
+subscriptions, stores) call; an import-linter contract holds that they call nothing else
+of recovery's services (they may read its models and selectors, and use its gateways).
+
+What a person can do to a case from the dashboard: retry now, pause or resume dunning,
+extend the window, cancel, mark paid outside Stripe. What the pay page does: the retry a
+customer's new card asks for, and a payment the customer confirmed on the page. What
+the other apps tell recovery: a customer's card or zone changed, a case needs planning
+again, a line for a case's timeline, a case closed by a person.
 
 Each action checks the case is open, changes it through the engine and services (one
 way to write), and leaves an event on the timeline naming the person. Writes happen in
@@ -15,13 +22,35 @@ import logging
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
 from common.errors import ApplicationError
+from subscriptions.services import invoice_mark
 
 from . import budgets, engine
 from .gateways import gateway_for
 from .models import PaymentAttempt, RecoveryCase, Track
-from .services import case_event_record, recovery_case_close
+from .services import (
+    case_event_build,
+    case_event_record,
+    open_cases_for_customer,
+    payment_attempt_record,
+    recovery_case_close,
+    retry_policy_update,
+)
+from .stripe_payloads import DeclineInfo
+
+# Also commands, as they are (the other apps reach them only from here).
+__all__ = [
+    "case_event_build",
+    "case_event_record",
+    "open_cases_for_customer",
+    "recovery_case_close",
+    "retry_policy_update",
+]
+case_plan = engine.case_plan
+customer_card_changed = engine.customer_card_changed
+customer_zone_changed = engine.customer_zone_changed
 
 logger = logging.getLogger(__name__)
 
@@ -256,3 +285,68 @@ def _stripe_invoice_paid_out_of_band(case: RecoveryCase) -> None:
         raise ApplicationError(
             f"Stripe refused to mark invoice {case.invoice.stripe_id} paid: {message}"
         ) from exc
+
+
+# ------------------------------------------------------------------ the pay page
+
+
+def customer_new_card_retry(*, customer, at: dt.datetime, gateway, message: str) -> None:
+    """The customer saved a new default card on the pay page: every open case of theirs
+    (fraud aside) is planned again, and those whose retry that makes due now, within the
+    network budgets, are retried at once on it. A card out of budget waits for its
+    planned time."""
+    engine.customer_card_changed(customer=customer, at=at, source="customer", message=message)
+    cases = (
+        open_cases_for_customer(customer=customer)
+        .exclude(track=Track.FRAUD)
+        .select_related("store", "invoice", "customer", "customer__default_payment_method")
+        .order_by("window_end")
+    )
+    for case in cases:
+        acting = max(at, timezone.now())
+        if case.retry_at is not None and case.retry_at <= acting and not case.inflight_key:
+            engine.case_retry(
+                case,
+                now=acting,
+                gateway=gateway,
+                actor="customer",
+                reason="the customer added a new card on the pay page",
+            )
+
+
+@transaction.atomic
+def case_paid_on_session(
+    *, case: RecoveryCase, at: dt.datetime, amount: int, charge_id: str
+) -> None:
+    """The customer confirmed the payment on the pay page: record it and close the case."""
+    case = (
+        RecoveryCase.objects.select_for_update(of=("self",))
+        .select_related("invoice", "customer", "store")
+        .get(pk=case.pk)
+    )
+    if not case.is_open:
+        return
+    payment_attempt_record(
+        store=case.store,
+        case=case,
+        customer=case.customer,
+        source=PaymentAttempt.Source.CUSTOMER,
+        outcome=PaymentAttempt.Outcome.SUCCEEDED,
+        amount=amount,
+        currency=case.currency,
+        at=at,
+        decline=DeclineInfo(charge_id=charge_id, payment_intent_id=case.payment_intent_id),
+        invoice_stripe_id=case.invoice.stripe_id if case.invoice_id else "",
+        reason="the customer confirmed the payment on the pay page",
+    )
+    if case.invoice_id:
+        invoice_mark(invoice=case.invoice, status="paid", at=at, amount_paid=amount)
+    recovery_case_close(
+        case=case,
+        status=RecoveryCase.Status.RECOVERED,
+        reason="the customer confirmed the payment on the pay page",
+        at=at,
+        via=RecoveryCase.RecoveredVia.CUSTOMER,
+        amount=amount,
+        actor="customer",
+    )
