@@ -65,17 +65,8 @@ logger = logging.getLogger(__name__)
 # claim lease (engine.CLAIM_LEASE), which the recording renews.
 SEND_WITHIN = dt.timedelta(minutes=4)
 
-ATTEMPT_FACT_FIELDS = (
-    "case_id",
-    "source",
-    "outcome",
-    "attempted_at",
-    "card_brand",
-    "card_fingerprint",
-    "payment_method_id",
-    "card_exp_month",
-    "card_exp_year",
-)
+# The attempts as the engine's facts read them, with their case.
+ATTEMPT_FACT_FIELDS = ("case_id", *engine.ATTEMPT_FACT)
 FAILURE_FIELDS = (
     "inflight_key",
     "attempt_count",

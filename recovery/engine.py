@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -69,15 +70,69 @@ ATTEMPT_FACT = (
 )
 
 
+class _Lazy(Sequence):
+    """Rows read on first use, once: a rule that never looks at them costs no query (a
+    fraud case's plan reads no attempts; a card that never changed, no card rows)."""
+
+    __slots__ = ("_load", "_rows")
+
+    def __init__(self, load):
+        self._load, self._rows = load, None
+
+    def _get(self) -> tuple:
+        if self._rows is None:
+            self._rows = tuple(self._load())
+        return self._rows
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self):
+        return iter(self._get())
+
+
+class _LazyMap(Mapping):
+    """A mapping read on first use, once (the store's learned statistics)."""
+
+    __slots__ = ("_load", "_map")
+
+    def __init__(self, load):
+        self._load, self._map = load, None
+
+    def _get(self) -> dict:
+        if self._map is None:
+            self._map = self._load()
+        return self._map
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self):
+        return iter(self._get())
+
+
 def case_facts(
     case: RecoveryCase, *, plan: bool = False, budget_at: dt.datetime | None = None
 ) -> facts.CaseFacts:
     """The case as `recovery.domain.planning` decides from it: its row, its customer's
-    card and its attempts (one query, none in a batch). `plan`: also what a whole plan
-    needs (earlier cases, message touches, the learned statistics and the next card's
-    budget rows at `budget_at`, default now); `budget_at` alone: the budget rows only."""
+    card and its attempts. `plan`: also what a whole plan needs (earlier cases, message
+    touches, the learned statistics and the next card's budget rows at `budget_at`,
+    default now); `budget_at` alone: the budget rows only. In a scheduler batch all of it
+    comes from the batch's reads; otherwise each set of rows is read (one query) the first
+    time a rule looks at it, so a plan asks only what its rules need."""
     batch = _facts(case)
-    attempts = batch.attempts if batch is not None else case.attempts.values_list(*ATTEMPT_FACT)
+    if batch is not None:
+        attempts = tuple(facts.Attempt(*a) for a in batch.attempts)
+    else:
+        attempts = _Lazy(
+            lambda: (facts.Attempt(*a) for a in case.attempts.values_list(*ATTEMPT_FACT))
+        )
     pm = case.customer.default_payment_method if case.customer_id else None
     known = dict(
         track=case.track,
@@ -100,29 +155,37 @@ def case_facts(
         retry_reason=case.retry_reason,
         ships=bool(case.order_id or case.subscription_id),
         default_card=facts.Card(pm.brand, pm.fingerprint, pm.stripe_id) if pm else None,
-        attempts=tuple(facts.Attempt(*a) for a in attempts),
+        attempts=attempts,
     )
     # What only a plan or a budget needs is read only for them (the store, the invoice).
     if plan:
         known["customer_since"] = case.customer.first_seen_at
         known["time_zone"] = case.customer.time_zone or case.store.timezone or "UTC"
         known["earlier_failures"] = _earlier_failures(case)
-        touches = (
-            batch.touches
-            if batch is not None
-            else case.events.filter(kind="message_due").values_list("at", "data")
-        )
-        known["touches"] = tuple(facts.Touch(at, data.get("purpose", "")) for at, data in touches)
+        if batch is not None:
+            known["touches"] = tuple(
+                facts.Touch(at, d.get("purpose", "")) for at, d in batch.touches
+            )
+        else:
+            known["touches"] = _Lazy(
+                lambda: (
+                    facts.Touch(at, d.get("purpose", ""))
+                    for at, d in case.events.filter(kind="message_due").values_list("at", "data")
+                )
+            )
         group = _classification(case).decline_group
         if batch is not None and batch.stats is not None:
             known["stats"] = batch.stats.get((case.store_id, group), {})
         else:
-            known["stats"] = retry_stats.stats_for(store_id=case.store_id, group=group)
+            known["stats"] = _LazyMap(
+                lambda: retry_stats.stats_for(store_id=case.store_id, group=group)
+            )
         budget_at = budget_at or timezone.now()
     if budget_at is not None:
-        known["card_rows"] = tuple(
-            _card_rows(
-                case, planning.card_for_of(known["default_card"], known["attempts"]), at=budget_at
+        card_at = budget_at
+        known["card_rows"] = _Lazy(
+            lambda: _card_rows(
+                case, planning.card_for_of(known["default_card"], known["attempts"]), at=card_at
             )
         )
         known["stripe_next_attempt"] = (
@@ -213,14 +276,8 @@ def _policy(case: RecoveryCase) -> RetryPolicy:
     return retry_policy_current(store=case.store)
 
 
-def _classification(case: RecoveryCase) -> declines.Classification:
-    return declines.classify(
-        decline_code=case.decline_code,
-        advice_code=case.advice_code,
-        network_advice_code=case.network_advice_code,
-        network_decline_code=case.network_decline_code,
-        card_brand=case.card_brand,
-    )
+# The case's decline, classified (a case row has the decline fields the facts have).
+_classification = planning.classification
 
 
 def _card_for(case: RecoveryCase) -> tuple[str, str, str]:

@@ -38,6 +38,8 @@ CARD_UPDATE, AUTHENTICATION = Purpose.CARD_UPDATE, Purpose.AUTHENTICATION
 
 
 def classification(f: CaseFacts) -> declines.Classification:
+    """The decline's classification, from anything with the case's decline fields (the
+    facts, or the case row itself)."""
     return declines.classify(
         decline_code=f.decline_code,
         advice_code=f.advice_code,
