@@ -661,3 +661,44 @@ def test_a_pass_for_one_store_leaves_other_stores_cases_alone(webhooks, store, o
     other_case.refresh_from_db()
     assert ours_case.next_action_at > later
     assert (other_case.next_action_at, other_case.events.count()) == before
+
+
+@pytest.mark.parametrize(
+    "decline_code, reads",
+    [
+        # Fraud: with a person; no retry, no message: nothing of its history is asked.
+        ("fraudulent", set()),
+        # Lost or stolen: a hard decline, waiting for a new card, like a card update.
+        ("stolen_card", {"recovery_caseevent"}),
+        # A card update waits for a new card: its attempts and statistics are not asked.
+        ("expired_card", {"recovery_caseevent"}),
+        # Soft: every rule runs, so every set of rows is read, once each.
+        (
+            "insufficient_funds",
+            {"recovery_paymentattempt", "recovery_caseevent", "recovery_retrystat"},
+        ),
+    ],
+)
+def test_planning_one_case_reads_only_what_its_rules_look_at(webhooks, store, decline_code, reads):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    case = open_case(webhooks, decline_code=decline_code)
+    case = RecoveryCase.objects.select_related(
+        "store", "customer__default_payment_method", "invoice"
+    ).get(pk=case.pk)
+    case.__dict__["_earlier_failures"] = False  # asked once per case object, not here
+    with CaptureQueriesContext(connection) as queries:
+        engine.case_plan(case, now=case.opened_at, record=False)
+    tables = {
+        table
+        for q in queries.captured_queries
+        if q["sql"].lstrip().upper().startswith("SELECT")
+        for table in ("recovery_paymentattempt", "recovery_caseevent", "recovery_retrystat")
+        if f'FROM "{table}"' in q["sql"]
+    }
+    assert tables == reads
+    selects = [
+        q for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")
+    ]
+    assert len(selects) <= len(reads) + 2, [q["sql"][:120] for q in selects]  # + policy, rows
