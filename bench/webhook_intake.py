@@ -458,8 +458,8 @@ def _profile_child(store_id: str, secret: str, count: int) -> None:
         ("recovery/webhooks.py", "stripe_webhook", "webhook view, total"),
         ("django/db/models/query.py", "first", "  store lookup (Store ... .first())"),
         ("common/crypto.py", "decrypt", "    decrypt webhook secret (Fernet)"),
-        ("recovery/intake.py", "stripe_event_verify", "  verify signature + json.loads"),
-        ("recovery/intake.py", "stripe_event_store", "  store event (BEGIN/INSERT/COMMIT)"),
+        ("recovery/intake/inbox.py", "stripe_event_verify", "  verify signature + json.loads"),
+        ("recovery/intake/inbox.py", "stripe_event_store", "  store event (BEGIN/INSERT/COMMIT)"),
         (
             "django/db/__init__.py",
             "close_old_connections",

@@ -27,27 +27,16 @@ from django.utils import timezone
 from common.errors import ApplicationError
 from subscriptions.services import invoice_mark
 
-from . import budgets, engine
+from . import budgets, engine, services
 from .gateways import gateway_for
 from .models import PaymentAttempt, RecoveryCase, Track
-from .services import (
-    case_event_build,
-    case_event_record,
-    open_cases_for_customer,
-    payment_attempt_record,
-    recovery_case_close,
-    retry_policy_update,
-)
+from .services import open_cases_for_customer, payment_attempt_record, recovery_case_close
 from .stripe_payloads import DeclineInfo
 
-# Also commands, as they are (the other apps reach them only from here).
-__all__ = [
-    "case_event_build",
-    "case_event_record",
-    "open_cases_for_customer",
-    "recovery_case_close",
-    "retry_policy_update",
-]
+# The other apps call these from here, as the engine and the services define them.
+case_event_build = services.case_event_build
+case_event_record = services.case_event_record
+retry_policy_update = services.retry_policy_update
 case_plan = engine.case_plan
 customer_card_changed = engine.customer_card_changed
 customer_zone_changed = engine.customer_zone_changed

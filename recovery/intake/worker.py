@@ -1,0 +1,137 @@
+"""The intake workers: claim stored events from the table and apply them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Q, When
+from django.utils import timezone
+
+from .. import lookups
+from ..models import StripeEvent
+from .inbox import MALFORMED
+from .processing import stripe_event_process
+
+logger = logging.getLogger(__name__)
+
+EVENT_LEASE = dt.timedelta(minutes=2)
+
+
+# Events that open or close a case come first when events queue up: each opening one
+# starts a decline read, and those reads (paced at the account's rate limit) are what a
+# burst waits for. The rest (PaymentIntent, Charge, customer events) follow; their order
+# does not change a case's outcome (tests/recovery/test_decline_lookup.py).
+FIRST = ("invoice.payment_failed", "invoice.payment_action_required", "invoice.paid")
+
+
+def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
+    """Claim stored events not processed yet for this worker, those that open or close
+    a case first, then oldest first: rows locked and skipped if another worker holds
+    them, then leased."""
+    with transaction.atomic():
+        qs = (
+            StripeEvent.objects.filter(outcome=StripeEvent.Outcome.PENDING)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .annotate(later=Case(When(type__in=FIRST, then=0), default=1))
+            .order_by("later", "received_at", "pk")
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if ids:
+            StripeEvent.objects.filter(pk__in=ids).update(claimed_until=now + EVENT_LEASE)
+    return ids
+
+
+def stripe_events_work(
+    *,
+    max_seconds: float | None = None,
+    until_idle: bool = False,
+    idle_sleep: float = 0.1,
+    limit: int = 100,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """The intake worker: process stored events as they arrive, and read back the
+    declines they did not carry. Claims straight from the table (the webhook only
+    verifies and inserts), so any number of workers on any machines share the work.
+
+    On PostgreSQL the reads run in a thread of their own beside the events (a read waits
+    on Stripe, and on the store's rate limit, not on this process), so a backlog of
+    events never holds the reads back, nor the reads the events. `until_idle`: one
+    thread, returning once nothing is left (tests, the demo). `should_stop`: checked
+    between batches. Returns how many events it processed."""
+    started, done = time.monotonic(), 0
+
+    def running() -> bool:
+        if should_stop is not None and should_stop():
+            return False
+        return max_seconds is None or time.monotonic() - started < max_seconds
+
+    reader, stopped = None, threading.Event()
+    if not until_idle and connection.vendor == "postgresql":
+        reader = threading.Thread(
+            target=_lookups_loop,
+            args=(lambda: not stopped.is_set() and running(), idle_sleep),
+            name="recoup-lookups",
+            daemon=True,
+        )
+        reader.start()
+    try:
+        while running():
+            ids = stripe_events_claim(now=timezone.now(), limit=limit)
+            for pk in ids:
+                stripe_event_process(event_pk=pk)
+            done += len(ids)
+            read = 0 if reader else lookups.decline_lookups_run(now=timezone.now())
+            if not ids and not read:
+                if until_idle:
+                    break
+                time.sleep(idle_sleep)
+    finally:
+        stopped.set()  # the reader ends with this loop, however it ended
+        if reader is not None:
+            reader.join()
+    return done
+
+
+def _lookups_loop(running: Callable[[], bool], idle_sleep: float) -> None:
+    """The intake worker's read-back thread: small batches (twice the read concurrency),
+    so each answer is recorded soon after Stripe gives it."""
+    batch = max(2, 2 * int(settings.RECOUP_LOOKUP_CONCURRENCY))
+    try:
+        while running():
+            try:
+                read = lookups.decline_lookups_run(now=timezone.now(), limit=batch)
+            except Exception:  # kept on the lookups; the next batch goes on
+                logger.exception("decline read-backs failed")
+                read = 0
+            if not read:
+                time.sleep(idle_sleep)
+    finally:
+        connection.close()
+
+
+def stripe_event_reprocess_pending(
+    *, older_than: dt.timedelta = dt.timedelta(minutes=2), limit: int = 500
+) -> int:
+    """The sweep: events not processed yet (lost task, earlier error) get another go."""
+    cutoff = timezone.now() - older_than
+    pks = list(
+        StripeEvent.objects.filter(
+            outcome__in=[StripeEvent.Outcome.PENDING, StripeEvent.Outcome.FAILED],
+            received_at__lt=cutoff,
+            attempts__lt=10,
+        )
+        .exclude(error__startswith=MALFORMED)
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for pk in pks:
+        stripe_event_process(event_pk=pk)
+    return len(pks)
