@@ -179,38 +179,38 @@ def _invoice_paid(event: StripeEvent, data: dict) -> str:
     return "processed"
 
 
-@handles("invoice.voided")
-def _invoice_voided(event: StripeEvent, data: dict) -> str:
+def _invoice_ended(event: StripeEvent, data: dict, *, status: str, close: str, why: str) -> str:
+    """Stripe ended the invoice without a payment: mark it, and close its open case."""
     _, _, invoice = _invoice_records(event, data)
     if invoice is None:
         return "ignored: invoice has no customer"
-    subs.invoice_mark(invoice=invoice, status=Invoice.Status.VOID, at=_at(event))
+    subs.invoice_mark(invoice=invoice, status=status, at=_at(event))
     case = RecoveryCase.objects.filter(invoice=invoice).first()
     if case and case.is_open:
-        recovery_case_close(
-            case=case,
-            status=RecoveryCase.Status.CANCELLED,
-            reason="invoice voided in Stripe",
-            at=_at(event),
-        )
+        recovery_case_close(case=case, status=close, reason=why, at=_at(event))
     return "processed"
+
+
+@handles("invoice.voided")
+def _invoice_voided(event: StripeEvent, data: dict) -> str:
+    return _invoice_ended(
+        event,
+        data,
+        status=Invoice.Status.VOID,
+        close=RecoveryCase.Status.CANCELLED,
+        why="invoice voided in Stripe",
+    )
 
 
 @handles("invoice.marked_uncollectible")
 def _invoice_uncollectible(event: StripeEvent, data: dict) -> str:
-    _, _, invoice = _invoice_records(event, data)
-    if invoice is None:
-        return "ignored: invoice has no customer"
-    subs.invoice_mark(invoice=invoice, status=Invoice.Status.UNCOLLECTIBLE, at=_at(event))
-    case = RecoveryCase.objects.filter(invoice=invoice).first()
-    if case and case.is_open:
-        recovery_case_close(
-            case=case,
-            status=RecoveryCase.Status.LOST,
-            reason="invoice marked uncollectible in Stripe",
-            at=_at(event),
-        )
-    return "processed"
+    return _invoice_ended(
+        event,
+        data,
+        status=Invoice.Status.UNCOLLECTIBLE,
+        close=RecoveryCase.Status.LOST,
+        why="invoice marked uncollectible in Stripe",
+    )
 
 
 def _renewal_order(store: Store, subscription, data: dict) -> Order | None:
