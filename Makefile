@@ -1,4 +1,4 @@
-# Recoup — the two commands: `make run` and `make test`.
+# Recoup — the two commands: `./run` (which runs `make setup`, then serves) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ DEV_REQS := -e ".[demo,dev]" pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install migrate demo worker web reset lint format bench clean
+.PHONY: setup run test install migrate demo worker web reset lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv --without-pip $(VENV)
@@ -74,13 +74,17 @@ install: $(STAMP)
 
 # Embedded default: SQLite, django-q2's ORM broker, sandbox gateway, console email/SMS.
 # An empty database gets the demo store: 90 days of billing replayed through Recoup.
-run: export DEBUG ?= 1
+# `setup` installs, migrates and seeds; `./run` runs it, then execs `manage.py serve`.
+setup run: export DEBUG ?= 1
 # migrate runs the system checks; the commands after it skip them (about a second each).
-# `serve` runs runserver and qcluster in sessions of their own and stops both on Ctrl-C,
-# SIGTERM or SIGHUP (one SIGTERM each), then exits 0, so make prints no error line.
-run: $(RUN_STAMP)
+setup: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py demo_setup --skip-checks --host $(HOST) --port $(PORT)
+
+# `serve` runs runserver and qcluster in sessions of their own and stops both on Ctrl-C,
+# SIGTERM or SIGHUP (one SIGTERM each), then exits 0. make then re-raises a SIGTERM on itself
+# (exit status 143), which `./run` avoids by exec'ing serve itself.
+run: setup
 	@exec $(BIN)/python manage.py serve --skip-checks --host $(HOST) --port $(PORT)
 
 # The whole suite: SQLite unless DATABASE_URL is set.

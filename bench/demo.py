@@ -1,6 +1,6 @@
-"""The first `make run`: migrate and seed the demo store into a fresh SQLite database.
+"""The first `./run`: migrate and seed the demo store into a fresh SQLite database.
 
-Runs what `make run` runs after the install (embedded defaults, DEBUG on), in one process
+Runs what `./run` runs after the install (embedded defaults, DEBUG on), in one process
 and into a throwaway database under a temporary directory: `migrate`, then
 `demo.replay.demo_seed`. Prints the wall time of each phase, where the replay's time went
 (by kind of happening, and the scheduler passes) and what the replay produced. With

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The README's demo screenshots, from a fresh demo: seeds the demo store into a temporary
-SQLite database (`manage.py demo_setup`, as the first `make run` does), serves it with
+SQLite database (`manage.py demo_setup`, as the first `./run` does), serves it with
 runserver, logs in with Chromium (Debian's package, driven by Playwright) as the operator
 and as the agent, and writes docs/demo-home.png (the home page) and docs/demo-queue.png
 (the escalation queue: waiting, and the agent's own items).

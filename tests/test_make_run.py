@@ -1,4 +1,5 @@
-"""`make run` (and its launcher, `manage.py serve`) stops cleanly on SIGINT and SIGTERM.
+"""`./run` (the README's first command), `make run` and their launcher, `manage.py serve`, stop
+cleanly on SIGINT and SIGTERM.
 
 Each case starts the real thing in a session of its own on a free port, against a temporary
 SQLite database that already holds a store (so `demo_setup` keeps it instead of seeding the
@@ -189,6 +190,18 @@ def test_make_run_stops_cleanly_on_a_signal_to_its_process_group(db_env, sig, tm
     # itself then dies by the signal it got, as GNU make always does (a shell shows 130 for
     # SIGINT, 143 for SIGTERM).
     assert status in (0, 130, -sig), (status, output)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make on the PATH")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_stops_cleanly_and_exits_0_on_a_signal_to_its_process_group(db_env, sig, tmp_path):
+    port = str(_free_port())
+    env = dict(db_env, PORT=port)
+    # ./run sets up through make, then execs the launcher: the status is the launcher's own.
+    status, output, left = _run_and_stop([str(ROOT / "run")], env, sig, tmp_path)
+    _assert_clean(output, left)
+    assert status == 0, (status, output)
+    assert f"http://127.0.0.1:{port}/" in output, output  # demo_setup's banner: setup ran first
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
