@@ -6,6 +6,9 @@ class AnalyticsConfig(AppConfig):
     name = "analytics"
 
     def ready(self) -> None:
+        from . import ports
+
+        ports.connect()  # its side of recovery's ports
         from .metrics import connect_signals
 
         connect_signals()

@@ -7,6 +7,15 @@ class RecoveryConfig(AppConfig):
     name = "recovery"
 
     def ready(self) -> None:
+        from django.core import checks
+
+        from .ports import wiring_problems
+
+        @checks.register()
+        def recovery_ports_check(app_configs=None, **kwargs):
+            """Every port plugged and every event that must be handled subscribed to."""
+            return [checks.Error(problem, id="recovery.E001") for problem in wiring_problems()]
+
         from .tasks import schedules_register
 
         post_migrate.connect(schedules_register, sender=self)

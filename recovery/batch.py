@@ -42,12 +42,13 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from common.bulk import rows_insert, rows_update
-from messaging.models import Purpose
 from subscriptions.models import Invoice
 from subscriptions.services import INVOICE_MARK_FIELDS, invoice_mark_apply
 
-from . import budgets, engine, retry_stats
+from . import budgets, engine, ports, retry_stats
+from .domain import events
 from .domain.budgets import card_id
+from .domain.events import Purpose
 from .domain.timing import outcome_key
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .services import (
@@ -307,7 +308,7 @@ def _messages_record(due: list[RecoveryCase], *, now: dt.datetime) -> tuple[list
         case.claimed_until = None  # done with: the claim goes back with this write
         by_purpose[case.next_action_reason].append(case)
     for purpose, group in by_purpose.items():
-        engine.messaging_due_for_cases(group, purpose=purpose, at=now, events=writes.events)
+        engine.messaging_due_for_cases(group, purpose=purpose, at=now, timeline=writes.events)
         for case in group:
             case._facts.touches.append((now, {"purpose": purpose}))
     for case in mine:
@@ -480,13 +481,11 @@ def _results_record(results: list, *, now: dt.datetime, released: set) -> None:
         )
         stats, orders = {}, []
     if orders:
-        from orders.services import order_payment_failed
-
         for case in orders:
             try:
                 with transaction.atomic():
                     # Each line's hold is decided again against the new plan.
-                    order_payment_failed(order=case.order, case=case, at=now)
+                    ports.publish(events.PaymentFailed(case=case, at=now, order=case.order))
             except Exception:
                 logger.exception("deciding the holds of case %s's order failed", case.pk)
     for case, attempt, result in alone:
@@ -613,7 +612,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
         # As `engine.case_after_close` does for a recovered case without an order.
         engine.subscriptions_restore([c.subscription_id for c in closed if c.subscription_id])
         engine.messaging_due_for_cases(
-            closed, purpose=Purpose.RECOVERED, at=now, events=writes.events
+            closed, purpose=Purpose.RECOVERED, at=now, timeline=writes.events
         )
         writes.flush()
     # A declined order's case keeps its claim until its holds are decided again.

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from common.errors import ApplicationError
+from stores.models import Store
 from subscriptions.services import invoice_mark
 
 from . import budgets, engine, services
@@ -237,8 +238,6 @@ def case_mark_paid_outside(
     recovered outside Stripe."""
     case = RecoveryCase.objects.select_related("store", "invoice").get(pk=case.pk)
     _require_open(case)
-    from stores.models import Store
-
     if case.invoice_id and case.store.gateway == Store.Gateway.STRIPE:
         _stripe_invoice_paid_out_of_band(case)  # network: outside any transaction
     with transaction.atomic():
@@ -252,8 +251,6 @@ def case_mark_paid_outside(
             actor=actor,
         )
         if closed and case.invoice_id:
-            from subscriptions.services import invoice_mark
-
             invoice_mark(invoice=case.invoice, status="paid", at=at, amount_paid=case.amount)
     return closed
 

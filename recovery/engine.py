@@ -19,11 +19,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from subscriptions.models import Subscription
+from subscriptions.models import Invoice, Subscription
+from subscriptions.services import invoice_mark
 
-from . import budgets, retry_stats
+from . import budgets, ports, retry_stats
 from .domain import budgets as budget_rules
-from .domain import declines, facts, planning, timing
+from .domain import declines, events, facts, planning, timing
 from .domain.events import Purpose  # the one list of why a message goes out
 from .models import ExpiryWarning, PaymentAttempt, RecoveryCase, RetryPolicy, Track
 from .selectors import retry_policy_current
@@ -506,22 +507,16 @@ def case_attempt_seen(
 
 
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
-    from support.services import queue_item_settle_for_case  # the escalation queue
-
+    """What a close changes here (the subscription, the thank-you message), then what it
+    changes in the apps above (`ports`): the order and its stock in this transaction, the
+    escalation queue's item after the commit."""
     from .services import case_event_record
 
-    # A person was working it: the queue item leaves with the case's result once the
-    # close commits (not at the support pass's next sweep). After the commit, not under
-    # the case's lock: an agent's action locks the item, then the case.
-    transaction.on_commit(lambda: queue_item_settle_for_case(case=case, at=at))
     sub = case.subscription
     if case.status == RecoveryCase.Status.RECOVERED:
         if sub is not None:
             subscriptions_restore([sub.pk])
-        if case.order_id:
-            from orders.services import order_payment_succeeded
-
-            order_payment_succeeded(order=case.order, at=at)
+        ports.publish(events.CaseRecovered(case=case, at=at))
         messaging_due(case=case, purpose=Purpose.RECOVERED, at=at)
     elif case.status == RecoveryCase.Status.LOST:
         if sub is not None:
@@ -542,15 +537,9 @@ def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:
                 at=at,
                 message=f"Subscription {sub.stripe_id} set to {status} by policy v{policy.version}",
             )
-        if case.order_id:
-            from orders.services import order_payment_lost
-
-            order_payment_lost(order=case.order, at=at)
-    elif case.status == RecoveryCase.Status.CANCELLED and case.order_id:
-        # Cancelled by an operator: the stock goes back at once; the order is theirs to decide.
-        from orders.services import inventory_holds_release_for_case
-
-        inventory_holds_release_for_case(case=case, at=at)
+        ports.publish(events.CaseLost(case=case, at=at))
+    elif case.status == RecoveryCase.Status.CANCELLED:
+        ports.publish(events.CaseCancelled(case=case, at=at))
 
 
 def subscriptions_restore(subscription_ids) -> None:
@@ -638,21 +627,17 @@ def customer_zone_changed(*, customer, at: dt.datetime) -> None:
 
 def messaging_due(*, case: RecoveryCase, purpose: str, at: dt.datetime) -> None:
     """Hand a due message to the messaging service, and record that it was due."""
-    from messaging.services import message_send_for_case
-
-    message_send_for_case(case=case, purpose=purpose, at=at)
+    ports.publish(events.MessageDue(case=case, purpose=purpose, at=at))
     _message_due_event(case, purpose=purpose, at=at).save(force_insert=True)
 
 
 def messaging_due_for_cases(
-    cases: list[RecoveryCase], *, purpose: str, at: dt.datetime, events: list
+    cases: list[RecoveryCase], *, purpose: str, at: dt.datetime, timeline: list
 ) -> None:
     """`messaging_due` for a batch whose rows the caller's transaction holds locked; the
-    timeline entries are added to `events` for the caller to save."""
-    from messaging.services import messages_send_for_cases
-
-    messages_send_for_cases(cases=cases, purpose=purpose, at=at)
-    events += [_message_due_event(case, purpose=purpose, at=at) for case in cases]
+    timeline entries are added to `timeline` for the caller to save."""
+    ports.publish(events.MessagesDue(cases=tuple(cases), purpose=purpose, at=at))
+    timeline += [_message_due_event(case, purpose=purpose, at=at) for case in cases]
 
 
 def _message_due_event(case: RecoveryCase, *, purpose: str, at: dt.datetime):
@@ -934,8 +919,6 @@ def attempt_resolve(
     ):
         # Stripe counted this attempt on the invoice; keep our count in step so a later
         # read-back compares against the right number.
-        from subscriptions.models import Invoice
-
         Invoice.objects.filter(
             pk=case.invoice_id, attempt_count__lt=attempt.invoice_attempt_number
         ).update(attempt_count=attempt.invoice_attempt_number)
@@ -979,8 +962,6 @@ def attempt_resolve(
     if success:
         via = case.credit_for(attempt)
         if case.invoice_id:
-            from subscriptions.services import invoice_mark
-
             invoice_mark(
                 invoice=case.invoice, status="paid", at=at, amount_paid=amount or case.amount
             )
@@ -1015,12 +996,9 @@ def attempt_resolve(
         actor=actor,
         message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
     )
-    if case.order_id:
-        # Decide each line's hold again against the new plan (held through the next retry
-        # while stock is ample; a brief hold is never lengthened).
-        from orders.services import order_payment_failed
-
-        order_payment_failed(order=case.order, case=case, at=at)
+    # The order decides each line's hold again against the new plan (held through the next
+    # retry while stock is ample; a brief hold is never lengthened).
+    ports.publish(events.PaymentFailed(case=case, at=at, order=case.order))
     return True
 
 
@@ -1089,10 +1067,7 @@ def case_step_down(case: RecoveryCase, *, now: dt.datetime) -> None:
                 pk=case.subscription_id,
                 access__in=[Subscription.Access.FULL, Subscription.Access.GRACE],
             ).update(access=Subscription.Access.RESTRICTED)
-        if case.order_id:
-            from orders.services import order_shipment_pause
-
-            order_shipment_pause(order=case.order, at=now)
+        ports.publish(events.AccessRestricted(case=case, at=now))
         case_event_record(
             case=case,
             kind="access_restricted",

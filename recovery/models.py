@@ -1,6 +1,5 @@
 from django.db import models
 
-from orders.models import Order
 from recovery.domain import declines
 from recovery.domain.events import EventKind
 from stores.models import Store
@@ -101,7 +100,7 @@ class RecoveryCase(models.Model):
         Subscription, null=True, blank=True, on_delete=models.SET_NULL, related_name="cases"
     )
     order = models.ForeignKey(
-        Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="cases"
+        "orders.Order", null=True, blank=True, on_delete=models.SET_NULL, related_name="cases"
     )
     payment_intent_id = models.CharField(max_length=255, blank=True, default="")
     amount = models.PositiveBigIntegerField(help_text="Amount at risk, minor units.")

@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from subscriptions.models import PaymentMethod, Subscription
 
+from . import ports
+from .domain.events import Purpose
 from .models import ExpiryWarning, RetryPolicy
 from .selectors import retry_policy_current
 
@@ -21,8 +23,6 @@ def card_expires_on(exp_month: int, exp_year: int) -> dt.date:
 
 def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
     """Default cards on active subscriptions that expire soon get one warning each."""
-    from messaging.models import Purpose
-
     now = now or timezone.now()
     today = now.date()
     # No store warns further ahead than its policy's predunning_days (or the default, for
@@ -71,12 +71,7 @@ def predunning_pass(*, now: dt.datetime | None = None, limit: int = 1000) -> int
         except IntegrityError:
             continue  # another worker warned first
         warned += 1
-        try:
-            from messaging.services import message_send_predunning
-        except ImportError:
-            message_send_predunning = None
-        if message_send_predunning is not None:
-            message_send_predunning(
-                customer=pm.customer, payment_method=pm, purpose=Purpose.PREDUNNING, at=now
-            )
+        ports.expiry_warning_send(
+            customer=pm.customer, payment_method=pm, purpose=Purpose.PREDUNNING, at=now
+        )
     return warned

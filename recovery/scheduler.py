@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from stores.models import Store
 
-from . import batch, engine
+from . import batch, engine, ports
 from .gateways import gateway_for
 from .models import RecoveryCase
 
@@ -152,27 +152,20 @@ def run_due(
             except Exception:  # a cache: the pass goes on; the page refreshes it itself
                 logger.exception("refreshing the rollups during the pass failed")
     report.expiry_warnings = predunning_pass(now=now)
-    from orders.services import inventory_holds_expire
-
-    report.holds_released = inventory_holds_expire(now=now)
-    from messaging.services import messages_send_scheduled
-
-    report.messages_sent = messages_send_scheduled(now=now)
-    from support.services import queue_settle_closed
-
+    # The other apps' part of the pass (their functions, plugged into recovery's ports).
+    report.holds_released = ports.holds_expire(now=now)
+    report.messages_sent = ports.messages_send_scheduled(now=now)
     # Cases the pass closed in a batch (a retry that paid): their queue items leave too.
-    report.queue_settled = queue_settle_closed(now=now)
+    report.queue_settled = ports.queue_settle_closed(now=now)
     if rollups:  # a cache for the home page, which also refreshes it before reading
         _rollups_refresh(now=now, report=report)
     return report
 
 
 def _rollups_refresh(*, now: dt.datetime, report: PassReport) -> None:
-    from analytics.services import rollups_refresh
-
     # As of the wall clock (the pass's `now` is its start): the next refresh then reads
     # only what was saved after this one, less the rollup's lag.
-    report.rollups_refreshed += rollups_refresh(now=max(now, timezone.now()))
+    report.rollups_refreshed += ports.rollups_refresh(now=max(now, timezone.now()))
 
 
 def _with_gateways(cases: list, *, gateways: dict, now: dt.datetime, report: PassReport) -> list:

@@ -6,21 +6,25 @@ Every change to a case goes through here, inside a transaction, and leaves a Cas
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from common.errors import ApplicationError
-from orders.models import Order
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
 
-from .domain import declines
+from . import ports
+from .domain import declines, events
 from .domain.events import EventKind
 from .models import CaseEvent, PaymentAttempt, RecoveryCase, Track
 from .selectors import retry_policy_current
 from .stripe_payloads import DeclineInfo
+
+if TYPE_CHECKING:  # recovery never imports orders at run time (ports)
+    from orders.models import Order
 
 # How close in time two reports of one payment attempt must be to be the same attempt
 # (an invoice event and a charge event describing one charge).
@@ -306,9 +310,7 @@ def recovery_case_open(
         )
         engine.case_after_failure(case=case, classification=classification, at=at)
         if case.decline_awaited_until is None:  # else once it is classified
-            from support.services import case_route_if_needed  # the escalation queue's policy
-
-            case_route_if_needed(case=case, at=at)
+            ports.publish(events.CaseClassified(case=case, at=at))  # the escalation queue
         return case, True
 
     if not case.is_open:
@@ -359,13 +361,9 @@ def case_classified(*, case: RecoveryCase, at: dt.datetime) -> None:
     """A case that waited for Stripe's decline now has its track (from Stripe, or the
     conservative default): what waited for it is decided now: the escalation queue's
     routing, and the renewal order's holds (held until now, then for the plan)."""
-    from support.services import case_route_if_needed  # the escalation queue's policy
-
-    case_route_if_needed(case=case, at=at)
-    if case.order_id and case.is_open:
-        from orders.services import order_payment_failed
-
-        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
+    ports.publish(events.CaseClassified(case=case, at=at))
+    if case.is_open:
+        ports.publish(events.PaymentFailed(case=case, at=at))
 
 
 def case_failure_changes(

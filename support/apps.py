@@ -7,6 +7,9 @@ class SupportConfig(AppConfig):
     name = "support"
 
     def ready(self) -> None:
+        from . import ports
+
+        ports.connect()  # its side of recovery's ports
         from .tasks import schedules_register
 
         post_migrate.connect(schedules_register, sender=self)

@@ -1,4 +1,5 @@
-"""The domain's names: why a message goes out (Purpose).
+"""The domain's names: why a message goes out (Purpose), what a timeline entry records
+(EventKind), and the events recovery publishes to the apps above it.
 
 The database's choices (`messaging.models.Purpose`) and the templates take their values
 from here, so planning and messaging speak of one list.
@@ -6,7 +7,10 @@ from here, so planning and messaging speak of one list.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Purpose(StrEnum):
@@ -80,3 +84,88 @@ class EventKind(StrEnum):
     OFFER_APPLIED = "offer_applied"
     PROMISE_TO_PAY = "promise_to_pay"
     PROMISE_DUE = "promise_due"
+
+
+# ------------------------------------------------------------------ what recovery publishes
+#
+# The events the other apps act on, through `recovery.ports.publish`. Each carries the case
+# (the caller's row, with what it has loaded) and the time it happened. The domain does not
+# know what a case row is: `case` is whatever the caller holds.
+
+
+@dataclass(frozen=True, slots=True)
+class CaseClassified:
+    """A failed payment's case has its track (at opening, or when a decline that was read
+    back from Stripe, or the conservative default, decided it)."""
+
+    case: Any
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFailed:
+    """A payment of an open case failed (the first failure, or a retry), or its plan changed:
+    the order behind it decides its holds again. `order` is the caller's row when it has one
+    loaded, else the order is read afresh."""
+
+    case: Any
+    at: dt.datetime
+    order: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRestricted:
+    """The case's grace period is over: access steps down, shipments pause."""
+
+    case: Any
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecovered:
+    case: Any
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseLost:
+    case: Any
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseCancelled:
+    """An operator cancelled the case."""
+
+    case: Any
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDue:
+    """A message for `purpose` is due on one case."""
+
+    case: Any
+    purpose: Purpose
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesDue:
+    """A message for `purpose` is due on each of `cases`, whose rows the publisher's
+    transaction holds locked (the scheduler's batch)."""
+
+    cases: tuple
+    purpose: Purpose
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPaid:
+    """Stripe says the payment of an order succeeded (with or without a case)."""
+
+    order: Any
+    at: dt.datetime
+
+
+CASE_CLOSED = (CaseRecovered, CaseLost, CaseCancelled)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from messaging.services import consent_sms_from_stripe
 from subscriptions import services as subs
 from subscriptions.models import Customer
 
-from .. import engine
+from .. import engine, ports
 from ..models import RecoveryCase, StripeEvent
 from ..services import (
     recovery_case_close,
@@ -125,7 +124,7 @@ def _customer_facts(event: StripeEvent, customer: Customer, data: dict) -> Custo
     facts = subs.customer_update_from_stripe(customer=customer, data=data, at=at, previous=previous)
     if facts.stale:
         return facts.customer
-    consent_sms_from_stripe(
+    ports.sms_consent_from_stripe(
         customer=facts.customer,
         opt_in=facts.sms_consent,
         news=facts.sms_consent_news,

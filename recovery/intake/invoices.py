@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from orders.models import Order
 from stores.models import Store
 from subscriptions import services as subs
 from subscriptions.models import Customer, Invoice, Subscription
 
-from .. import engine, lookups
+from .. import engine, lookups, ports
+from ..domain import events
 from ..models import PaymentAttempt, RecoveryCase, StripeEvent
 from ..services import (
     payment_attempt_record,
@@ -22,7 +22,6 @@ from ..stripe_payloads import (
     decline_from_invoice,
     invoice_payment_intent_ids,
     minor,
-    obj,
     ref,
 )
 from .processing import _at, _customer, handles
@@ -85,7 +84,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         at=at,
         invoice=invoice,
         subscription=subscription,
-        order=_renewal_order(event.store, subscription, data),
+        order=ports.renewal_order(event.store, subscription, data),
         payment_intent_ids=invoice_payment_intent_ids(data),
         decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
         replan_unchanged=False,
@@ -111,11 +110,8 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         lookups.decline_lookup_request(case=case, now=timezone.now())
     if subscription is not None:
         subs.subscription_mark_past_due(subscription=subscription, at=at)
-    if case.order_id:
-        # The renewal order waits for the money: pause its shipment, hold its stock.
-        from orders.services import order_payment_failed
-
-        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
+    # The renewal order waits for the money: pause its shipment, hold its stock.
+    ports.publish(events.PaymentFailed(case=case, at=at))
     return "processed"
 
 
@@ -211,42 +207,6 @@ def _invoice_uncollectible(event: StripeEvent, data: dict) -> str:
         close=RecoveryCase.Status.LOST,
         why="invoice marked uncollectible in Stripe",
     )
-
-
-def _renewal_order(store: Store, subscription, data: dict) -> Order | None:
-    """The order a failed invoice pays for: named in the invoice's metadata, or the
-    subscription's renewal order still waiting for its payment."""
-    ref = str(obj(data.get("metadata")).get("order_id") or "")
-    if ref:
-        order = Order.objects.filter(store=store, number=ref).first()
-        if order is not None:
-            return order
-    if subscription is None:
-        return None
-    return (
-        Order.objects.filter(
-            store=store,
-            subscription=subscription,
-            payment_status__in=(Order.PaymentStatus.PENDING, Order.PaymentStatus.FAILED),
-        )
-        .exclude(status=Order.Status.CANCELLED)
-        .order_by("-created_at", "-pk")
-        .first()
-    )
-
-
-def _order_for_payment_intent(store: Store, data: dict) -> Order | None:
-    pi_id = str(data.get("id") or "")
-    order = (
-        Order.objects.filter(store=store, stripe_payment_intent_id=pi_id).first() if pi_id else None
-    )
-    order_ref = str(obj(data.get("metadata")).get("order_id") or "")
-    if order is None and order_ref:
-        order = Order.objects.filter(store=store, number=order_ref).first()
-        if order and not order.stripe_payment_intent_id:
-            order.stripe_payment_intent_id = pi_id
-            order.save(update_fields=["stripe_payment_intent_id", "updated_at"])
-    return order
 
 
 def _invoice_for_payment_intent(store: Store, data: dict) -> Invoice | None:

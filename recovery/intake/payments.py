@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from orders.models import Order
 from subscriptions import services as subs
 from subscriptions.models import Invoice
 
-from .. import engine
+from .. import engine, ports
+from ..domain import events
 from ..models import PaymentAttempt, RecoveryCase, StripeEvent, Track
 from ..services import (
     open_cases_for_customer,
@@ -22,7 +22,7 @@ from ..stripe_payloads import (
     obj,
     ref,
 )
-from .invoices import _invoice_for_payment_intent, _is_invoice_payment, _order_for_payment_intent
+from .invoices import _invoice_for_payment_intent, _is_invoice_payment
 from .processing import _at, _customer, handles
 
 
@@ -64,7 +64,7 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
             replan_unchanged=False,
         )
     else:
-        order = _order_for_payment_intent(event.store, data)
+        order = ports.payment_order(event.store, data)
         if customer is None and order is not None:
             customer = order.customer
         if customer is None:
@@ -121,11 +121,8 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
         stripe_event_id=event.pk,
     )
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
-    if case.order_id:
-        # After the attempt is counted: the holds follow the case's final plan.
-        from orders.services import order_payment_failed
-
-        order_payment_failed(order=Order.objects.get(pk=case.order_id), case=case, at=at)
+    # After the attempt is counted: the holds follow the case's final plan.
+    ports.publish(events.PaymentFailed(case=case, at=at))
     return "processed"
 
 
@@ -140,11 +137,9 @@ def _payment_intent_succeeded(event: StripeEvent, data: dict) -> str:
         if pi_id
         else None
     )
-    order = _order_for_payment_intent(event.store, data)
+    order = ports.payment_order(event.store, data)
     if order is not None:
-        from orders.services import order_payment_succeeded
-
-        order_payment_succeeded(order=order, at=at)
+        ports.publish(events.OrderPaid(order=order, at=at))
     if case is None:
         return "processed: no open case for this payment"
     if case.is_open and case.inflight_key:
