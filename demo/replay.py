@@ -72,7 +72,50 @@ from django.db.models import Count, Min, Sum
 from django.test.utils import override_settings
 from django.utils import timezone
 
+from analytics.services import rollup_refresh
+from common.crypto import fernet
+from common.errors import ApplicationError
+from messaging import sms
+from messaging.links import LinkRefused, pay_link_resolve
+from messaging.models import Message
+from messaging.paypage import pay_visit_record
+from messaging.services import consent_sms_signup
+from orders.models import SKU, InventoryHold, Order
+from orders.services import LineInput, SkuInput, order_upsert, skus_upsert
+from recovery import engine
+from recovery.domain import declines, timing
+from recovery.gateways.sandbox import Hint, sandbox_payment_record
+from recovery.intake import stripe_event_process, stripe_event_store, stripe_event_verify
+from recovery.lookups import decline_lookups_run
+from recovery.models import (
+    CaseEvent,
+    ExpiryWarning,
+    PaymentAttempt,
+    RecoveryCase,
+    StripeEvent,
+    Track,
+)
+from recovery.scheduler import run_due
+from recovery.services import open_cases_for_customer, retry_policy_update
 from stores.models import ApiToken, Store
+from stores.services import api_token_create, membership_create, store_create
+from subscriptions import services as subs
+from subscriptions.models import Customer, Invoice, Subscription
+from support.models import QueueItem
+from support.selectors import ACTIVE as ACTIVE_QUEUE
+from support.services import (
+    case_customer_replied,
+    case_note_add,
+    customer_signal_record,
+    queue_item_claim,
+    queue_item_return_to_automation,
+    queue_outcome_email,
+    queue_outcome_lost,
+    queue_outcome_offer,
+    queue_outcome_promise,
+    queue_outcome_recovered,
+    support_pass,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -952,8 +995,6 @@ class Replay:
             self.traveller.move_to(at)
 
     def _customer(self, person: Person):
-        from subscriptions.models import Customer
-
         row = self.customers.get(person.index)
         if row is None:
             row = Customer.objects.get(store=self.store, stripe_id=person.stripe_id)
@@ -966,7 +1007,6 @@ class Replay:
         """The demo's Stripe records an invoice's payment: its PaymentIntent with the
         attempt's Charge expanded, which the webhook events never carry and the intake
         worker reads back (`GET /v1/invoice_payments`, answered by the sandbox)."""
-        from recovery.gateways.sandbox import sandbox_payment_record
 
         sandbox_payment_record(
             store=self.store,
@@ -979,9 +1019,6 @@ class Replay:
         """One Stripe event, exactly as the webhook takes it: signed, verified, stored once,
         then processed as the intake worker does, with the declines it reads back."""
         import stripe
-
-        from recovery.intake import stripe_event_process, stripe_event_store, stripe_event_verify
-        from recovery.lookups import decline_lookups_run
 
         self.events[type_] += 1
         data = {"object": obj}
@@ -1017,8 +1054,6 @@ class Replay:
     # ------------------------------------------------------------ happenings
 
     def on_join(self, person: Person) -> None:
-        from subscriptions import services as subs
-
         customer = subs.customer_upsert(
             store=self.store,
             stripe_id=person.stripe_id,
@@ -1044,7 +1079,6 @@ class Replay:
         """The store's customers from before the period, imported as Recoup connects to
         it: each with its default card and subscription as Stripe has them (their join
         time is when Recoup first saw them; the rows are created now)."""
-        from subscriptions import services as subs
 
         customers = subs.customers_import(
             store=self.store,
@@ -1068,7 +1102,6 @@ class Replay:
 
     def _sms_consent(self, customer, at: dt.datetime) -> None:
         """The signup form's SMS box, as the merchant's checkout passes it on."""
-        from messaging.services import consent_sms_signup
 
         consent_sms_signup(customer=customer, at=at, source="signup", detail=SMS_CONSENT_TEXT)
 
@@ -1098,8 +1131,6 @@ class Replay:
         self._renewal_failed(person, n, decline, rng)
 
     def _renewal_failed(self, person: Person, n: int, decline: tuple[str, str], rng) -> None:
-        from orders.services import LineInput, order_upsert
-
         plan = person.plan
         inv_id = f"in_demo_{person.index:05d}_{n:02d}"
         pi_id = f"pi_demo_{person.index:05d}_{n:02d}"
@@ -1196,10 +1227,6 @@ class Replay:
 
     def on_stripe_retry(self, person: Person, n: int, decline: tuple[str, str]) -> None:
         """Stripe's own Smart Retry of the invoice, decided by the same sandbox issuer."""
-        from recovery.domain import declines, timing
-        from recovery.gateways.sandbox import Hint
-        from recovery.models import RecoveryCase
-        from subscriptions.models import Invoice
 
         inv_id = f"in_demo_{person.index:05d}_{n:02d}"
         invoice = Invoice.objects.filter(store=self.store, stripe_id=inv_id).first()
@@ -1250,8 +1277,6 @@ class Replay:
         self.deliver("invoice.paid" if paid else "invoice.payment_failed", inv)
 
     def on_order(self, person: Person, k: int) -> None:
-        from orders.services import LineInput, order_upsert
-
         rng = self._rand("order", person.index, k)
         basket = _pick(rng, SHOP_BASKETS)
         prices = {c[0]: c[5] for c in CATALOGUE}
@@ -1311,9 +1336,6 @@ class Replay:
 
     def on_customer_card(self, person: Person, why: str) -> None:
         """The customer saves a new card on the pay page: the services that page calls."""
-        from recovery import engine
-        from recovery.services import open_cases_for_customer
-        from subscriptions import services as subs
 
         customer = self._customer(person)
         if why != "predunning_expiry" and not open_cases_for_customer(customer=customer).exists():
@@ -1344,9 +1366,6 @@ class Replay:
         """The customer opens the pay page through one of the messages that asked (email
         or SMS, whichever they read): the page records the visit on that message, as a
         real visit does (the channel the customer acted on)."""
-        from messaging.links import LinkRefused, pay_link_resolve
-        from messaging.models import Message
-        from messaging.paypage import pay_visit_record
 
         asked = list(
             Message.objects.filter(customer=customer, purpose=purpose, created_at__lte=self.now)
@@ -1366,7 +1385,6 @@ class Replay:
 
     def _subscription_now(self, person: Person, **changes) -> tuple[dict, dt.datetime]:
         """The subscription as Stripe has it now (its current period), and the period's end."""
-        from subscriptions.models import Subscription
 
         row = Subscription.objects.get(store=self.store, stripe_id=person.sub_id)
         start = person.joined
@@ -1384,7 +1402,6 @@ class Replay:
 
     def _signals(self, person: Person, n: int, kinds: list[tuple[str, dt.timedelta]]) -> None:
         """The merchant's site posts what the customer did, as the signals API records it."""
-        from support.services import customer_signal_record
 
         customer = self._customer(person)
         for kind, ago in kinds:
@@ -1441,7 +1458,6 @@ class Replay:
 
     def on_sub_end(self, person: Person) -> None:
         """The period ends: Stripe cancels a subscription set to cancel at its end."""
-        from subscriptions.models import Subscription
 
         if person.sub_id in self.gone:
             return
@@ -1480,7 +1496,6 @@ class Replay:
 
     def _queue_watch(self) -> None:
         """New queue items: the agent will pick each up a few working hours later."""
-        from support.models import QueueItem
 
         if self.agent is None:
             return
@@ -1504,8 +1519,6 @@ class Replay:
 
     def on_agent(self, item_pk: int, step: str) -> None:
         """One piece of the agent's work, through the services the queue's buttons call."""
-        from common.errors import ApplicationError
-        from support.models import QueueItem
 
         item = QueueItem.objects.select_related("case", "case__customer").get(pk=item_pk)
         if item.status == QueueItem.Status.DONE or not item.case.is_open:
@@ -1519,13 +1532,9 @@ class Replay:
         self.done[f"agent:{step}"] += 1
 
     def _note(self, item, body: str) -> None:
-        from support.services import case_note_add
-
         case_note_add(case=item.case, user=self.agent, body=body[:500], at=self.now)
 
     def _agent_claim(self, item) -> None:
-        from support.services import queue_item_claim, queue_outcome_offer
-
         rng = self._rand("agent-claim", item.pk)
         item = queue_item_claim(item=item, user=self.agent, at=self.now)
         codes = {r["code"] for r in item.reasons}
@@ -1578,7 +1587,6 @@ class Replay:
     def _agent_promise(self, item, rng: random.Random) -> None:
         """The customer promises to pay by a day; most keep it (they pay on the pay page),
         the others' promise comes due and the agent follows up."""
-        from support.services import queue_outcome_promise
 
         today = self.now.astimezone(self.store.tzinfo).date()
         pay_by = today + dt.timedelta(days=rng.randint(2, 10))
@@ -1622,17 +1630,12 @@ class Replay:
             self._agent_later(item.pk, "hand_back", rng.uniform(48, 120), rng)
 
     def _agent_hand_back(self, item) -> None:
-        from support.models import QueueItem
-        from support.services import queue_item_return_to_automation
-
         if item.status != QueueItem.Status.CLAIMED:
             return  # promised meanwhile: the promise decides
         self._note(item, "No answer from the customer; automated reminders take it from here.")
         queue_item_return_to_automation(item=item, user=self.agent, at=self.now)
 
     def _agent_email(self, item) -> None:
-        from support.services import queue_outcome_email
-
         first = item.case.customer.name.split(" ")[0] if item.case.customer.name else "there"
         queue_outcome_email(
             item=item,
@@ -1644,8 +1647,6 @@ class Replay:
         )
 
     def _agent_charge(self, item) -> None:
-        from support.services import queue_outcome_recovered
-
         self._note(item, "Customer asked us to charge the card on file again now.")
         queue_outcome_recovered(item=item, user=self.agent, at=self.now, gateway=self.gateway)
 
@@ -1656,8 +1657,6 @@ class Replay:
         self._customer_answer(item, rng, kept=0.3, lost=0.4)
 
     def _agent_lost(self, item) -> None:
-        from support.services import queue_outcome_lost
-
         queue_outcome_lost(
             item=item,
             user=self.agent,
@@ -1666,8 +1665,6 @@ class Replay:
         )
 
     def _agent_lost_fraud(self, item) -> None:
-        from support.services import queue_outcome_lost
-
         queue_outcome_lost(
             item=item,
             user=self.agent,
@@ -1677,7 +1674,6 @@ class Replay:
 
     def on_reply(self, person: Person, text: str) -> None:
         """The customer answers a dunning email: messaging reports it, a person reads it."""
-        from support.services import case_customer_replied
 
         case_customer_replied(
             customer=self._customer(person), at=self.now, channel="email", excerpt=text
@@ -1686,9 +1682,6 @@ class Replay:
     def on_recent(self, step: str, k: int) -> None:
         """Hours before the end, one more customer with an open case and a message behind
         it replies or looks at leaving; a person should see them (RECENT_QUEUE)."""
-        from recovery.models import RecoveryCase, Track
-        from support.models import QueueItem
-        from support.selectors import ACTIVE as ACTIVE_QUEUE
 
         queued = QueueItem.objects.filter(store_id=self.store.pk, status__in=ACTIVE_QUEUE).values(
             "case__customer_id"
@@ -1726,9 +1719,6 @@ class Replay:
         self.on_churn(person, n, path)
 
     def on_restock(self, code: str, units: int) -> None:
-        from orders.models import SKU
-        from orders.services import SkuInput, skus_upsert
-
         on_hand = SKU.objects.get(store=self.store, sku=code).on_hand
         skus_upsert(store=self.store, items=[SkuInput(sku=code, on_hand=on_hand + units)])
 
@@ -1753,9 +1743,6 @@ class Replay:
     # ------------------------------------------------------------ the scheduler
 
     def run_pass(self, at: dt.datetime) -> None:
-        from recovery.scheduler import run_due
-        from support.services import support_pass
-
         self._move(at)
         t0 = time.perf_counter()
         with transaction.atomic():  # counted with the commit and the deliveries it runs
@@ -1777,7 +1764,6 @@ class Replay:
 
     def _react(self) -> None:
         """Customers who read what Recoup sent: some fix their card on the pay page."""
-        from recovery.models import CaseEvent, ExpiryWarning
 
         rows = list(
             CaseEvent.objects.filter(
@@ -1812,7 +1798,6 @@ class Replay:
 
     def next_due(self) -> dt.datetime | None:
         """The earliest due open case (re-read only after something that can change it)."""
-        from recovery.models import RecoveryCase
 
         if self.due_stale:
             self.due = RecoveryCase.objects.filter(
@@ -1836,7 +1821,6 @@ class Replay:
     def refresh_gone(self) -> None:
         """Subscriptions ended by a lost case (cancelled, paused, unpaid) are not billed
         again."""
-        from subscriptions.models import Subscription
 
         self.gone = set(
             Subscription.objects.filter(store=self.store)
@@ -1940,8 +1924,6 @@ def _ceil(at: dt.datetime, grid: dt.timedelta) -> dt.datetime:
 
 
 def _track_of(decline: tuple[str, str]) -> str:
-    from recovery.domain import declines
-
     return declines.classify(decline_code=decline[0], advice_code=decline[1]).track
 
 
@@ -1969,9 +1951,6 @@ def demo_seed(
     """Create the demo store and replay its history. Returns (summary, API token)."""
     import time_machine
 
-    from recovery.services import retry_policy_update
-    from stores.services import api_token_create, membership_create, store_create
-
     started = time.perf_counter()
     phases: dict[str, float] = {}
     end = (end or timezone.now()).replace(second=0, microsecond=0)
@@ -1986,7 +1965,6 @@ def demo_seed(
         # DEBUG logs every query (on SQLite with an extra QUOTE() round trip each): about
         # 40% of the replay. The store secrets keep DEBUG's development key, which
         # common.crypto derives and caches on first use: derive it before switching off.
-        from common.crypto import fernet
 
         fernet()
         overrides["DEBUG"] = False
@@ -2005,7 +1983,6 @@ def demo_seed(
                     gateway=Store.Gateway.SANDBOX,
                 )
                 retry_policy_update(store=store, changes={}, actor="demo")
-                from orders.services import SkuInput, skus_upsert
 
                 skus_upsert(
                     store=store,
@@ -2030,7 +2007,6 @@ def demo_seed(
             phases["before the period"] = replay.before_period
             phases["the period"] = replay.progress.elapsed() - replay.before_period
             # The passes left the home page's rollup alone: build it once, at the end.
-            from analytics.services import rollup_refresh
 
             t0 = time.perf_counter()
             rollup_refresh(store=store, now=timezone.now(), full=True)
@@ -2073,10 +2049,6 @@ def _empty_outboxes() -> tuple[int, int]:
 
     emails = len(getattr(mail, "outbox", None) or [])
     mail.outbox = []
-    try:
-        from messaging import sms
-    except ImportError:
-        return emails, 0
     texts = len(getattr(sms, "outbox", None) or [])
     if hasattr(sms, "outbox"):
         sms.outbox.clear()
@@ -2085,9 +2057,6 @@ def _empty_outboxes() -> tuple[int, int]:
 
 def demo_counts(store: Store) -> dict:
     """What the product recorded, by the numbers (read back from its own tables)."""
-    from orders.models import InventoryHold, Order
-    from recovery.models import CaseEvent, ExpiryWarning, PaymentAttempt, RecoveryCase, StripeEvent
-    from subscriptions.models import Customer, Subscription
 
     cases = RecoveryCase.objects.filter(store=store)
     out: dict = {
@@ -2144,18 +2113,13 @@ def demo_counts(store: Store) -> dict:
             .order_by("outcome")
         ),
     }
-    try:
-        from messaging.models import Message
-    except ImportError:  # messaging not built yet
-        pass
-    else:
-        out["messages"] = {
-            f"{channel}/{status}": n
-            for channel, status, n in Message.objects.filter(store=store)
-            .values_list("channel", "status")
-            .annotate(n=Count("id"))
-            .order_by("channel", "status")
-        }
+    out["messages"] = {
+        f"{channel}/{status}": n
+        for channel, status, n in Message.objects.filter(store=store)
+        .values_list("channel", "status")
+        .annotate(n=Count("id"))
+        .order_by("channel", "status")
+    }
     closed = sum(v for k, v in out["cases_by_status"].items() if k in ("recovered", "lost"))
     out["recovery_rate"] = out["cases_by_status"].get("recovered", 0) / closed if closed else 0.0
     return out

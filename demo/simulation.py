@@ -34,8 +34,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recovery import engine
 from recovery.domain import declines, timing
 from recovery.gateways.sandbox import Hint, SandboxGateway, sandbox_payment_record
+from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryPolicy
+from recovery.scheduler import run_due
+from recovery.services import payment_attempt_record, recovery_case_open
+from recovery.stripe_payloads import decline_from_payment_intent
+from stores.models import Store
+from subscriptions import services as subs
+from subscriptions.models import Customer, Invoice, PaymentMethod, Subscription
 
 STRATEGIES = ("recoup", "fixed", "none")
 EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # a Monday, well before any live data
@@ -150,8 +158,6 @@ class Cohort:
 
 
 def default_window_days() -> int:
-    from recovery.models import RetryPolicy
-
     return RetryPolicy(version=0).window_days("month")
 
 
@@ -435,15 +441,6 @@ def run_recoup(cohort: Cohort, *, log=None) -> StrategyResult:
 
 def _recoup_inside(cohort: Cohort, traveller, *, log=None, errors: _ErrorLog):
     from django.db.models import Min
-
-    from recovery import engine
-    from recovery.models import CaseEvent, PaymentAttempt, RecoveryCase, RetryPolicy
-    from recovery.scheduler import run_due
-    from recovery.services import payment_attempt_record, recovery_case_open
-    from recovery.stripe_payloads import decline_from_payment_intent
-    from stores.models import Store
-    from subscriptions import services as subs
-    from subscriptions.models import Customer, Invoice, PaymentMethod, Subscription
 
     notes: list[str] = []
     store = Store.objects.create(

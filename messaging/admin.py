@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from common.admin import ReadOnlyAdmin
+from common.errors import ApplicationError
 
 from .models import (
     ConsentEvent,
@@ -38,8 +39,6 @@ class MessageTemplateAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         from django import forms
-
-        from common.errors import ApplicationError
 
         from .services import message_template_validate
 

@@ -9,6 +9,7 @@ import re
 from django.conf import settings
 from django.db.models import QuerySet
 
+from orders.selectors import case_order_summary
 from recovery.models import ExpiryWarning, RecoveryCase, Track
 from stores.models import Store
 from subscriptions.models import Customer, PaymentMethod, Subscription
@@ -142,8 +143,6 @@ def _order_note(
     """(a sentence on what happens to the order or shipment, held-until date, when the
     first held item is released)."""
     if case.order_id:
-        from orders.selectors import case_order_summary
-
         summary = case_order_summary(case=case, now=now) or {}
         held = [line["held_until"] for line in summary.get("lines", []) if line["held_until"]]
         if held:

@@ -35,6 +35,7 @@ from postmarker.django import PostmarkEmailMultiAlternatives
 
 from common.bulk import rows_insert, rows_update
 from common.errors import ApplicationError
+from recovery.commands import case_event_build, case_event_record
 from recovery.models import ExpiryWarning, RecoveryCase, Track
 from stores.models import Store
 from subscriptions.models import Customer, PaymentMethod
@@ -621,8 +622,6 @@ def _render_template(template: MessageTemplate, context: dict, *, store: Store) 
 def _case_event(
     *, case: RecoveryCase, kind: str, at: dt.datetime, text: str, message: Message
 ) -> None:
-    from recovery.commands import case_event_record
-
     if not case.is_open:
         # A closed case's timeline ends with its close (the engine's rule); messages
         # sent after it, such as the thank-you, stay on the Message rows.
@@ -721,7 +720,6 @@ def messages_deliver(*, message_ids: list[int], now: dt.datetime | None = None) 
     (so two workers never both send one), checked again, handed to the provider in one
     batch (Postmark's batch API: one request per 500) and recorded together. Anything
     else goes through `message_deliver`."""
-    from recovery.commands import case_event_build
 
     now = now or timezone.now()
     if not message_ids:

@@ -27,7 +27,11 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from common.errors import ApplicationError
+from recovery.commands import case_event_record
+from recovery.models import RecoveryCase
 from stores.models import Store
+from subscriptions.models import Subscription
+from subscriptions.services import customer_upsert
 
 from .models import SKU, HoldPolicy, InventoryHold, Order, OrderLine
 from .selectors import (
@@ -101,7 +105,6 @@ def _lock_head(*, store_id, case_id: int | None) -> RecoveryCase | None:
             )
     if case_id is None:
         return None
-    from recovery.models import RecoveryCase
 
     return RecoveryCase.objects.select_for_update().filter(pk=case_id).first()
 
@@ -111,14 +114,12 @@ def _record(
 ) -> None:
     if case is None:
         return
-    from recovery.commands import case_event_record
 
     case_event_record(case=case, kind=kind, message=message, at=at, data=data)
 
 
 def _order_case_lock(order: Order) -> RecoveryCase | None:
     """Lock the case the order's newest payment failure opened (open or just closed)."""
-    from recovery.models import RecoveryCase
 
     newest = (
         RecoveryCase.objects.filter(order_id=order.pk)
@@ -441,7 +442,6 @@ def inventory_holds_expire(*, now: dt.datetime, limit: int = SWEEP_LIMIT) -> int
     stock is ample). Each hold is settled in its own short transaction under its SKU lock;
     with several workers the conditional update decides who acts.
     """
-    from recovery.models import RecoveryCase
 
     closed = [s for s in RecoveryCase.Status.values if s != RecoveryCase.Status.OPEN]
     held = InventoryHold.objects.filter(status=InventoryHold.Status.HELD)
@@ -791,8 +791,6 @@ def order_upsert(
     Every check runs before the first write; a refused request writes nothing. Lines
     whose stock is held or committed for a payment cannot change.
     """
-    from subscriptions.models import Subscription
-    from subscriptions.services import customer_upsert
 
     codes = [line.sku for line in lines]
     dupes = sorted({c for c in codes if codes.count(c) > 1})

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from analytics.selectors import message_model
+from orders.models import InventoryHold
 from stores.models import Store
 
 from .models import RecoveryCase
@@ -155,8 +157,6 @@ def case_timeline(*, case: RecoveryCase) -> list[Entry]:
 
 
 def _messages(case: RecoveryCase):
-    from analytics.selectors import message_model
-
     Message = message_model()
     if Message is None:
         return []
@@ -164,8 +164,6 @@ def _messages(case: RecoveryCase):
 
 
 def _holds(case: RecoveryCase):
-    from orders.models import InventoryHold
-
     if not case.order_id:
         return []
     return list(

@@ -17,7 +17,13 @@ from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
 from common.paging import page_number
+from orders.selectors import case_order_summary
 from stores.access import Access, dashboard_view, render_page
+from subscriptions.models import Customer
+from support.churn import churn_score, customer_lifetime_paid
+from support.models import CustomerSignal
+from support.selectors import case_support_panel
+from support.services import case_note_add
 
 from . import commands
 from .domain.declines import DECLINE_CODES
@@ -92,9 +98,6 @@ def _case(access: Access, pk: int) -> RecoveryCase:
 
 @dashboard_view()
 def case_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
-    from orders.selectors import case_order_summary
-    from support.selectors import case_support_panel
-
     case = _case(access, pk)
     now = timezone.now()
     refusal = commands.case_retry_refusal(case=case, at=now) if case.is_open else ""
@@ -163,8 +166,6 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
             )
             messages.success(request, "Marked paid outside Stripe; the case is recovered.")
         elif action == "note":
-            from support.services import case_note_add
-
             case_note_add(case=case, user=request.user, body=post.get("body", ""), at=now)
             messages.success(request, "Note added.")
     except ApplicationError as exc:
@@ -174,8 +175,6 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
 
 @dashboard_view()
 def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
-    from subscriptions.models import Customer
-
     form = CustomerSearchForm(request.GET)
     qs = Customer.objects.filter(store=access.store)
     if not form.is_valid():
@@ -205,10 +204,6 @@ def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
 
 @dashboard_view()
 def customer_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
-    from subscriptions.models import Customer
-    from support.churn import churn_score, customer_lifetime_paid
-    from support.models import CustomerSignal
-
     customer = get_object_or_404(Customer, store=access.store, pk=pk)
     now = timezone.now()
     return render_page(

@@ -17,6 +17,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from support.selectors import queue_waiting_count
+
 from .models import Membership, Store
 
 SESSION_STORE_KEY = "recoup_store_id"
@@ -101,8 +103,6 @@ class Nav:
 
     @cached_property
     def queue_waiting(self) -> int:
-        from support.selectors import queue_waiting_count
-
         return queue_waiting_count(store=self.store)
 
 

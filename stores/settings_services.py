@@ -10,6 +10,10 @@ from django.conf import settings
 from django.db import transaction
 
 from common.errors import ApplicationError
+from messaging.sms import SmsError, get_backend
+from orders.models import HoldPolicy
+from recovery.gateways.stripe import stripe_client
+from support.models import SupportPolicy
 
 from .models import Store
 
@@ -24,8 +28,6 @@ def escalation_policy_update(
     target_response_minutes: int,
     route_on_reply: bool,
 ) -> None:
-    from support.models import SupportPolicy
-
     if high_value_mrr_threshold < 0 or ltv_threshold < 0:
         raise ApplicationError("Thresholds cannot be negative.")
     if not 1 <= churn_risk_threshold <= 100:
@@ -50,8 +52,6 @@ def escalation_policy_update(
 
 @transaction.atomic
 def hold_policy_update(*, store: Store, brief_hold_hours: int, retry_margin_hours: int):
-    from orders.models import HoldPolicy
-
     if not 1 <= brief_hold_hours <= 24 * 14:
         raise ApplicationError("Hold constrained stock for 1 hour to 14 days.")
     if not 0 <= retry_margin_hours <= 72:
@@ -99,8 +99,6 @@ class CheckResult:
 def stripe_connection_check(*, store: Store) -> CheckResult:
     """Ask Stripe who this key belongs to (a read; charges nothing)."""
     import stripe
-
-    from recovery.gateways.stripe import stripe_client
 
     if not store.stripe_secret_key:
         return CheckResult(False, "No Stripe secret key yet: add one below.")
@@ -172,7 +170,6 @@ def test_email_send(*, store: Store, to: str) -> CheckResult:
 
 def test_sms_send(*, store: Store, to: str) -> CheckResult:
     """A test SMS through the messaging app's SMS backend (Twilio in production)."""
-    from messaging.sms import SmsError, get_backend
 
     status = twilio_status()
     if not status.ok:

@@ -13,6 +13,22 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
+from messaging import services as msg
+from messaging.models import Channel, MessageTemplate, Purpose
+from messaging.selectors import template_for, templates_for_store
+from orders.selectors import hold_policy_for
+from recovery.commands import retry_policy_update
+from recovery.models import RetryPolicy, StripeEvent
+from recovery.selectors import retry_policy_current
+from support.churn import (
+    CUSTOM_DEFAULT_POINTS,
+    NO_ENGAGEMENT_POINTS,
+    REPEATED_FAILURE_POINTS,
+    SHORT_TENURE_POINTS,
+    SIGNAL_POINTS,
+)
+from support.models import CustomerSignal
+from support.routing import support_policy_for
 
 from . import settings_services as svc
 from .access import (
@@ -126,10 +142,6 @@ def _settings_save(request: HttpRequest, form, save, *, saved: str) -> bool:
 
 @dashboard_view(operator_only=True)
 def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
-    from recovery.commands import retry_policy_update
-    from recovery.models import RetryPolicy
-    from recovery.selectors import retry_policy_current
-
     from .forms import RetryPolicyForm
 
     def save(form) -> str:
@@ -160,8 +172,6 @@ def settings_retry(request: HttpRequest, access: Access) -> HttpResponse:
 
 @dashboard_view(operator_only=True)
 def settings_templates(request: HttpRequest, access: Access) -> HttpResponse:
-    from messaging.selectors import templates_for_store
-
     return _settings_page(
         request,
         access,
@@ -175,10 +185,6 @@ def settings_templates(request: HttpRequest, access: Access) -> HttpResponse:
 def settings_template_edit(
     request: HttpRequest, access: Access, purpose: str, channel: str
 ) -> HttpResponse:
-    from messaging import services as msg
-    from messaging.models import Channel, MessageTemplate, Purpose
-    from messaging.selectors import template_for
-
     if purpose not in Purpose.values or channel not in Channel.values:
         raise Http404("No such template")
     current = template_for(store=access.store, purpose=purpose, channel=channel)
@@ -239,16 +245,6 @@ def settings_template_edit(
 
 @dashboard_view(operator_only=True)
 def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
-    from support.churn import (
-        CUSTOM_DEFAULT_POINTS,
-        NO_ENGAGEMENT_POINTS,
-        REPEATED_FAILURE_POINTS,
-        SHORT_TENURE_POINTS,
-        SIGNAL_POINTS,
-    )
-    from support.models import CustomerSignal
-    from support.routing import support_policy_for
-
     from .forms import EscalationForm
 
     if request.method == "POST" and _settings_save(
@@ -286,8 +282,6 @@ def settings_escalation(request: HttpRequest, access: Access) -> HttpResponse:
 
 @dashboard_view(operator_only=True)
 def settings_holds(request: HttpRequest, access: Access) -> HttpResponse:
-    from orders.selectors import hold_policy_for
-
     from .forms import HoldPolicyForm
 
     if request.method == "POST" and _settings_save(
@@ -308,8 +302,6 @@ def settings_holds(request: HttpRequest, access: Access) -> HttpResponse:
 
 @dashboard_view(operator_only=True)
 def settings_connections(request: HttpRequest, access: Access) -> HttpResponse:
-    from recovery.models import StripeEvent
-
     store = access.store
     if request.method == "POST":
         form = StripeCustomerDataForm(request.POST)

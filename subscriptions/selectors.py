@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.db.models import Min
 
 from common.errors import NotFound
+from recovery.models import RecoveryCase
 from stores.models import Store
 
 from . import facts
@@ -18,7 +19,6 @@ def customer_get(*, store: Store, stripe_id: str) -> Customer:
 
 def customer_access(*, customer: Customer) -> dict:
     """What the merchant's app should allow this customer right now, and why."""
-    from recovery.models import RecoveryCase
 
     open_cases = RecoveryCase.objects.filter(customer=customer, status=RecoveryCase.Status.OPEN)
     summary = open_cases.aggregate(window_end=Min("window_end"), step_down=Min("step_down_at"))

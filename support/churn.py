@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from django.apps import apps
 from django.db.models import Count, Max, Q, Sum
 
-from subscriptions.models import Customer, Subscription
+from orders.models import Order
+from recovery.models import RecoveryCase
+from subscriptions.models import Customer, Invoice, Subscription
 
 from .models import CustomerSignal
 
@@ -89,7 +91,6 @@ def _engagement(customer: Customer, at: dt.datetime) -> tuple[int, int]:
 
 def churn_score(*, customer: Customer, at: dt.datetime) -> ChurnScore:
     """The customer's churn risk at `at`, 0-100, with the reasons that make it up."""
-    from recovery.models import RecoveryCase
 
     reasons: list[Reason] = []
     signals = (
@@ -159,8 +160,6 @@ def churn_score(*, customer: Customer, at: dt.datetime) -> ChurnScore:
 
 def customer_lifetime_paid(*, customer: Customer) -> int:
     """What the customer has paid so far (paid invoices and paid orders), minor units."""
-    from orders.models import Order
-    from subscriptions.models import Invoice
 
     invoices = (
         Invoice.objects.filter(customer=customer, status=Invoice.Status.PAID).aggregate(

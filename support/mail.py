@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from common.errors import ApplicationError
+from messaging.services import message_send_agent_follow_up
 from recovery.models import RecoveryCase
 
 
@@ -14,7 +15,6 @@ def personal_email_send(
     """Send the agent's note in the store's agent_follow_up template. Consent and
     suppressions are the messaging service's; it records the Message (and a refusal
     with its reason). Returns a reference to the message."""
-    from messaging.services import message_send_agent_follow_up
 
     name = user.get_full_name() or user.get_username()
     message = message_send_agent_follow_up(

@@ -9,6 +9,7 @@ import stripe
 from django.utils import timezone
 
 from common.errors import ApplicationError
+from recovery.gateways.stripe import stripe_client
 from stores.models import Store
 from subscriptions.models import Subscription
 
@@ -51,7 +52,6 @@ def subscription_offer_apply(
         raise ApplicationError("An offer is either a discount or a pause.")
     if store.gateway != Store.Gateway.STRIPE:
         return f"{description} (sandbox store: recorded, nothing sent to Stripe)"
-    from recovery.gateways.stripe import stripe_client
 
     try:
         stripe_client(store).v1.subscriptions.update(

@@ -6,12 +6,12 @@ in-process sandbox for the demo, development and simulations.
 
 from __future__ import annotations
 
+from stores.models import Store
+
 from .base import ChargeResult, PaymentGateway, ReadBack
 
 
 def gateway_for(store) -> PaymentGateway:
-    from stores.models import Store
-
     if store.gateway == Store.Gateway.STRIPE:
         from .stripe import StripeGateway
 

@@ -3,6 +3,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from recovery.scheduler import run_due
+from stores.models import Store
 
 
 class Command(BaseCommand):
@@ -23,8 +24,6 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         store_id = None
         if opts["store"]:
-            from stores.models import Store
-
             store = (
                 Store.objects.filter(pk=opts["store"]).first() if _is_uuid(opts["store"]) else None
             )
