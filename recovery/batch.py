@@ -46,7 +46,7 @@ from subscriptions.models import Invoice
 from subscriptions.services import INVOICE_MARK_FIELDS, invoice_mark_apply
 
 from . import budgets, engine, ports, retry_stats
-from .domain import events
+from .domain import events, outcomes, planning
 from .domain.budgets import card_id
 from .domain.events import Purpose
 from .domain.timing import outcome_key
@@ -374,9 +374,9 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime, writes: Wri
     if not cases:
         writes.flush()
         return [], []
+    # The one rule for the number (`planning.attempt_number`), from the batch's facts ...
     numbers = {
-        c.pk: 1 + sum(1 for source, *_ in c._facts.attempts if source in engine.OUR_SOURCES)
-        for c in cases
+        c.pk: planning.attempt_number(source for source, *_ in c._facts.attempts) for c in cases
     }
     keys = {c.pk: engine.attempt_key(c, numbers[c.pk]) for c in cases}
     locked = {
@@ -397,7 +397,9 @@ def _attempts_record(cases: list[RecoveryCase], *, now: dt.datetime, writes: Wri
         .annotate(n=Count("pk"))
         .values_list("case_id", "n")
     )
-    alone = [c for c in cases if c.pk in locked and ours.get(c.pk, 0) != numbers[c.pk] - 1]
+    # ... and again from what is recorded under the rows' locks (ours counted, plus one): a
+    # different number means a used key.
+    alone = [c for c in cases if c.pk in locked and ours.get(c.pk, 0) + 1 != numbers[c.pk]]
     moved = [
         c
         for c in cases
@@ -531,32 +533,42 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             continue
         _claimed_relations(row, case)
         row._facts = case._facts
-        if result.outcome == PaymentAttempt.Outcome.SUCCEEDED:
+        # Decided as one case at a time decides it (`outcomes.resolve`), from the fresh row.
+        resolution = outcomes.resolve(
+            engine.attempt_sent(row, attempt),
+            engine.answer_of(
+                outcome=result.outcome,
+                decline=result.decline,
+                amount=result.amount,
+                message=result.message,
+                retry_after=result.retry_after,
+            ),
+            at=now,
+        )
+        if resolution.paid:
             if row.order_id:
                 # The order's stock and shipment are settled in the close's transaction.
                 alone.append((case, attempt, result))
             else:
-                mine.append((row, attempt, result))
+                mine.append((row, attempt, result, resolution))
             continue
         if row.customer.disputed_at or row.track == Track.FRAUD:
             alone.append((case, attempt, result))
             continue
         # What the case will be told (a copy: the attempt keeps the gateway's own words).
-        told = engine.failure_decline(
-            row, outcome=result.outcome, decline=dataclasses.replace(result.decline)
-        )
+        told = dataclasses.replace(result.decline, decline_code=resolution.told_decline_code)
         classification = decline_classification(told)
         if classification.track == Track.FRAUD or classification.fraud_review:
             alone.append((case, attempt, result))  # to a person: attempt_resolve routes it
             continue
-        mine.append((row, attempt, result))
-    charges = {r.decline.charge_id for _, _, r in mine if r.decline.charge_id}
+        mine.append((row, attempt, result, resolution))
+    charges = {r.decline.charge_id for _, _, r, _ in mine if r.decline.charge_id}
     taken = set(
         PaymentAttempt.objects.filter(
-            store_id__in={c.store_id for c, _, _ in mine}, charge_id__in=charges
+            store_id__in={c.store_id for c, _, _, _ in mine}, charge_id__in=charges
         )
         .exclude(charge_id="")  # the unique index's condition (see `_attempts_record`)
-        .exclude(pk__in=[a.pk for _, a, _ in mine])
+        .exclude(pk__in=[a.pk for _, a, _, _ in mine])
         .values_list("store_id", "charge_id")
     )
     writes = Writes()
@@ -565,7 +577,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
     updated_at = timezone.now()
     # In the batch's order, each answer recorded before the next case is planned, as one
     # case at a time would: a plan learns from the answers before it, not after.
-    for case, attempt, result in mine:
+    for case, attempt, result, resolution in mine:
         fields = engine.attempt_resolved_fields(
             attempt, outcome=result.outcome, decline=result.decline
         )
@@ -575,7 +587,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
             setattr(attempt, name, value)
         if case.invoice_id and attempt.invoice_attempt_number:
             invoices[case.invoice_id] = attempt.invoice_attempt_number
-        if attempt.source == PaymentAttempt.Source.RECOUP_RETRY:
+        if resolution.learn:
             key = outcome_key(
                 store_id=case.store_id,
                 group=engine._classification(case).decline_group,
@@ -583,22 +595,24 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
                 at=now,
                 tz=case.customer.time_zone or case.store.timezone,
             )
-            success = int(result.outcome == PaymentAttempt.Outcome.SUCCEEDED)
+            success = int(resolution.paid)
             s_, f_ = stats.get(key, (0, 0))
             stats[key] = (s_ + success, f_ + 1 - success)
             # Later plans in this batch learn from it, as they would one case at a time.
             learned = case._facts.stats.setdefault(key[:2], {})
             s_, f_ = learned.get(key[2:], (0, 0))
             learned[key[2:]] = (s_ + success, f_ + 1 - success)
-        if result.outcome == PaymentAttempt.Outcome.SUCCEEDED:
-            if _payment_record(case, attempt, result, now=now, writes=writes):
+        if resolution.paid:
+            if _payment_record(case, resolution, now=now, writes=writes):
                 paid_invoices.append(case.invoice)
             closed.append(case)
         else:
-            _decline_record(case, attempt, result, now=now, writes=writes, updated_at=updated_at)
+            _decline_record(
+                case, attempt, result, resolution, now=now, writes=writes, updated_at=updated_at
+            )
             if case.order_id:
                 orders.append(case)
-    rows_update([a for _, a, _ in mine], engine.RESOLVED_FIELDS)
+    rows_update([a for _, a, _, _ in mine], engine.RESOLVED_FIELDS)
     # Stripe counted these attempts on the invoices; keep our counts in step so that a
     # later read-back compares against the right number.
     rows_update(
@@ -617,7 +631,7 @@ def _answers_record(answered: list, *, now: dt.datetime, stats: dict) -> tuple[l
         writes.flush()
     # A declined order's case keeps its claim until its holds are decided again.
     held = {c.pk for c in orders}
-    return alone, orders, [c.pk for c, _, _ in mine if c.pk not in held]
+    return alone, orders, [c.pk for c, _, _, _ in mine if c.pk not in held]
 
 
 def _claimed_relations(row: RecoveryCase, claimed: RecoveryCase) -> None:
@@ -634,10 +648,19 @@ def _claimed_relations(row: RecoveryCase, claimed: RecoveryCase) -> None:
 
 
 def _decline_record(
-    case, attempt, result, *, now: dt.datetime, writes: Writes, updated_at: dt.datetime
+    case,
+    attempt,
+    result,
+    resolution: outcomes.Resolution,
+    *,
+    now: dt.datetime,
+    writes: Writes,
+    updated_at: dt.datetime,
 ) -> None:
-    """The case's side of a decline in the batch: its new track, plan and timeline."""
-    decline = engine.failure_decline(case, outcome=result.outcome, decline=result.decline)
+    """The case's side of a decline in the batch (`resolution`): its new track, plan and
+    timeline."""
+    decline = result.decline
+    decline.decline_code = resolution.told_decline_code
     classification = decline_classification(decline)
     updates, event = case_failure_changes(
         case=case, decline=decline, classification=classification, at=now, amount=case.amount
@@ -652,35 +675,28 @@ def _decline_record(
     )
     if not case.order_id:
         updates["claimed_until"] = None  # done with: the claim goes back with this write
-    if engine.card_change_spent(case, attempt):
+    if resolution.card_change_spent:
         updates["card_changed_at"] = None
     for name, value in updates.items():
         setattr(case, name, value)
     writes.case_changed(case, updates)
     _facts_after_decline(case, attempt)
     engine.case_plan(case, now=engine.replan_time(now), writes=writes)
-    writes.events.append(
-        case_event_build(
-            case=case,
-            kind="retry_failed",
-            at=now,
-            message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
-        )
-    )
+    writes.events += engine.resolution_timeline(case, resolution, at=now)
 
 
-def _payment_record(case, attempt, result, *, now: dt.datetime, writes: Writes) -> bool:
-    """The case's side of a payment in the batch: closed as recovered (as
+def _payment_record(
+    case, resolution: outcomes.Resolution, *, now: dt.datetime, writes: Writes
+) -> bool:
+    """The case's side of a payment in the batch (`resolution`): closed as recovered (as
     `services.recovery_case_close` closes one). Returns whether its invoice is to be saved
     as paid."""
-    amount = result.amount or case.amount
-    reason = f"{attempt.get_source_display()} succeeded"
     updates = case_close_fields(
         case,
         status=RecoveryCase.Status.RECOVERED,
-        reason=reason,
-        via=case.credit_for(attempt),
-        amount=amount,
+        reason=resolution.close_reason,
+        via=resolution.via,
+        amount=resolution.amount,
     )
     updates.update(
         inflight_key="",
@@ -692,9 +708,11 @@ def _payment_record(case, attempt, result, *, now: dt.datetime, writes: Writes) 
     for name, value in updates.items():
         setattr(case, name, value)
     writes.case_changed(case, updates)
-    writes.events.append(case_close_event(case, at=now, reason=reason, actor="system"))
+    writes.events.append(
+        case_close_event(case, at=now, reason=resolution.close_reason, actor="system")
+    )
     return bool(case.invoice_id) and invoice_mark_apply(
-        invoice=case.invoice, status=Invoice.Status.PAID, at=now, amount_paid=amount
+        invoice=case.invoice, status=Invoice.Status.PAID, at=now, amount_paid=resolution.amount
     )
 
 

@@ -24,7 +24,7 @@ from subscriptions.services import invoice_mark
 
 from . import budgets, ports, retry_stats
 from .domain import budgets as budget_rules
-from .domain import declines, events, facts, planning, timing
+from .domain import declines, events, facts, outcomes, planning, timing
 from .domain.events import Purpose  # the one list of why a message goes out
 from .models import ExpiryWarning, PaymentAttempt, RecoveryCase, RetryPolicy, Track
 from .selectors import retry_policy_current
@@ -763,7 +763,9 @@ def case_retry(
 
     if case.inflight_key:
         return None
-    number = case.attempts.filter(source__in=OUR_SOURCES).count() + 1
+    number = planning.attempt_number(
+        case.attempts.filter(source__in=OUR_SOURCES).values_list("source", flat=True)
+    )
     key = attempt_key(case, number)
     brand, fingerprint, pm_id = _card_for(case)
     with transaction.atomic():
@@ -852,20 +854,60 @@ def attempt_resolved_fields(attempt: PaymentAttempt, *, outcome: str, decline: D
     return fields
 
 
-def card_change_spent(case: RecoveryCase, attempt: PaymentAttempt) -> bool:
-    """Did this declined attempt use up the card change that allowed it? A change made
-    while the attempt was out (a new card on the pay page) still stands."""
-    return case.card_changed_at is None or case.card_changed_at <= attempt.attempted_at
-
-
 def failure_decline(case: RecoveryCase, *, outcome: str, decline: DeclineInfo) -> DeclineInfo:
-    """The decline a failed attempt of ours reports to the case: an authentication request
-    when the bank asked for one, the case's code when the answer carried none."""
-    if outcome == PaymentAttempt.Outcome.REQUIRES_ACTION and not decline.decline_code:
-        decline.decline_code = "authentication_required"
-    if not decline.decline_code and not decline.failure_code:
-        decline.decline_code = case.decline_code
+    """The decline a failed attempt of ours reports to the case (`outcomes.told_decline_code`:
+    an authentication request when the bank asked for one, the case's code when the answer
+    carried none), set on `decline`."""
+    decline.decline_code = outcomes.told_decline_code(
+        outcome,
+        decline_code=decline.decline_code,
+        failure_code=decline.failure_code,
+        case_decline_code=case.decline_code,
+    )
     return decline
+
+
+def attempt_sent(case: RecoveryCase, attempt: PaymentAttempt) -> outcomes.Sent:
+    """The attempt as `outcomes.resolve` reads it, with its case's side."""
+    return outcomes.Sent(
+        source=attempt.source,
+        source_label=attempt.get_source_display(),
+        attempted_at=attempt.attempted_at,
+        case_amount=case.amount,
+        case_decline_code=case.decline_code,
+        card_changed_at=case.card_changed_at,
+        card_updater_result=case.card_updater_result,
+    )
+
+
+def answer_of(
+    *,
+    outcome: str,
+    decline: DeclineInfo,
+    amount: int = 0,
+    message: str = "",
+    retry_after: dt.timedelta | None = None,
+) -> outcomes.Answer:
+    return outcomes.Answer(
+        outcome=outcome,
+        decline_code=decline.decline_code,
+        failure_code=decline.failure_code,
+        amount=amount,
+        message=message,
+        retry_after=retry_after,
+    )
+
+
+def resolution_timeline(
+    case: RecoveryCase, resolution: outcomes.Resolution, *, at: dt.datetime, actor: str = "system"
+) -> list:
+    """The Resolution's timeline entries, built (not saved)."""
+    from .services import case_event_build
+
+    return [
+        case_event_build(case=case, kind=kind, at=at, actor=actor, message=message)
+        for kind, message in resolution.timeline
+    ]
 
 
 @transaction.atomic
@@ -882,24 +924,30 @@ def attempt_resolve(
     retry_after: dt.timedelta | None = None,
 ) -> bool:
     """Record what an attempt of ours did: its unknown outcome replaced by the truth,
-    once. Returns False when the attempt was resolved already (then the only further
-    edit is `_paid_elsewhere`'s: our own answer correcting a settle on Stripe's word)."""
-    from .services import case_event_record, recovery_case_close, recovery_case_open
+    once, as `outcomes.resolve` decides. Returns False when the attempt was resolved already
+    (then the only further edit is `_paid_elsewhere`'s: our own answer correcting a settle on
+    Stripe's word)."""
+    from .services import recovery_case_close, recovery_case_open
 
     case = (
         RecoveryCase.objects.select_for_update(of=("self",))
         .select_related("customer", "store", "invoice")
         .get(pk=case.pk)
     )
+    resolution = outcomes.resolve(
+        attempt_sent(case, attempt),
+        answer_of(
+            outcome=outcome,
+            decline=decline,
+            amount=amount,
+            message=message,
+            retry_after=retry_after,
+        ),
+        at=at,
+    )
     if outcome == PaymentAttempt.Outcome.UNKNOWN:
-        case_event_record(
-            case=case,
-            kind="attempt_unknown",
-            at=at,
-            actor=actor,
-            message=f"Outcome unknown ({message}); reading it back before anything else",
-        )
-        case_plan(case, now=at)
+        _timeline_save(resolution_timeline(case, resolution, at=at, actor=actor))
+        case_plan(case, now=resolution.replan_at)
         return True
     fields = attempt_resolved_fields(attempt, outcome=outcome, decline=decline)
     if outcome == PaymentAttempt.Outcome.NOT_SENT:
@@ -912,11 +960,7 @@ def attempt_resolve(
     ):
         # Another row already holds this charge (recorded history is never rewritten).
         fields.pop("charge_id")
-    if (
-        case.invoice_id
-        and attempt.invoice_attempt_number
-        and outcome != PaymentAttempt.Outcome.NOT_SENT
-    ):
+    if case.invoice_id and attempt.invoice_attempt_number and resolution.counted:
         # Stripe counted this attempt on the invoice; keep our count in step so a later
         # read-back compares against the right number.
         Invoice.objects.filter(
@@ -934,49 +978,39 @@ def attempt_resolve(
     )
     case.inflight_key = "" if case.inflight_key == attempt.idempotency_key else case.inflight_key
     if outcome == PaymentAttempt.Outcome.NOT_SENT:
-        case_event_record(
-            case=case,
-            kind="attempt_not_sent",
-            at=at,
-            actor=actor,
-            message=f"Retry not sent: {message}",
-        )
-        if retry_after:
-            RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=at + retry_after)
-        case_plan(case, now=at + (retry_after or dt.timedelta()))
+        _timeline_save(resolution_timeline(case, resolution, at=at, actor=actor))
+        if resolution.next_action_at:
+            RecoveryCase.objects.filter(pk=case.pk).update(next_action_at=resolution.next_action_at)
+        case_plan(case, now=resolution.replan_at)
         return True
     RecoveryCase.objects.filter(pk=case.pk).update(
         attempt_count=F("attempt_count") + 1, last_attempt_at=at, updated_at=timezone.now()
     )
     case.refresh_from_db()
-    success = outcome == PaymentAttempt.Outcome.SUCCEEDED
-    if attempt.source in (PaymentAttempt.Source.RECOUP_RETRY,):
+    if resolution.learn:
         retry_stats.record_outcome(
             store_id=case.store_id,
             group=_classification(case).decline_group,
             failed_at=case.window_start,
             at=at,
             tz=case.customer.time_zone or case.store.timezone,
-            success=success,
+            success=resolution.paid,
         )
-    if success:
-        via = case.credit_for(attempt)
+    if resolution.paid:
         if case.invoice_id:
-            invoice_mark(
-                invoice=case.invoice, status="paid", at=at, amount_paid=amount or case.amount
-            )
+            invoice_mark(invoice=case.invoice, status="paid", at=at, amount_paid=resolution.amount)
         recovery_case_close(
             case=case,
             status=RecoveryCase.Status.RECOVERED,
-            reason=f"{attempt.get_source_display()} succeeded",
+            reason=resolution.close_reason,
             at=at,
-            via=via,
-            amount=amount or case.amount,
+            via=resolution.via,
+            amount=resolution.amount,
             actor=actor,
         )
         return True
-    decline = failure_decline(case, outcome=outcome, decline=decline)
-    if card_change_spent(case, attempt):
+    decline.decline_code = resolution.told_decline_code
+    if resolution.card_change_spent:
         RecoveryCase.objects.filter(pk=case.pk).update(card_changed_at=None)
         case.card_changed_at = None
     recovery_case_open(
@@ -989,17 +1023,16 @@ def attempt_resolve(
         invoice=case.invoice,
         payment_intent_ids=[case.payment_intent_id] if case.payment_intent_id else None,
     )
-    case_event_record(
-        case=case,
-        kind="retry_failed",
-        at=at,
-        actor=actor,
-        message=f"Retry declined: {decline.decline_code or decline.failure_code or 'no code'}",
-    )
+    _timeline_save(resolution_timeline(case, resolution, at=at, actor=actor))
     # The order decides each line's hold again against the new plan (held through the next
     # retry while stock is ample; a brief hold is never lengthened).
     ports.publish(events.PaymentFailed(case=case, at=at, order=case.order))
     return True
+
+
+def _timeline_save(entries: list) -> None:
+    for entry in entries:
+        entry.save(force_insert=True)
 
 
 def case_reconcile(case: RecoveryCase, *, now: dt.datetime, gateway) -> None:

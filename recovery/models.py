@@ -1,6 +1,6 @@
 from django.db import models
 
-from recovery.domain import declines
+from recovery.domain import declines, outcomes
 from recovery.domain.events import EventKind
 from stores.models import Store
 from subscriptions.models import Customer, Invoice, Subscription
@@ -221,23 +221,9 @@ class RecoveryCase(models.Model):
         return self.status == self.Status.OPEN
 
     def credit_for(self, attempt: "PaymentAttempt") -> str:
-        """Who is credited when this attempt paid: the one rule, whether our own answer
-        or Stripe's event closed the case. A retry of a changed card is the card
-        updater's when the updater changed it, else the customer's."""
-        source = PaymentAttempt.Source
-        via = {
-            source.RECOUP_RETRY: self.RecoveredVia.RECOUP_RETRY,
-            source.AGENT: self.RecoveredVia.AGENT,
-            source.CUSTOMER: self.RecoveredVia.CUSTOMER,
-            source.STRIPE_AUTO: self.RecoveredVia.STRIPE_RETRY,
-        }.get(attempt.source)
-        if via is None:  # CARD_UPDATE
-            via = (
-                self.RecoveredVia.CARD_UPDATER
-                if self.card_updater_result == "updated"
-                else self.RecoveredVia.CUSTOMER
-            )
-        return via
+        """Who is credited when this attempt paid (`outcomes.credit`: the one rule, whether
+        our own answer or Stripe's event closed the case)."""
+        return outcomes.credit(attempt.source, card_updater_result=self.card_updater_result)
 
 
 class PaymentAttempt(models.Model):

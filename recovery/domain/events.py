@@ -94,51 +94,46 @@ class EventKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class CaseClassified:
-    """A failed payment's case has its track (at opening, or when a decline that was read
-    back from Stripe, or the conservative default, decided it)."""
+class OnCase:
+    """Something that happened to one case, at `at`."""
 
     case: Any
     at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentFailed:
+class CaseClassified(OnCase):
+    """A failed payment's case has its track (at opening, or when a decline that was read
+    back from Stripe, or the conservative default, decided it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFailed(OnCase):
     """A payment of an open case failed (the first failure, or a retry), or its plan changed:
     the order behind it decides its holds again. `order` is the caller's row when it has one
     loaded, else the order is read afresh."""
 
-    case: Any
-    at: dt.datetime
     order: Any = None
 
 
 @dataclass(frozen=True, slots=True)
-class AccessRestricted:
+class AccessRestricted(OnCase):
     """The case's grace period is over: access steps down, shipments pause."""
 
-    case: Any
-    at: dt.datetime
+
+@dataclass(frozen=True, slots=True)
+class CaseRecovered(OnCase):
+    """The case's payment came back."""
 
 
 @dataclass(frozen=True, slots=True)
-class CaseRecovered:
-    case: Any
-    at: dt.datetime
+class CaseLost(OnCase):
+    """The case's window ended, or Stripe wrote the invoice off."""
 
 
 @dataclass(frozen=True, slots=True)
-class CaseLost:
-    case: Any
-    at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class CaseCancelled:
+class CaseCancelled(OnCase):
     """An operator cancelled the case."""
-
-    case: Any
-    at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,13 @@ def our_retries(f: CaseFacts) -> int:
     return sum(1 for a in f.attempts if a.source in OUR_SOURCES and a.outcome != NOT_SENT)
 
 
+def attempt_number(sources) -> int:
+    """The number of the case's next attempt of ours, given the sources of its attempts so
+    far: one more than every attempt of ours recorded, sent or not, so that an idempotency
+    key (`engine.attempt_key`) is never used for two attempts."""
+    return 1 + sum(1 for source in sources if source in OUR_SOURCES)
+
+
 def retry_allowance(f: CaseFacts, policy: Policy) -> tuple[int, str]:
     """How many retries this case gets, and why: patience for loyal customers, less
     for a new customer's repeated failure."""

@@ -350,3 +350,18 @@ def test_a_timeline_entry_of_an_unknown_kind_is_refused():
 
     with pytest.raises(ValueError, match="made_up"):
         case_event_build(case=RecoveryCase(store_id=None), kind="made_up", message="x")
+
+
+@pytest.mark.parametrize(
+    "sources, number",
+    [
+        ((), 1),
+        (("stripe_auto", "customer"), 1),  # Stripe's and the customer's attempts are not ours
+        (("recoup_retry",), 2),
+        (("recoup_retry", "card_update", "agent", "stripe_auto"), 4),
+    ],
+)
+def test_the_next_attempt_number_counts_every_attempt_of_ours(sources, number):
+    """One rule for both paths (`engine.case_retry`, `batch._attempts_record`): an attempt of
+    ours not sent still used its key, so it counts."""
+    assert planning.attempt_number(sources) == number
