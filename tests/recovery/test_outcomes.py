@@ -54,7 +54,9 @@ def test_a_payment_closes_the_case_with_the_answers_amount_else_the_cases():
 
 def test_a_payment_after_a_card_update_credits_the_updater_and_teaches_no_statistics():
     paid = resolve(
-        sent(source="card_update", source_label="After a card update", card_updater_result="updated"),
+        sent(
+            source="card_update", source_label="After a card update", card_updater_result="updated"
+        ),
         Answer(outcome="succeeded"),
         at=AT,
     )
@@ -154,6 +156,4 @@ def test_the_outcome_names_are_the_models():
         outcomes.UNKNOWN,
     } == set(PaymentAttempt.Outcome.values)
     assert set(outcomes.CREDIT) | {"card_update"} == set(PaymentAttempt.Source.values)
-    assert set(outcomes.CREDIT.values()) | {"card_updater"} <= set(
-        RecoveryCase.RecoveredVia.values
-    )
+    assert set(outcomes.CREDIT.values()) | {"card_updater"} <= set(RecoveryCase.RecoveredVia.values)
