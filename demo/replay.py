@@ -8,7 +8,7 @@ subscriptions, cards and orders, then replays 90 days of billing in simulated ti
   subscriptions, enter at once through `subscriptions.services.customers_import`, as when
   a store connects; those who join during the period through the services the Stripe
   intake uses (`customer_upsert`, `payment_method_upsert`, `subscription_upsert`). Some
-  ticked the SMS box at signup: `messaging.services.consent_sms_signup` records that
+  ticked the SMS box at signup: `messaging.consent.consent_sms_signup` records that
   consent, so opted-in customers get texts as well as email. The catalogue and every
   order go through `skus_upsert` and `order_upsert`, as the merchant's API would;
 - every payment outcome reaches Recoup as a Stripe-shaped event (built from Stripe's own
@@ -76,10 +76,10 @@ from analytics.services import rollup_refresh
 from common.crypto import fernet
 from common.errors import ApplicationError
 from messaging import sms
+from messaging.consent import consent_sms_signup
 from messaging.links import LinkRefused, pay_link_resolve
 from messaging.models import Message
 from messaging.paypage import pay_visit_record
-from messaging.services import consent_sms_signup
 from orders.models import SKU, InventoryHold, Order
 from orders.services import LineInput, SkuInput, order_upsert, skus_upsert
 from recovery import engine

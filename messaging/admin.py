@@ -23,7 +23,7 @@ class MessageTemplateAdmin(admin.ModelAdmin):
     search_fields = ("store__name", "subject", "body_text")
 
     def save_model(self, request, obj, form, change):
-        from .services import message_template_save
+        from .template_editing import message_template_save
 
         saved = message_template_save(
             store=obj.store,
@@ -40,7 +40,7 @@ class MessageTemplateAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         from django import forms
 
-        from .services import message_template_validate
+        from .template_editing import message_template_validate
 
         base = super().get_form(request, obj, **kwargs)
 

@@ -15,8 +15,8 @@ from common.api import NulFreePathMixin
 from common.schema import error_responses
 from subscriptions.selectors import customer_get
 
+from .consent import ConsentRefused, consent_sms_set
 from .selectors import customer_banner
-from .services import ConsentRefused, consent_sms_set
 
 
 class CustomerBannerView(NulFreePathMixin, APIView):

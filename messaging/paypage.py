@@ -427,7 +427,7 @@ def pay_fresh_link_send(
 ) -> Message | None:
     """Send a fresh link to the contact details on file (never to an address typed on
     the page). At most one an hour per customer (idempotency key)."""
-    from .services import message_send
+    from .sending import message_send
 
     if customer.disputed_at:
         return None

@@ -2,7 +2,7 @@
 
 A due message is decided, rendered and recorded in the publisher's transaction (the case is
 locked, so one step is recorded once); it is handed to Postmark or Twilio only after that
-transaction commits (`messaging.services`, `transaction.on_commit`).
+transaction commits (`messaging.sending`, `messaging.delivery`, `transaction.on_commit`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ from __future__ import annotations
 from recovery import ports
 from recovery.domain import events
 
-from .services import (
-    consent_sms_from_stripe,
-    message_send_for_case,
-    message_send_predunning,
-    messages_send_for_cases,
-    messages_send_scheduled,
-)
+from .consent import consent_sms_from_stripe
+from .delivery import messages_send_scheduled
+from .sending import message_send_for_case, message_send_predunning, messages_send_for_cases
 
 
 def _message_due(event: events.MessageDue) -> None:

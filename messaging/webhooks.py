@@ -18,7 +18,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from common.bodies import BodyRejected, json_loads_bounded
 
-from . import services
+from . import provider_events
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _twilio_refused(request: HttpRequest) -> HttpResponse | None:
 def twilio_status(request: HttpRequest) -> HttpResponse:
     if refused := _twilio_refused(request):
         return refused
-    services.twilio_status_record(data=request.POST.dict(), at=timezone.now())
+    provider_events.twilio_status_record(data=request.POST.dict(), at=timezone.now())
     return HttpResponse(status=204)
 
 
@@ -83,7 +83,9 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
 def twilio_inbound(request: HttpRequest) -> HttpResponse:
     if refused := _twilio_refused(request):
         return refused
-    keyword, customers = services.twilio_inbound_record(data=request.POST.dict(), at=timezone.now())
+    keyword, customers = provider_events.twilio_inbound_record(
+        data=request.POST.dict(), at=timezone.now()
+    )
     reply = MessagingResponse()
     if keyword == "help":
         stores = sorted({c.store.name for c in customers}) or ["your store"]
@@ -165,5 +167,5 @@ def postmark_webhook(request: HttpRequest) -> HttpResponse:
     problem = _postmark_shape_problem(data)
     if problem:
         return _refused(problem)
-    message = services.postmark_event_record(data=data, at=timezone.now())
+    message = provider_events.postmark_event_record(data=data, at=timezone.now())
     return JsonResponse({"ok": True, "matched": message is not None})

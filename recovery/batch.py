@@ -241,7 +241,7 @@ def messages_process(cases: list[RecoveryCase], *, now: dt.datetime, report, rel
     the dunning stage moves on, the messaging service is handed each purpose's cases at
     once (`engine.messaging_due_for_cases`: emails decided and recorded together,
     delivered in one provider batch after the commit) and each case is planned again.
-    The cases' rows are locked for the whole step, as `messaging.services.message_send`
+    The cases' rows are locked for the whole step, as `messaging.sending.message_send`
     locks one. Returns the cases left for one-at-a-time handling."""
     due, rest = _due(cases, now=now, action=RecoveryCase.NextAction.MESSAGE)
     if not due:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from common.errors import ApplicationError
-from messaging import services as msg
+from messaging import template_editing as msg
 from messaging.models import Channel, MessageTemplate, Purpose
 from messaging.selectors import template_for, templates_for_store
 from orders.selectors import hold_policy_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from common.errors import ApplicationError
-from messaging.services import message_send_agent_follow_up
+from messaging.sending import message_send_agent_follow_up
 from recovery.models import RecoveryCase
 
 

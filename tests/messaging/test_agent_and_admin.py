@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core import mail
 
 from messaging.models import Message, MessageTemplate
-from messaging.services import message_send_agent_follow_up
+from messaging.sending import message_send_agent_follow_up
 
 from .conftest import T0
 

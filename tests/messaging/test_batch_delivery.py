@@ -1,4 +1,4 @@
-"""A scheduler batch's emails (messaging.services.messages_send_for_cases and
+"""A scheduler batch's emails (messaging.sending.messages_send_for_cases and
 messages_deliver): decided as one at a time would decide them, and one bad message, one
 refused address or one provider failure fails only its own message."""
 
@@ -11,8 +11,10 @@ import time_machine
 from django.core import mail, validators
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 
-from messaging import services
+from messaging.consent import email_suppress
+from messaging.delivery import messages_deliver
 from messaging.models import Message, MessagingSettings, Purpose, Suppression
+from messaging.policy import Known, _email_blocked
 from recovery.gateways import gateway_for
 from recovery.models import CaseEvent, RecoveryCase
 from recovery.scheduler import run_due
@@ -61,7 +63,7 @@ def test_one_postmark_request_and_each_refusal_names_only_its_own_recipient(post
             ],
         )
     )
-    services.messages_deliver(message_ids=[m.pk for m in messages], now=T0)
+    messages_deliver(message_ids=[m.pk for m in messages], now=T0)
 
     assert len(postmark.requests) == 1 and postmark.requests[0]["path"] == "/email/batch"
     assert [e["To"] for e in json.loads(postmark.requests[0]["body"])] == [
@@ -82,10 +84,10 @@ def test_one_postmark_request_and_each_refusal_names_only_its_own_recipient(post
 def test_postmark_unreachable_fails_the_batch_and_sends_nothing_twice(postmark, store):
     messages = [_queued(store, name) for name in ("one", "two")]
     postmark.replies.append((500, {"ErrorCode": 500, "Message": "down"}))
-    services.messages_deliver(message_ids=[m.pk for m in messages], now=T0)
+    messages_deliver(message_ids=[m.pk for m in messages], now=T0)
     assert set(Message.objects.values_list("status", flat=True)) == {"failed"}
     # Delivered again (a second hook, a sweep): nothing queued is left to send.
-    services.messages_deliver(message_ids=[m.pk for m in messages], now=T0)
+    messages_deliver(message_ids=[m.pk for m in messages], now=T0)
     assert len(postmark.requests) == 1
 
 
@@ -103,7 +105,7 @@ class RefusingBackend(LocmemBackend):
 def test_a_backend_refusing_one_address_fails_only_that_message(settings, store):
     settings.EMAIL_BACKEND = "tests.messaging.test_batch_delivery.RefusingBackend"
     messages = [_queued(store, name) for name in ("first", "refused", "last")]
-    services.messages_deliver(message_ids=[m.pk for m in messages], now=T0)
+    messages_deliver(message_ids=[m.pk for m in messages], now=T0)
     status = dict(Message.objects.values_list("to", "status"))
     assert status == {
         "first@example.com": "sent",
@@ -153,10 +155,8 @@ def test_the_batch_sees_every_suppression_one_at_a_time_sees(store, email):
     customer = Customer.objects.create(
         store=store, stripe_id="cus_x", email=email, first_seen_at=T0
     )
-    services.email_suppress(
-        store_id=store.pk, address=email, reason=Suppression.Reason.HARD_BOUNCE, at=T0
-    )
+    email_suppress(store_id=store.pk, address=email, reason=Suppression.Reason.HARD_BOUNCE, at=T0)
     customer.refresh_from_db()
-    single = services._email_blocked(customer)
+    single = _email_blocked(customer)
     assert single, "one at a time sees the suppression"
-    assert services._email_blocked(customer, services.Known(customers=[customer])) == single
+    assert _email_blocked(customer, Known(customers=[customer])) == single

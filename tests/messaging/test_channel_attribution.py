@@ -15,7 +15,7 @@ from analytics import selectors
 from analytics.services import rollup_refresh
 from messaging.links import SALT, pay_link_resolve, pay_token_make, pay_url
 from messaging.models import Channel, Message, Purpose
-from messaging.services import message_send_for_case
+from messaging.sending import message_send_for_case
 from recovery.models import RecoveryCase
 from subscriptions.models import Customer
 from tests.dashboard.conftest import login

@@ -11,8 +11,8 @@ import pytest
 from django.test import Client
 
 from messaging import sms
+from messaging.consent import consent_sms_opt_in, consent_sms_opt_out
 from messaging.models import ConsentEvent, Message, Suppression
-from messaging.services import consent_sms_opt_in, consent_sms_opt_out
 from recovery.models import RecoveryCase
 from recovery.scheduler import run_due
 from stores.services import api_token_create

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 from messaging import sms
+from messaging.consent import consent_sms_opt_out, consent_sms_signup
 from messaging.models import ConsentEvent, Purpose, Suppression
-from messaging.services import consent_sms_opt_out, consent_sms_signup, message_send_for_case
+from messaging.sending import message_send_for_case
 from subscriptions.models import Customer
 
 from .conftest import T0

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from messaging.models import Message, Purpose
-from messaging.services import message_send_for_case
+from messaging.sending import message_send_for_case
 
 from .conftest import T0, LocalApi, sms_customer
 

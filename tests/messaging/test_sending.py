@@ -11,8 +11,9 @@ from django.core import mail
 from django.db import connection
 
 from messaging import sms
+from messaging.delivery import messages_send_scheduled
 from messaging.models import Message, Purpose
-from messaging.services import message_send_for_case, messages_send_scheduled
+from messaging.sending import message_send_for_case
 from recovery.models import CaseEvent, ExpiryWarning, RecoveryCase
 from recovery.predunning import predunning_pass
 from recovery.scheduler import run_due
@@ -162,7 +163,7 @@ def test_quiet_hours_hold_sms_until_the_customers_morning(
 def test_a_stop_while_waiting_for_morning_cancels_the_sms(
     webhooks, time_machine, django_capture_on_commit_callbacks
 ):
-    from messaging.services import consent_sms_opt_out
+    from messaging.consent import consent_sms_opt_out
 
     night = dt.datetime(2026, 3, 4, 23, 0, tzinfo=dt.UTC)
     time_machine.move_to(night, tick=False)
@@ -291,7 +292,7 @@ def test_predunning_warns_once_per_expiring_card(
     assert [m.subject for m in mail.outbox] == ["Your card for Bean Box expires soon"]
     assert "ending 1111" in mail.outbox[0].body and "03/2026" in mail.outbox[0].body
     # The hook again for the same warning: the same message, nothing sent.
-    from messaging.services import message_send_predunning
+    from messaging.sending import message_send_predunning
 
     again = message_send_predunning(
         customer=customer, payment_method=pm, purpose=Purpose.PREDUNNING, at=T0

@@ -10,8 +10,8 @@ from common.errors import ApplicationError
 from messaging import rendering
 from messaging.models import Channel, MessageTemplate, Purpose
 from messaging.selectors import template_for, templates_for_store
-from messaging.services import (
-    message_send_for_case,
+from messaging.sending import message_send_for_case
+from messaging.template_editing import (
     message_template_preview,
     message_template_reset,
     message_template_save,

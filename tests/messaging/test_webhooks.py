@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from messaging import sms
 from messaging.models import ConsentEvent, Message, MessageEvent, Purpose, Suppression
-from messaging.services import message_send_for_case
+from messaging.sending import message_send_for_case
 from subscriptions.models import Customer
 
 from .conftest import T0, sms_customer

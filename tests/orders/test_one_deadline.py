@@ -12,7 +12,7 @@ import pytest
 import time_machine
 
 from messaging.models import Channel, Purpose
-from messaging.services import _render
+from messaging.sending import _render
 from orders.services import LineInput, order_upsert
 from recovery.models import RecoveryCase
 from tests import stripe_factory as sf
