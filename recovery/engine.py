@@ -854,19 +854,6 @@ def attempt_resolved_fields(attempt: PaymentAttempt, *, outcome: str, decline: D
     return fields
 
 
-def failure_decline(case: RecoveryCase, *, outcome: str, decline: DeclineInfo) -> DeclineInfo:
-    """The decline a failed attempt of ours reports to the case (`outcomes.told_decline_code`:
-    an authentication request when the bank asked for one, the case's code when the answer
-    carried none), set on `decline`."""
-    decline.decline_code = outcomes.told_decline_code(
-        outcome,
-        decline_code=decline.decline_code,
-        failure_code=decline.failure_code,
-        case_decline_code=case.decline_code,
-    )
-    return decline
-
-
 def attempt_sent(case: RecoveryCase, attempt: PaymentAttempt) -> outcomes.Sent:
     """The attempt as `outcomes.resolve` reads it, with its case's side."""
     return outcomes.Sent(

@@ -14,7 +14,8 @@ side in at start, in its AppConfig.ready():
   warning, SMS consent read from Stripe.
 
 A port nobody plugged, or an event nobody subscribes to that must be handled, is a wiring
-error and raises at once (never a silent skip).
+error: the system check (`recovery.E001`) reports it at start, and the call or the publish
+raises (never a silent skip).
 """
 
 from __future__ import annotations
@@ -40,8 +41,16 @@ def subscribe(event_type: type, handler: Callable[[Any], None], *, on_commit: bo
 
 
 def publish(event) -> None:
-    """Hand `event` to its subscribers, in the order they subscribed."""
-    for handler, on_commit in _subscribers.get(type(event), ()):
+    """Hand `event` to its subscribers, in the order they subscribed. An event the product
+    must handle (HANDLED) with no subscriber raises: stock or a message silently left
+    unchanged would be worse than a failed write."""
+    handlers = _subscribers.get(type(event), ())
+    if not handlers and type(event) in HANDLED:
+        raise ImproperlyConfigured(
+            f"nothing subscribes to {type(event).__name__}: the app that handles it subscribes "
+            "in its AppConfig.ready(); is it in INSTALLED_APPS?"
+        )
+    for handler, on_commit in handlers:
         if on_commit:
             transaction.on_commit(partial(handler, event))
         else:

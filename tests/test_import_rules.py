@@ -115,6 +115,14 @@ def test_every_port_is_plugged_and_every_event_subscribed():
     assert [e for e in checks.run_checks() if e.id == "recovery.E001"] == []
 
 
+def test_an_event_that_must_be_handled_and_has_no_subscriber_raises(monkeypatch):
+    monkeypatch.setattr(ports, "_subscribers", {})
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with pytest.raises(Exception, match="nothing subscribes to CaseLost"):
+        ports.publish(events.CaseLost(case="c1", at=at))
+    assert ports.wiring_problems()[0] == "nothing subscribes to CaseClassified"
+
+
 def test_an_unplugged_port_says_which_app_plugs_it():
     port = ports.Port("example", "orders")
     with pytest.raises(Exception, match=r"'example' is not plugged: the orders app plugs it"):
