@@ -67,27 +67,13 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
         order = ports.payment_order(event.store, data)
         if customer is None and order is not None:
             customer = order.customer
-        if customer is None:
-            payment_attempt_record(
-                store=event.store,
-                case=None,
-                customer=None,
-                source=PaymentAttempt.Source.CUSTOMER,
-                outcome=PaymentAttempt.Outcome.FAILED,
-                amount=minor(data.get("amount")),
-                currency=str(data.get("currency") or event.store.currency),
-                at=at,
-                decline=decline,
-                stripe_event_id=event.pk,
-            )
-            return "ignored: PaymentIntent has no customer to recover from"
-        if order is None and _is_invoice_payment(data):
-            # The invoice's own failure event will open the case; count the attempt now.
+
+        def attempt_without_case(customer, source: str) -> None:
             payment_attempt_record(
                 store=event.store,
                 case=None,
                 customer=customer,
-                source=PaymentAttempt.Source.STRIPE_AUTO,
+                source=source,
                 outcome=PaymentAttempt.Outcome.FAILED,
                 amount=minor(data.get("amount")),
                 currency=str(data.get("currency") or event.store.currency),
@@ -95,6 +81,13 @@ def _payment_intent_failed(event: StripeEvent, data: dict) -> str:
                 decline=decline,
                 stripe_event_id=event.pk,
             )
+
+        if customer is None:
+            attempt_without_case(None, PaymentAttempt.Source.CUSTOMER)
+            return "ignored: PaymentIntent has no customer to recover from"
+        if order is None and _is_invoice_payment(data):
+            # The invoice's own failure event will open the case; count the attempt now.
+            attempt_without_case(customer, PaymentAttempt.Source.STRIPE_AUTO)
             return "processed: invoice payment, waiting for the invoice event"
         case, _ = recovery_case_open(
             store=event.store,
