@@ -169,8 +169,11 @@ class Tally:
         self.duplicates = 0
         self.errors: list[str] = []
         self.error_count = 0
+        self.cpu: dict[str, float] = {}
 
-    def add(self, result: dict) -> None:
+    def add(self, result: dict, cpu: dict[str, float] | None = None) -> None:
+        for k, v in (cpu or {}).items():
+            self.cpu[k] = self.cpu.get(k, 0.0) + v
         self.elapsed += result["elapsed"]
         self.latency.extend(result["latency"])
         self.sent += len(result["status"])
@@ -187,6 +190,34 @@ class Tally:
 
     def pct_ms(self, pct: float) -> float:
         return _percentile(sorted(self.latency), pct) * 1000
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_by_group(gunicorn_pgid: int, loader_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by gunicorn's process group, the loader
+    and every PostgreSQL process on this machine (Linux /proc; empty elsewhere)."""
+    out = {"loader": 0.0, "gunicorn": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pgrp, cpu = int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICK
+        if int(entry.name) == loader_pid:
+            out["loader"] += cpu
+        elif pgrp == gunicorn_pgid:
+            out["gunicorn"] += cpu
+        elif comm == "postgres" or comm.startswith("postgres:"):
+            out["postgres"] += cpu
+    return out
 
 
 # ---------------------------------------------------------------- the app under test
@@ -454,6 +485,11 @@ def _profile_child(store_id: str, secret: str, count: int) -> None:
     prof.disable()
     print(f"Under cProfile (inflates Python-heavy parts), intake {profiled_ms:.2f} ms per request:")
     stats = pstats.Stats(prof)
+    print("  the functions with the most own time (ms/request):")
+    own = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:15]
+    for (f, line, name), (_cc, nc, tt, _ct, _callers) in own:
+        where = "/".join(Path(f).parts[-2:]) if f != "~" else ""
+        print(f"    {tt / count * 1000:7.3f}  {nc / count:5.1f}x  {name}  {where}:{line}")
     wanted = [
         ("recovery/webhooks.py", "stripe_webhook", "webhook view, total"),
         ("django/db/models/query.py", "first", "  store lookup (Store ... .first())"),
@@ -487,7 +523,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=5000, help="distinct events to send (N)")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent client connections")
-    ap.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    ap.add_argument(
+        "--workers", type=int, default=4, help="gunicorn worker processes (the README's -w 4)"
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="gunicorn threads per worker (>1: gthread worker)"
     )
@@ -589,10 +627,12 @@ def main() -> int:
         for r, chunk in enumerate(_chunks(events, rounds)):
             order = ["bare", "intake"] if r % 2 == 0 else ["intake", "bare"]
             for kind in order:
-                if kind == "bare":
-                    bare.add(loader.run(_bare(chunk), args.concurrency))
-                else:
-                    intake.add(loader.run(_signed(intake_path, chunk, secret), args.concurrency))
+                reqs = _bare(chunk) if kind == "bare" else _signed(intake_path, chunk, secret)
+                cpu0 = _cpu_by_group(server.proc.pid, loader.proc.pid)
+                result = loader.run(reqs, args.concurrency)
+                cpu1 = _cpu_by_group(server.proc.pid, loader.proc.pid)
+                used = {k: cpu1[k] - cpu0[k] for k in cpu0}
+                (bare if kind == "bare" else intake).add(result, used)
 
         # Exactly once: what the database holds now.
         import psycopg
@@ -662,6 +702,13 @@ def main() -> int:
                 f"  {t.name:10s} {t.sent:6d} {t.fresh:8d} {t.rate:9.1f} "
                 f"{t.pct_ms(50):7.2f} {t.pct_ms(99):7.2f}"
             )
+        if bare.cpu and bare.sent and intake.sent:
+            print(f"  CPU ms per event: {'':3s}" + "".join(f"{k:>10s}" for k in bare.cpu))
+            for t in (bare, intake):
+                print(
+                    f"  {t.name:20s}"
+                    + "".join(f"{t.cpu[k] / t.sent * 1000:10.3f}" for k in bare.cpu)
+                )
         ratio = intake.rate / bare.rate if bare.rate else 0.0
         ratio_ok = ratio >= args.min_ratio
         print(

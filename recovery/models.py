@@ -25,7 +25,10 @@ class StripeEvent(models.Model):
         IGNORED = "ignored"
         FAILED = "failed"
 
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="stripe_events")
+    # No index of its own: the unique (store, event_id) index starts with the store.
+    store = models.ForeignKey(
+        Store, on_delete=models.CASCADE, related_name="stripe_events", db_index=False
+    )
     event_id = models.CharField(max_length=255)
     type = models.CharField(max_length=100)
     payload = models.JSONField()
@@ -46,13 +49,13 @@ class StripeEvent(models.Model):
             )
         ]
         indexes = [
-            # The scheduler's sweep of events still to process (or to retry after an error).
-            models.Index(fields=["outcome", "received_at"], name="stripe_event_outcome_idx"),
-            # The intake workers' claim: events not processed yet, oldest first.
+            # The intake workers' claim (pending, oldest first) and the scheduler's sweep
+            # (pending or failed): one small index of the events not done yet. Every index
+            # is written by the webhook's INSERT, so the inbox keeps three in all.
             models.Index(
                 fields=["received_at"],
-                condition=models.Q(outcome="pending"),
-                name="stripe_event_pending_idx",
+                condition=models.Q(outcome__in=["pending", "failed"]),
+                name="stripe_event_open_idx",
             ),
         ]
 

@@ -392,3 +392,34 @@ def test_a_payment_intent_failure_reported_after_its_invoice_was_paid_opens_noth
     assert RecoveryCase.objects.count() == 0
     assert StripeEvent.objects.get(type="payment_intent.payment_failed").outcome == "processed"
     assert PaymentAttempt.objects.get().reason == "reported after the invoice was settled"
+
+
+@pytest.mark.django_db
+def test_the_inbox_the_webhook_writes_has_three_indexes_and_an_lz4_payload_on_postgresql():
+    from django.db import connection
+
+    from tests.conftest import requires_postgres
+
+    if connection.vendor != "postgresql":
+        pytest.skip(requires_postgres().kwargs["reason"])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'recovery_stripeevent'")
+        indexes = {name for (name,) in cursor.fetchall()}
+        cursor.execute(
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'recovery_stripeevent'::regclass AND attname = 'payload'"
+        )
+        (compression,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'"
+            " AND 'lz4' = ANY(enumvals)"
+        )
+        lz4_built = cursor.fetchone() is not None
+    # Every index is written by each webhook INSERT: the primary key, exactly-once, and
+    # the claim/sweep of events not done yet; nothing else.
+    assert indexes == {
+        "recovery_stripeevent_pkey",
+        "stripe_event_store_id_unique",
+        "stripe_event_open_idx",
+    }
+    assert compression == ("l" if lz4_built else "")
