@@ -82,7 +82,7 @@ from messaging.models import Message
 from messaging.paypage import pay_visit_record
 from orders.models import SKU, InventoryHold, Order
 from orders.services import LineInput, SkuInput, order_upsert, skus_upsert
-from recovery import engine
+from recovery import commands, engine
 from recovery.domain import declines, timing
 from recovery.gateways.sandbox import Hint, sandbox_payment_record
 from recovery.intake import stripe_event_process, stripe_event_store, stripe_event_verify
@@ -105,7 +105,6 @@ from support.models import QueueItem
 from support.selectors import ACTIVE as ACTIVE_QUEUE
 from support.services import (
     case_customer_replied,
-    case_note_add,
     customer_signal_record,
     queue_item_claim,
     queue_item_return_to_automation,
@@ -1532,7 +1531,9 @@ class Replay:
         self.done[f"agent:{step}"] += 1
 
     def _note(self, item, body: str) -> None:
-        case_note_add(case=item.case, user=self.agent, body=body[:500], at=self.now)
+        commands.case_note_add(
+            case=item.case, actor=self.agent.username, body=body[:500], at=self.now
+        )
 
     def _agent_claim(self, item) -> None:
         rng = self._rand("agent-claim", item.pk)

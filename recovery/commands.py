@@ -28,7 +28,8 @@ from common.errors import ApplicationError
 from stores.models import Store
 from subscriptions.services import invoice_mark
 
-from . import budgets, engine, services
+from . import budgets, engine, ports, services
+from .domain import events
 from .gateways import gateway_for
 from .models import PaymentAttempt, RecoveryCase, Track
 from .services import open_cases_for_customer, payment_attempt_record, recovery_case_close
@@ -139,6 +140,22 @@ def case_retry_now(
         return ActionResult(False, "The retry was not sent; see the timeline for why.")
     code = attempt.decline_code or attempt.failure_code or "no code"
     return ActionResult(False, f"The retry was declined ({code}).")
+
+
+NOTE_MAX = 500
+
+
+@transaction.atomic
+def case_note_add(*, case: RecoveryCase, actor: str, body: str, at: dt.datetime) -> None:
+    """A person's note on the case timeline (append-only, like every event); the support
+    queue counts it as the item's first response (events.CaseNoted)."""
+    body = (body or "").strip()
+    if not body:
+        raise ApplicationError("Write something in the note first.")
+    if len(body) > NOTE_MAX:
+        raise ApplicationError("Keep a note under 500 characters; add a second one if needed.")
+    case_event_record(case=case, kind="note", at=at, actor=actor, message=body)
+    ports.publish(events.CaseNoted(case=case, at=at))
 
 
 @transaction.atomic

@@ -117,6 +117,7 @@ HANDLED = (
     events.MessageDue,
     events.MessagesDue,
     events.OrderPaid,
+    events.CaseNoted,
 )
 
 

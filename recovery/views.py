@@ -23,7 +23,6 @@ from subscriptions.models import Customer
 from support.churn import churn_score, customer_lifetime_paid
 from support.models import CustomerSignal
 from support.selectors import case_support_panel
-from support.services import case_note_add
 
 from . import commands
 from .domain.declines import DECLINE_CODES
@@ -166,7 +165,9 @@ def case_action(request: HttpRequest, access: Access, pk: int, action: str) -> H
             )
             messages.success(request, "Marked paid outside Stripe; the case is recovered.")
         elif action == "note":
-            case_note_add(case=case, user=request.user, body=post.get("body", ""), at=now)
+            commands.case_note_add(
+                case=case, actor=request.user.username, body=post.get("body", ""), at=now
+            )
             messages.success(request, "Note added.")
     except ApplicationError as exc:
         messages.error(request, exc.message)

@@ -286,18 +286,11 @@ def queue_item_release(*, item: QueueItem, user, at: dt.datetime, is_operator: b
     return item
 
 
-def case_note_add(*, case: RecoveryCase, user, body: str, at: dt.datetime) -> None:
-    """A note on the case timeline (append-only, like every event)."""
-    body = (body or "").strip()
-    if not body:
-        raise ApplicationError("Write something in the note first.")
-    if len(body) > 500:
-        raise ApplicationError("Keep a note under 500 characters; add a second one if needed.")
-    with transaction.atomic():
-        case_event_record(case=case, kind="note", at=at, actor=user.username, message=body)
-        item = QueueItem.objects.filter(case=case).first()
-        if item is not None:
-            _responded(item, at)
+def case_noted(*, case: RecoveryCase, at: dt.datetime) -> None:
+    """A note on a queued case (recovery.commands.case_note_add) is the item's response."""
+    item = QueueItem.objects.filter(case=case).first()
+    if item is not None:
+        _responded(item, at)
 
 
 def _outcome(item: QueueItem, *, outcome: str, at: dt.datetime, note: str = "", **extra) -> None:

@@ -137,6 +137,11 @@ class CaseCancelled(OnCase):
 
 
 @dataclass(frozen=True, slots=True)
+class CaseNoted(OnCase):
+    """A person wrote a note on the case's timeline (a response, for the support queue)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageDue:
     """A message for `purpose` is due on one case."""
 

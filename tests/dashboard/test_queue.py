@@ -388,3 +388,21 @@ def test_a_dispute_on_an_open_case_reaches_the_queue_on_the_next_pass(store, web
     item = QueueItem.objects.get(case=case)
     assert item.reasons[0]["label"] == "Fraud or dispute risk: dispute du_1 opened (fraudulent)"
     assert services.support_pass()["routed"] == 0
+
+
+def test_a_note_is_the_queued_items_first_response_and_an_empty_one_writes_nothing(
+    store, queued, agent, agent_client
+):
+    note_path = f"/s/{store.id}/cases/{queued.case_id}/note/"
+    response = agent_client.post(note_path, {"body": "   "}, follow=True)
+    assert "Write something in the note first." in response.content.decode()
+    queued.refresh_from_db()
+    assert queued.first_response_at is None
+    assert not CaseEvent.objects.filter(case_id=queued.case_id, kind="note").exists()
+
+    agent_client.post(note_path, {"body": "Left a voicemail."})
+    queued.refresh_from_db()
+    note = CaseEvent.objects.get(case_id=queued.case_id, kind="note")
+    # Recovery records the note and publishes CaseNoted; the support app answers it.
+    assert queued.first_response_at == note.at
+    assert (note.message, note.actor) == ("Left a voicemail.", "arjun")
