@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -90,48 +93,130 @@ def decline_lookups_run(*, now: dt.datetime | None = None, limit: int = 100) -> 
     lookups = decline_lookups_claim(now=now, limit=limit)
     if not lookups:
         return 0
+    gateways = _gateways(lookups)
+    remote = [lk for lk in lookups if _is_remote(gateways[lk.store_id])]
+    answers: dict[int, FailureRead | Exception] = {}
+    if remote:
+        workers = min(len(remote), max(1, int(settings.RECOUP_LOOKUP_CONCURRENCY)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recoup-lookup") as pool:
+            reads = pool.map(_closing(_read), remote, [gateways[lk.store_id] for lk in remote])
+            for lookup, answer in zip(remote, reads, strict=True):
+                answers[lookup.pk] = answer
+    for lookup in lookups:
+        if lookup.pk not in answers:  # the in-process sandbox: read here, on this connection
+            answers[lookup.pk] = _read(lookup, gateways[lookup.store_id])
+    for lookup in lookups:
+        _answer_keep(lookup, answers[lookup.pk])
+    return len(lookups)
+
+
+def decline_lookups_stream(*, running: Callable[[], bool], idle_sleep: float = 0.1) -> int:
+    """The intake worker's read-back thread: up to RECOUP_LOOKUP_CONCURRENCY reads in the
+    air, and as many more claimed behind them, while the answers that came back are
+    recorded (on this thread's connection, each in its own transaction): the reads never
+    wait for the recording, so a backlog is read at the pace the store's budget allows.
+    Returns how many were read once `running()` is false."""
+    concurrency = max(1, int(settings.RECOUP_LOOKUP_CONCURRENCY))
+    ahead, done = 2 * concurrency, 0
+    inflight: dict[Future, DeclineLookup] = {}
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="recoup-lookup")
+    try:
+        try:
+            while running():
+                claimed: list[DeclineLookup] = []
+                if len(inflight) <= concurrency:  # half the window free: claim to fill it
+                    claimed = decline_lookups_claim(now=timezone.now(), limit=ahead - len(inflight))
+                    gateways = _gateways(claimed)
+                    for lookup in claimed:
+                        gateway = gateways[lookup.store_id]
+                        if _is_remote(gateway):
+                            # Each pool thread keeps its connection (the budget's
+                            # rows, without REDIS_URL) for the stream's life.
+                            inflight[pool.submit(_read_kept, lookup, gateway)] = lookup
+                        else:  # the in-process sandbox: read here, on this connection
+                            _answer_keep(lookup, _read(lookup, gateway))
+                            done += 1
+                if not inflight:
+                    if not claimed:
+                        time.sleep(idle_sleep)
+                    continue
+                finished, _ = wait(inflight, timeout=idle_sleep, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    _answer_keep(inflight.pop(future), future.result())
+                    done += 1
+        finally:
+            # Stopping: what is in the air is recorded as it lands (its lease would give
+            # it to another worker only minutes later).
+            for future in inflight:
+                _answer_keep(inflight[future], future.result())
+                done += 1
+    finally:
+        _connections_close(pool, concurrency)
+        pool.shutdown()
+    return done
+
+
+def _connections_close(pool: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connection of each of the pool's threads, in that thread: one
+    task per thread, each held at a barrier until all of them run."""
+    barrier = threading.Barrier(threads)
+
+    def close(_) -> None:
+        try:
+            barrier.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass  # fewer threads were started: each that was closes its own
+        connection.close()
+
+    list(pool.map(close, range(threads)))
+
+
+def _gateways(lookups: list[DeclineLookup]) -> dict:
+    """Each store's gateway, or the error that keeps its lookups waiting (a missing key)."""
     gateways: dict = {}
     for lookup in lookups:
         if lookup.store_id not in gateways:
             try:
                 gateways[lookup.store_id] = gateway_for(lookup.store)
-            except Exception as exc:  # a missing key: the lookup waits for one
+            except Exception as exc:
                 gateways[lookup.store_id] = exc
+    return gateways
 
-    def read(lookup: DeclineLookup) -> FailureRead | Exception:
-        gateway = gateways[lookup.store_id]
-        if isinstance(gateway, Exception):
-            return gateway
-        try:
-            return gateway.invoice_failure_read(invoice_id=lookup.invoice_stripe_id)
-        except Exception as exc:  # 429, 5xx, timeout, reset: tried again later
-            return exc
 
-    remote = [lk for lk in lookups if getattr(gateways[lk.store_id], "name", "") == "stripe"]
-    answers: dict[int, FailureRead | Exception] = {}
-    if remote:
-        workers = min(len(remote), max(1, int(settings.RECOUP_LOOKUP_CONCURRENCY)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recoup-lookup") as pool:
-            for lookup, answer in zip(remote, pool.map(_closing(read), remote), strict=True):
-                answers[lookup.pk] = answer
-    for lookup in lookups:
-        if lookup.pk not in answers:  # the in-process sandbox: read here, on this connection
-            answers[lookup.pk] = read(lookup)
-    for lookup in lookups:
-        try:
-            decline_lookup_answer(lookup=lookup, answer=answers[lookup.pk], now=timezone.now())
-        except Exception:
-            logger.exception("recording the decline lookup for %s failed", lookup.invoice_stripe_id)
-            _retry_later(lookup, error="recording the answer failed", now=timezone.now())
-    return len(lookups)
+def _is_remote(gateway) -> bool:
+    return getattr(gateway, "name", "") == "stripe"
+
+
+def _read(lookup: DeclineLookup, gateway) -> FailureRead | Exception:
+    if isinstance(gateway, Exception):
+        return gateway
+    try:
+        return gateway.invoice_failure_read(invoice_id=lookup.invoice_stripe_id)
+    except Exception as exc:  # 429, 5xx, timeout, reset: tried again later
+        return exc
+
+
+def _read_kept(lookup: DeclineLookup, gateway) -> FailureRead | Exception:
+    """_read in a pool thread that keeps its connection: a broken or old one is replaced."""
+    connection.close_if_unusable_or_obsolete()
+    return _read(lookup, gateway)
+
+
+def _answer_keep(lookup: DeclineLookup, answer: FailureRead | Exception) -> None:
+    """Record one answer; if recording fails, the lookup is asked again later."""
+    try:
+        decline_lookup_answer(lookup=lookup, answer=answer, now=timezone.now())
+    except Exception:
+        logger.exception("recording the decline lookup for %s failed", lookup.invoice_stripe_id)
+        _retry_later(lookup, error="recording the answer failed", now=timezone.now())
 
 
 def _closing(fn):
     """Run fn in a pool thread and close whatever database connection it opened there."""
 
-    def run(arg):
+    def run(*args):
         try:
-            return fn(arg)
+            return fn(*args)
         finally:
             connection.close()
 
@@ -225,8 +310,8 @@ def _answer_record(*, lookup: DeclineLookup, answer: FailureRead | Exception, no
         at=now,
         invoice=invoice,
         payment_intent_ids=pi_ids,
+        case=case,
     )
-    case.refresh_from_db()
     case_event_record(
         case=case,
         kind="decline_read",

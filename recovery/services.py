@@ -253,6 +253,7 @@ def recovery_case_open(
     payment_intent_ids: list[str] | None = None,
     decline_awaited_until: dt.datetime | None = None,
     replan_unchanged: bool = True,
+    case: RecoveryCase | None = None,
 ) -> tuple[RecoveryCase, bool]:
     """Open the one case for a failed invoice or order payment, or update the open one.
 
@@ -262,12 +263,15 @@ def recovery_case_open(
     replan_unchanged=False: a report that changes nothing on the open case (a Stripe
     event telling a failure the case already has) writes and plans nothing; the intake
     plans a new attempt when it records it.
+    case: the invoice's case, its row already locked by the caller (a read-back's
+    answer): updated in place.
     """
     from . import engine
 
     payment_intent_ids = [p for p in (payment_intent_ids or [decline.payment_intent_id]) if p]
     classification = decline_classification(decline)
-    case = _find_case(store=store, invoice=invoice, payment_intent_ids=payment_intent_ids)
+    if case is None:
+        case = _find_case(store=store, invoice=invoice, payment_intent_ids=payment_intent_ids)
     if case is None:
         policy = retry_policy_current(store=store)
         interval = subscription.interval if subscription else None

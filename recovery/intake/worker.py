@@ -8,13 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Q, When
 from django.utils import timezone
 
 from .. import lookups
-from ..models import StripeEvent
+from ..models import DeclineLookup, StripeEvent
 from .inbox import MALFORMED
 from .processing import stripe_event_process
 
@@ -29,15 +28,28 @@ EVENT_LEASE = dt.timedelta(minutes=2)
 # does not change a case's outcome (tests/recovery/test_decline_lookup.py).
 FIRST = ("invoice.payment_failed", "invoice.payment_action_required", "invoice.paid")
 
+# While a store's decline read-backs queue up (due, not taken by a reader yet), its other
+# events wait behind them, for this long at most: in a burst of failures, the CPU goes to
+# opening cases and recording what Stripe says about them (what their plans wait for)
+# before the rest: the Charge and PaymentIntent events, which repeat what the read-back
+# tells, and customer and subscription updates, which re-plan a case already planned.
+READS_FIRST_AT_MOST = dt.timedelta(minutes=5)
+
 
 def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
     """Claim stored events not processed yet for this worker, those that open or close
     a case first, then oldest first: rows locked and skipped if another worker holds
     them, then leased."""
+    reads_queued = DeclineLookup.objects.filter(due_at__lte=now).values("store_id")
     with transaction.atomic():
         qs = (
             StripeEvent.objects.filter(outcome=StripeEvent.Outcome.PENDING)
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .exclude(
+                ~Q(type__in=FIRST),
+                store_id__in=reads_queued,
+                received_at__gt=now - READS_FIRST_AT_MOST,
+            )
             .annotate(later=Case(When(type__in=FIRST, then=0), default=1))
             .order_by("later", "received_at", "pk")
         )
@@ -101,17 +113,13 @@ def stripe_events_work(
 
 
 def _lookups_loop(running: Callable[[], bool], idle_sleep: float) -> None:
-    """The intake worker's read-back thread: small batches (twice the read concurrency),
-    so each answer is recorded soon after Stripe gives it."""
-    batch = max(2, 2 * int(settings.RECOUP_LOOKUP_CONCURRENCY))
+    """The intake worker's read-back thread (`lookups.decline_lookups_stream`)."""
     try:
         while running():
             try:
-                read = lookups.decline_lookups_run(now=timezone.now(), limit=batch)
-            except Exception:  # kept on the lookups; the next batch goes on
+                lookups.decline_lookups_stream(running=running, idle_sleep=idle_sleep)
+            except Exception:  # kept on the lookups; the stream starts again
                 logger.exception("decline read-backs failed")
-                read = 0
-            if not read:
                 time.sleep(idle_sleep)
     finally:
         connection.close()

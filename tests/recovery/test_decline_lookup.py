@@ -185,3 +185,42 @@ def test_the_webhook_only_stores_and_the_worker_processes(client, store):
     assert stripe_events_work(until_idle=True) == 1
     assert RecoveryCase.objects.count() == 1
     assert stripe_events_work(until_idle=True) == 0
+
+
+def test_the_read_back_stream_reads_each_invoice_once_and_records_every_answer(
+    store,
+    settings,
+    fake_stripe,  # noqa: F811 - the fixture
+):
+    """The intake worker's read-back thread keeps reads in the air while it records the
+    answers that came back: five lookups through a window of two reads (four claimed),
+    each invoice read once, through the SDK, and every case classified by its answer."""
+    from recovery.intake import stripe_event_process, stripe_event_store
+    from recovery.lookups import decline_lookups_stream
+
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    settings.RECOUP_LOOKUP_CONCURRENCY = 2
+    codes = ["insufficient_funds", "expired_card", "lost_card", "incorrect_cvc", "do_not_honor"]
+    invoices = [
+        sf.failed_invoice(customer=f"cus_stream{i}", decline_code=code)
+        for i, code in enumerate(codes)
+    ]
+    for invoice in invoices:
+        fake_stripe.add_invoice(invoice)
+        stored, _ = stripe_event_store(
+            store=store, event=sf.event("invoice.payment_failed", invoice)
+        )
+        stripe_event_process(event_pk=stored.pk)
+    unanswered = DeclineLookup.objects.filter(answered_at__isnull=True)
+    assert unanswered.count() == 5 and not fake_stripe.requests_to("GET", "/v1/invoice_payments")
+
+    read = decline_lookups_stream(running=unanswered.exists, idle_sleep=0.01)
+
+    assert read == 5
+    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
+    assert sorted(r.param("invoice") for r in reads) == sorted(inv["id"] for inv in invoices)
+    got = dict(RecoveryCase.objects.values_list("invoice__stripe_id", "decline_code"))
+    assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
+    assert not RecoveryCase.objects.filter(decline_awaited_until__isnull=False).exists()
+    assert CaseEvent.objects.filter(kind="decline_read").count() == 5

@@ -269,3 +269,47 @@ def test_a_webhook_on_a_connection_the_database_dropped_is_still_stored(store):
     assert connection.connection.info.backend_pid != pid
     stored = StripeEvent.objects.values_list("payload__data__object__id", flat=True)
     assert sorted(stored) == ["in_drop_1", "in_drop_2"]
+
+
+def test_while_a_stores_read_backs_queue_up_its_other_events_wait_behind_them(store):
+    """A burst: the read-backs its new cases wait for come before the Charge and
+    PaymentIntent events that repeat them, up to READS_FIRST_AT_MOST; another store's
+    events, and the events that open or close a case, are claimed as ever."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from recovery.intake import stripe_event_process, stripe_event_store, stripe_events_claim
+    from recovery.intake.worker import READS_FIRST_AT_MOST
+    from recovery.models import DeclineLookup
+    from stores.models import Store
+
+    def put(to, event: dict) -> StripeEvent:
+        stripe_event_store(store=to, event=event)
+        return StripeEvent.objects.get(store=to, event_id=event["id"])
+
+    other = Store.objects.create(name="Other", stripe_webhook_secret="whsec_other")
+    first = sf.failed_invoice(customer="cus_q1")
+    opened = put(store, sf.event("invoice.payment_failed", first))
+    stripe_event_process(event_pk=opened.pk)
+    lookup = DeclineLookup.objects.get()
+    assert lookup.due_at is not None and lookup.answered_at is None  # a read is queued
+
+    charge = put(store, sf.event("charge.failed", sf.charge_failed(first)))
+    second = sf.failed_invoice(customer="cus_q2")
+    invoice_event = put(store, sf.event("invoice.payment_failed", second))
+    elsewhere = put(other, sf.event("charge.failed", sf.charge_failed(sf.failed_invoice())))
+    now = timezone.now()
+    claimed = stripe_events_claim(now=now, limit=10)
+    assert sorted(claimed) == sorted([invoice_event.pk, elsewhere.pk])
+    StripeEvent.objects.filter(pk__in=claimed).update(outcome=StripeEvent.Outcome.PROCESSED)
+
+    # Taken by a reader (its lease moves due_at on): nothing queued, the charge goes on.
+    DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=now + dt.timedelta(minutes=2))
+    assert stripe_events_claim(now=now, limit=10) == [charge.pk]
+
+    # Queued again, but the charge has waited long enough: it goes on all the same.
+    StripeEvent.objects.filter(pk=charge.pk).update(claimed_until=None)
+    DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=now)
+    later = now + READS_FIRST_AT_MOST + dt.timedelta(seconds=1)
+    assert stripe_events_claim(now=later, limit=10) == [charge.pk]
