@@ -120,3 +120,21 @@ def test_production_serves_its_static_files_under_hashed_names(tmp_path):
     assert url != "/static/dashboard/app.css"  # hashed
     assert status == "200" and int(size) > 100
     assert "max-age=315360000" in " ".join(cache)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, "True 2"), ("false", "False None")])
+def test_postgresql_statements_are_prepared_unless_turned_off_for_a_pooler(flag, expected):
+    # Read from the settings alone (no connection is opened): on by default; off for a
+    # transaction-mode pooler that does not track prepared statements.
+    env = production_env(
+        DATABASE_URL="postgres://recoup@db.example.com:5432/recoup",
+        DATABASE_PREPARED_STATEMENTS=flag,
+    )
+    code = (
+        "from django.conf import settings; o = settings.DATABASES['default'].get('OPTIONS', {}); "
+        "print(o.get('server_side_binding', False), o.get('prepare_threshold'))"
+    )
+    result = manage("shell", "-c", code, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected
