@@ -3,7 +3,8 @@
 
 Recoup runs as it runs in production, in separate processes: gunicorn (`config.wsgi`),
 intake workers (`recovery.intake.stripe_events_work`) and a scheduler
-(`recovery.scheduler.run_due` every few seconds), on a fresh database (PostgreSQL, created
+(`recovery.scheduler.run_due` every few seconds), the workers at nice 10 as the README runs
+them on a machine they share with the web server (`--worker-nice`), on a fresh database (PostgreSQL, created
 and dropped here; `--sqlite` for a temporary SQLite file), with STRIPE_API_BASE pointing at
 the emulator (`../shared/stripe-emulator/fakestripe.py`, imported at run time, never copied
 here). The emulator runs in this process, answers in 100 ms and allows 25 requests/s per
@@ -606,6 +607,7 @@ def _stopping() -> threading.Event:
 def _child_intake() -> int:
     """An intake worker: claims stored events and reads declines back, until SIGTERM.
     With BENCH_PROFILE_DIR, under cProfile (its stats written there at the end)."""
+    os.nice(int(os.environ.get("BENCH_WORKER_NICE", "0")))
     _django()
     from recovery.intake import stripe_events_work
 
@@ -626,6 +628,7 @@ def _child_intake() -> int:
 def _child_scheduler() -> int:
     """The scheduler, in real time: a pass every few seconds (django-q2 does one a
     minute), until SIGTERM."""
+    os.nice(int(os.environ.get("BENCH_WORKER_NICE", "0")))
     _django()
     from recovery.scheduler import run_due
 
@@ -1295,6 +1298,13 @@ def main() -> int:
     ap.add_argument("--web-workers", type=int, default=4, help="gunicorn worker processes")
     ap.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     ap.add_argument("--intake-workers", type=int, default=2, help="intake worker processes")
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="CPU niceness of the intake workers and the scheduler (the README runs them "
+        "at 10 on a machine they share with the web server; 0: as gunicorn)",
+    )
     ap.add_argument("--sqlite", action="store_true", help="a temporary SQLite file, not PostgreSQL")
     ap.add_argument(
         "--pg",
@@ -1358,6 +1368,7 @@ def main() -> int:
         "SMS_BACKEND": "messaging.sms.locmem.SmsBackend",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        "BENCH_WORKER_NICE": str(args.worker_nice),
         **({"BENCH_PROFILE_DIR": os.path.abspath(args.profile)} if args.profile else {}),
     }
     app = Recoup(env, logs, dbname)
@@ -1391,7 +1402,7 @@ def main() -> int:
             f"Recoup {_git_state()} on {db_text}; gunicorn {args.web_workers} workers x "
             f"{args.threads} threads (gthread) on :{app.port}, {args.intake_workers} intake "
             f"workers (stripe_events_work), 1 scheduler (run_due every "
-            f"{SCHEDULER_EVERY_SECONDS} s); emulator {fake.url} ({LATENCY_MS} ms a request, "
+            f"{SCHEDULER_EVERY_SECONDS} s), those at nice {args.worker_nice}; emulator {fake.url} ({LATENCY_MS} ms a request, "
             f"{RATE_LIMIT_RPS} requests/s per account"
             f"{', invoice_payments indexed' if getattr(fake, 'index', False) else ''}); "
             f"{os.cpu_count()} CPUs"
