@@ -35,21 +35,19 @@ FIRST = ("invoice.payment_failed", "invoice.payment_action_required", "invoice.p
 # tells, and customer and subscription updates, which re-plan a case already planned.
 READS_FIRST_AT_MOST = dt.timedelta(minutes=5)
 
+# The longest an idle worker sleeps between two claims (seconds).
+IDLE_SLEEP_MOST = 1.0
+
 
 def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
     """Claim stored events not processed yet for this worker, those that open or close
     a case first, then oldest first: rows locked and skipped if another worker holds
     them, then leased."""
-    reads_queued = DeclineLookup.objects.filter(due_at__lte=now).values("store_id")
     with transaction.atomic():
         qs = (
             StripeEvent.objects.filter(outcome=StripeEvent.Outcome.PENDING)
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .exclude(
-                ~Q(type__in=FIRST),
-                store_id__in=reads_queued,
-                received_at__gt=now - READS_FIRST_AT_MOST,
-            )
+            .exclude(_behind_reads(now))
             .annotate(later=Case(When(type__in=FIRST, then=0), default=1))
             .order_by("later", "received_at", "pk")
         )
@@ -59,6 +57,16 @@ def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
         if ids:
             StripeEvent.objects.filter(pk__in=ids).update(claimed_until=now + EVENT_LEASE)
     return ids
+
+
+def _behind_reads(now: dt.datetime) -> Q:
+    """The events that wait behind their store's queued read-backs (READS_FIRST_AT_MOST)."""
+    reads_queued = DeclineLookup.objects.filter(due_at__lte=now).values("store_id")
+    return (
+        ~Q(type__in=FIRST)
+        & Q(store_id__in=reads_queued)
+        & Q(received_at__gt=now - READS_FIRST_AT_MOST)
+    )
 
 
 def stripe_events_work(
@@ -94,6 +102,7 @@ def stripe_events_work(
             daemon=True,
         )
         reader.start()
+    idle = 0
     try:
         while running():
             ids = stripe_events_claim(now=timezone.now(), limit=limit)
@@ -101,10 +110,16 @@ def stripe_events_work(
                 stripe_event_process(event_pk=pk)
             done += len(ids)
             read = 0 if reader else lookups.decline_lookups_run(now=timezone.now())
-            if not ids and not read:
-                if until_idle:
-                    break
-                time.sleep(idle_sleep)
+            if ids or read:
+                idle = 0
+                continue
+            if until_idle:
+                break
+            # Nothing to claim: wait longer each time, up to IDLE_SLEEP_MOST. A claim
+            # that finds nothing still reads the pending events it skips (those waiting
+            # behind a store's read-backs: tens of thousands in a burst).
+            time.sleep(min(idle_sleep * 2 ** min(idle, 5), max(idle_sleep, IDLE_SLEEP_MOST)))
+            idle += 1
     finally:
         stopped.set()  # the reader ends with this loop, however it ended
         if reader is not None:
@@ -128,8 +143,10 @@ def _lookups_loop(running: Callable[[], bool], idle_sleep: float) -> None:
 def stripe_event_reprocess_pending(
     *, older_than: dt.timedelta = dt.timedelta(minutes=2), limit: int = 500
 ) -> int:
-    """The sweep: events not processed yet (lost task, earlier error) get another go."""
-    cutoff = timezone.now() - older_than
+    """The sweep: events not processed yet (lost task, earlier error) get another go;
+    not those an intake worker holds, nor those waiting behind their store's read-backs."""
+    now = timezone.now()
+    cutoff = now - older_than
     pks = list(
         StripeEvent.objects.filter(
             outcome__in=[StripeEvent.Outcome.PENDING, StripeEvent.Outcome.FAILED],
@@ -137,6 +154,8 @@ def stripe_event_reprocess_pending(
             attempts__lt=10,
         )
         .exclude(error__startswith=MALFORMED)
+        .exclude(claimed_until__gt=now)
+        .exclude(_behind_reads(now))
         .order_by("received_at")
         .values_list("pk", flat=True)[:limit]
     )

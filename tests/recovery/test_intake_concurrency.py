@@ -313,3 +313,25 @@ def test_while_a_stores_read_backs_queue_up_its_other_events_wait_behind_them(st
     DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=now)
     later = now + READS_FIRST_AT_MOST + dt.timedelta(seconds=1)
     assert stripe_events_claim(now=later, limit=10) == [charge.pk]
+
+
+def test_the_sweep_leaves_an_event_a_worker_holds_and_takes_it_once_the_lease_ran_out(store):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from recovery.intake import stripe_event_reprocess_pending, stripe_event_store
+
+    event = sf.event("invoice.payment_failed", sf.failed_invoice(customer="cus_sweep"))
+    stripe_event_store(store=store, event=event)
+    row = StripeEvent.objects.get(event_id=event["id"])
+    long_ago = timezone.now() - dt.timedelta(minutes=10)
+    StripeEvent.objects.filter(pk=row.pk).update(
+        received_at=long_ago, claimed_until=timezone.now() + dt.timedelta(minutes=1)
+    )
+    assert stripe_event_reprocess_pending() == 0  # an intake worker has it
+    StripeEvent.objects.filter(pk=row.pk).update(claimed_until=long_ago)
+    assert stripe_event_reprocess_pending() == 1  # that worker was lost: swept
+    row.refresh_from_db()
+    assert row.outcome == StripeEvent.Outcome.PROCESSED
+    assert RecoveryCase.objects.filter(invoice__stripe_id=event["data"]["object"]["id"]).exists()
