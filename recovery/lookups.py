@@ -15,6 +15,7 @@ conservatively, and a later answer reclassifies it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -24,19 +25,21 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from subscriptions.models import Invoice
 
 from .gateways import gateway_for
 from .gateways.base import FailureRead
-from .models import DeclineLookup, PaymentAttempt, RecoveryCase
+from .models import DeclineLookup, PaymentAttempt, RecoveryCase, StripeEvent
 from .services import (
     case_event_record,
     invoice_serialize,
     payment_attempt_record,
     recovery_case_open,
 )
+from .stripe_payloads import DeclineInfo, decline_from_invoice
 
 logger = logging.getLogger(__name__)
 
@@ -46,30 +49,134 @@ BACKOFF_MOST = dt.timedelta(hours=1)
 # Past its deadline plus this, a lookup stops asking (the case goes on as an unknown
 # decline; an event that carries the decline still reclassifies it).
 GIVE_UP_AFTER = dt.timedelta(days=1)
+# The events whose invoice's decline is read ahead of their processing.
+FAILURE_EVENTS = ("invoice.payment_failed", "invoice.payment_action_required")
+# Reading ahead found nothing: look again after this many seconds.
+READ_AHEAD_IDLE = 1.0
+DECLINE_FIELDS = frozenset(f.name for f in dataclasses.fields(DeclineInfo))
 
 
 def decline_lookup_deadline(*, now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=settings.RECOUP_DECLINE_LOOKUP_SECONDS)
 
 
-def decline_lookup_request(*, case: RecoveryCase, now: dt.datetime) -> DeclineLookup:
+def decline_lookup_request(
+    *, case: RecoveryCase, now: dt.datetime, read_since: dt.datetime | None = None
+) -> DeclineLookup:
     """Ask for the case's invoice's decline to be read back (again, for a new failure).
-    In the event's transaction: the read itself happens after it commits."""
-    lookup, created = DeclineLookup.objects.get_or_create(
-        case=case,
-        defaults={
-            "store_id": case.store_id,
-            "invoice_stripe_id": case.invoice.stripe_id,
-            "requested_at": now,
-            "deadline": case.decline_awaited_until or decline_lookup_deadline(now=now),
-            "due_at": now,
-        },
+    In the event's transaction: the read itself happens after it commits.
+
+    A read already made ahead for this invoice (`decline_lookups_ahead`), asked for at or
+    after `read_since` (when the failure's event was received, so the answer covers that
+    attempt), classifies the case here and now; an older one is asked again."""
+    deadline = case.decline_awaited_until or decline_lookup_deadline(now=now)
+    DeclineLookup.objects.bulk_create(
+        [
+            DeclineLookup(
+                case=case,
+                store_id=case.store_id,
+                invoice_stripe_id=case.invoice.stripe_id,
+                requested_at=now,
+                deadline=deadline,
+                due_at=now,
+            )
+        ],
+        ignore_conflicts=True,
     )
-    if not created and lookup.due_at is None:
-        DeclineLookup.objects.filter(pk=lookup.pk).update(
-            due_at=now, requested_at=now, answered_at=None, attempts=0, last_error=""
-        )
+    lookup = DeclineLookup.objects.select_for_update().get(
+        store_id=case.store_id, invoice_stripe_id=case.invoice.stripe_id
+    )
+    ahead = lookup.case_id is None
+    fresh = lookup.answer is not None and (read_since is None or lookup.requested_at >= read_since)
+    if ahead:
+        lookup.case, lookup.deadline = case, deadline
+    if ahead and fresh:
+        DeclineLookup.objects.filter(pk=lookup.pk).update(case=case, deadline=deadline)
+        read = _answer_load(lookup.answer)
+        pi_id = read.decline.payment_intent_id or (read.payment_intent_ids or [""])[-1]
+        if pi_id and case.invoice.payment_intent_id != pi_id:
+            # (The answer's own transaction does this first; here the invoice's event
+            # holds the invoice already.)
+            Invoice.objects.filter(pk=case.invoice.pk).update(payment_intent_id=pi_id)
+            case.invoice.payment_intent_id = pi_id
+        _answer_record(lookup=lookup, answer=read, now=now, case=case)
+    elif ahead or lookup.due_at is None:
+        in_flight = lookup.due_at is not None and lookup.answer is None
+        changes = {"case": case, "deadline": deadline} if ahead else {}
+        if not in_flight:  # asked again (the read in the air, if any, is answered to the case)
+            changes |= {"due_at": now, "requested_at": now, "answered_at": None}
+            changes |= {"attempts": 0, "last_error": "", "answer": None}
+        DeclineLookup.objects.filter(pk=lookup.pk).update(**changes)
     return lookup
+
+
+def decline_lookups_ahead(
+    *, now: dt.datetime, since: tuple[dt.datetime, int] | None = None, limit: int = 50
+) -> tuple[tuple[dt.datetime, int] | None, int]:
+    """Read ahead: a lookup with no case yet for each invoice failure event stored and not
+    processed yet, received after `since` ((received_at, pk) of the last one looked at),
+    that does not carry its decline and whose invoice has no lookup. Its read need not
+    wait for the intake to open the case, which in a burst of failures falls behind the
+    reads the store's rate limit allows. Returns (the last event looked at, created).
+
+    An event committed after a later one was looked at is passed over here: its case
+    asks for the read itself when it opens."""
+    pending = StripeEvent.objects.filter(
+        outcome=StripeEvent.Outcome.PENDING, type__in=FAILURE_EVENTS
+    )
+    if since is not None:
+        at, pk = since
+        pending = pending.filter(Q(received_at__gt=at) | Q(received_at=at, pk__gt=pk))
+    rows = list(
+        pending.order_by("received_at", "pk").values_list(
+            "pk", "received_at", "store_id", "payload__data__object"
+        )[:limit]
+    )
+    if not rows:
+        return since, 0
+    wanted: dict[tuple, None] = {}
+    for _, _, store_id, data in rows:
+        if isinstance(data, dict) and isinstance(data.get("id"), str) and data["id"]:
+            if not decline_from_invoice(data).has_code:
+                wanted[(store_id, data["id"][:255])] = None
+    settled = set(
+        Invoice.objects.filter(
+            store_id__in={store_id for store_id, _ in wanted},
+            stripe_id__in={invoice_id for _, invoice_id in wanted},
+            status__in=[Invoice.Status.PAID, Invoice.Status.VOID],
+        ).values_list("store_id", "stripe_id")
+    )
+    deadline = decline_lookup_deadline(now=now)
+    created = DeclineLookup.objects.bulk_create(
+        [
+            DeclineLookup(
+                store_id=store_id,
+                invoice_stripe_id=invoice_id,
+                requested_at=now,
+                deadline=deadline,
+                due_at=now,
+            )
+            for store_id, invoice_id in wanted
+            if (store_id, invoice_id) not in settled
+        ],
+        ignore_conflicts=True,
+    )
+    return (rows[-1][1], rows[-1][0]), len(created)
+
+
+def _answer_dump(answer: FailureRead) -> dict:
+    return dataclasses.asdict(answer)
+
+
+def _answer_load(data: dict) -> FailureRead:
+    decline = DeclineInfo(
+        **{k: v for k, v in (data.get("decline") or {}).items() if k in DECLINE_FIELDS}
+    )
+    return FailureRead(
+        decline=decline,
+        payment_intent_ids=list(data.get("payment_intent_ids") or []),
+        paid=bool(data.get("paid")),
+    )
 
 
 def decline_lookups_claim(*, now: dt.datetime, limit: int = 100) -> list[DeclineLookup]:
@@ -118,6 +225,7 @@ def decline_lookups_stream(*, running: Callable[[], bool], idle_sleep: float = 0
     Returns how many were read once `running()` is false."""
     concurrency = max(1, int(settings.RECOUP_LOOKUP_CONCURRENCY))
     ahead, done = 2 * concurrency, 0
+    since, ahead_next = None, 0.0  # reading ahead: the last event looked at, and when next
     inflight: dict[Future, DeclineLookup] = {}
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="recoup-lookup")
     try:
@@ -125,7 +233,13 @@ def decline_lookups_stream(*, running: Callable[[], bool], idle_sleep: float = 0
             while running():
                 claimed: list[DeclineLookup] = []
                 if len(inflight) <= concurrency:  # half the window free: claim to fill it
-                    claimed = decline_lookups_claim(now=timezone.now(), limit=ahead - len(inflight))
+                    want = ahead - len(inflight)
+                    claimed = decline_lookups_claim(now=timezone.now(), limit=want)
+                    if len(claimed) < want and time.monotonic() >= ahead_next:
+                        # The due reads run short: read ahead of the intake (claimed
+                        # on the next turn).
+                        since, made = decline_lookups_ahead(now=timezone.now(), since=since)
+                        ahead_next = time.monotonic() + (0 if made else READ_AHEAD_IDLE)
                     gateways = _gateways(claimed)
                     for lookup in claimed:
                         gateway = gateways[lookup.store_id]
@@ -233,11 +347,16 @@ def _retry_later(
     """Ask again later, each time longer (5 s, 15 s, 45 s … an hour); a 429's own wait
     when it has one. Nothing is asked after the case's window or a day past the deadline."""
     attempts = lookup.attempts + 1
-    case_window_end = (
-        RecoveryCase.objects.filter(pk=lookup.case_id).values_list("window_end", flat=True).first()
-    )
+    give_up_at = lookup.deadline + GIVE_UP_AFTER
+    if lookup.case_id is not None:  # read ahead, no case yet: until the deadline's day
+        case_window_end = (
+            RecoveryCase.objects.filter(pk=lookup.case_id)
+            .values_list("window_end", flat=True)
+            .first()
+        )
+        give_up_at = min(case_window_end or now, give_up_at)
     due = now + (wait or _backoff(attempts))
-    if case_window_end is None or due >= min(case_window_end, lookup.deadline + GIVE_UP_AFTER):
+    if due >= give_up_at:
         due = None  # given up: the error stays on the lookup
     DeclineLookup.objects.filter(pk=lookup.pk).update(
         attempts=attempts, last_error=error[:300], due_at=due
@@ -250,6 +369,8 @@ def decline_lookup_answer(
     """Record one read-back: the decline on the invoice's attempt and on the case (its
     track decided by it, whatever order the events came in). A paid or closed invoice
     stays as it is: a late answer opens nothing."""
+    if lookup.case_id is None and _answer_keep_ahead(lookup=lookup, answer=answer, now=now):
+        return "kept"
     if not isinstance(answer, Exception):
         pi_ids = answer.payment_intent_ids
         pi_id = answer.decline.payment_intent_id or (pi_ids[-1] if pi_ids else "")
@@ -267,7 +388,32 @@ def decline_lookup_answer(
         return _answer_record(lookup=lookup, answer=answer, now=now)
 
 
-def _answer_record(*, lookup: DeclineLookup, answer: FailureRead | Exception, now) -> str:
+def _answer_keep_ahead(*, lookup: DeclineLookup, answer: FailureRead | Exception, now) -> bool:
+    """A read made ahead of its case: its answer kept on the lookup for the case to take
+    when it opens. False when a case took the lookup over meanwhile (`lookup` is then
+    refreshed, and the answer goes to the case as usual)."""
+    if isinstance(answer, FailureRead) and (answer.paid or answer.decline.has_code):
+        kept = DeclineLookup.objects.filter(pk=lookup.pk, case__isnull=True).update(
+            answer=_answer_dump(answer), due_at=None, answered_at=now, last_error=""
+        )
+    else:  # an error, or no decline on the payment yet: asked again later
+        with transaction.atomic():
+            locked = DeclineLookup.objects.select_for_update().filter(pk=lookup.pk)
+            kept = locked.filter(case__isnull=True).exists()
+            if kept:
+                _answer_record(lookup=lookup, answer=answer, now=now)
+    if not kept:
+        lookup.refresh_from_db()
+    return bool(kept)
+
+
+def _answer_record(
+    *,
+    lookup: DeclineLookup,
+    answer: FailureRead | Exception,
+    now,
+    case: RecoveryCase | None = None,
+) -> str:
     if isinstance(answer, Exception):
         # The store's budget booked up (the pacer says when a slot frees), or Stripe down.
         wait = getattr(answer, "retry_after", None)
@@ -278,11 +424,15 @@ def _answer_record(*, lookup: DeclineLookup, answer: FailureRead | Exception, no
             wait=dt.timedelta(seconds=wait) if isinstance(wait, int | float) else None,
         )
         return "failed"
-    case = (
-        RecoveryCase.objects.select_for_update(of=("self",))
-        .select_related("invoice", "customer", "store")
-        .get(pk=lookup.case_id)
-    )
+    if lookup.case_id is None:  # read ahead, no case yet: no decline on the payment yet
+        _retry_later(lookup, error="Stripe does not say why yet", now=now)
+        return "not_yet"
+    if case is None:
+        case = (
+            RecoveryCase.objects.select_for_update(of=("self",))
+            .select_related("invoice", "customer", "store")
+            .get(pk=lookup.case_id)
+        )
     invoice = case.invoice
     if (
         answer.paid

@@ -320,8 +320,15 @@ class DeclineLookup(models.Model):
     after its answer for the record."""
 
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+")
-    case = models.OneToOneField(RecoveryCase, on_delete=models.CASCADE, related_name="lookup")
+    # None: read ahead, from a failure event stored but not processed yet (the intake's
+    # read-back thread, so that a burst's reads need not wait for its cases to open);
+    # the event's case takes it over when it opens (`lookups.decline_lookup_request`).
+    case = models.OneToOneField(
+        RecoveryCase, on_delete=models.CASCADE, related_name="lookup", null=True, blank=True
+    )
     invoice_stripe_id = models.CharField(max_length=255)
+    # The answer to a read ahead (a `FailureRead` as JSON), kept until the case opens.
+    answer = models.JSONField(null=True, blank=True)
     requested_at = models.DateTimeField()
     # Past this the case is classified conservatively; a later answer reclassifies it.
     deadline = models.DateTimeField()
@@ -335,6 +342,13 @@ class DeclineLookup(models.Model):
             # The intake workers' claim: lookups due, earliest first.
             models.Index(
                 fields=["due_at"], condition=models.Q(due_at__isnull=False), name="lookup_due_idx"
+            ),
+        ]
+        constraints = [
+            # One read-back per invoice (a case has one invoice): a read ahead and the
+            # case's own request meet on this.
+            models.UniqueConstraint(
+                fields=["store", "invoice_stripe_id"], name="lookup_one_per_invoice"
             ),
         ]
 

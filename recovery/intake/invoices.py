@@ -107,7 +107,9 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
     if case.is_open and not decline.has_code and (created or case.decline_awaited_until):
         # The event does not say why (no current-API webhook does): read it back from
         # Stripe once this transaction has committed.
-        lookups.decline_lookup_request(case=case, now=timezone.now())
+        # A read made ahead of this event (while it waited to be processed) classifies
+        # the case now.
+        lookups.decline_lookup_request(case=case, now=timezone.now(), read_since=event.received_at)
     if subscription is not None:
         subs.subscription_mark_past_due(subscription=subscription, at=at)
     # The renewal order waits for the money: pause its shipment, hold its stock.

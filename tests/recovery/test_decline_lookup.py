@@ -224,3 +224,176 @@ def test_the_read_back_stream_reads_each_invoice_once_and_records_every_answer(
     assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
     assert not RecoveryCase.objects.filter(decline_awaited_until__isnull=False).exists()
     assert CaseEvent.objects.filter(kind="decline_read").count() == 5
+
+
+def _stored_failures(store, fake_stripe, codes):  # noqa: F811
+    """Failure events stored by the webhook and not processed yet; Stripe knows them."""
+    from recovery.intake import stripe_event_store
+
+    invoices, stored = [], []
+    for i, code in enumerate(codes):
+        invoice = sf.failed_invoice(customer=f"cus_ahead{i}", decline_code=code)
+        fake_stripe.add_invoice(invoice)
+        invoices.append(invoice)
+        stored.append(
+            stripe_event_store(store=store, event=sf.event("invoice.payment_failed", invoice))[0]
+        )
+    return invoices, stored
+
+
+def _stream_until(done, seconds: float = 30) -> int:
+    import time
+
+    from recovery.lookups import decline_lookups_stream
+
+    until = time.monotonic() + seconds
+    return decline_lookups_stream(
+        running=lambda: time.monotonic() < until and not done(), idle_sleep=0.01
+    )
+
+
+def test_reads_go_ahead_of_the_intake_and_each_case_opens_classified_by_its_answer(
+    store,
+    settings,
+    fake_stripe,  # noqa: F811 - the fixture
+):
+    """In a burst the intake falls behind the reads the rate limit allows: the read-back
+    thread reads the declines of failure events still waiting to be processed, keeps the
+    answers, and each case opens classified from them, with no second read."""
+    from recovery.intake import stripe_event_process
+
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    settings.RECOUP_LOOKUP_CONCURRENCY = 2
+    codes = ["insufficient_funds", "lost_card", "expired_card"]
+    invoices, stored = _stored_failures(store, fake_stripe, codes)
+    # One failure event carries its decline (an older API version): nothing to read.
+    carried = sf.failed_invoice(customer="cus_carried", decline_code="do_not_honor")
+    carried["last_finalization_error"] = None
+    from recovery.intake import stripe_event_store
+
+    event = sf.event("invoice.payment_failed", carried)
+    event["data"]["object"]["charge"] = sf.charge_failed(carried)
+    stripe_event_store(store=store, event=event)
+    answered = DeclineLookup.objects.filter(answered_at__isnull=False)
+
+    _stream_until(lambda: answered.count() >= 3)
+
+    assert not RecoveryCase.objects.exists()  # nothing processed: only read
+    kept = DeclineLookup.objects.order_by("invoice_stripe_id")
+    assert sorted(kept.values_list("invoice_stripe_id", flat=True)) == sorted(
+        inv["id"] for inv in invoices
+    )  # not the event that carried its decline
+    assert all(lk.case_id is None and lk.answer and lk.due_at is None for lk in kept)
+    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
+    assert sorted(r.param("invoice") for r in reads) == sorted(inv["id"] for inv in invoices)
+
+    for row in stored:
+        stripe_event_process(event_pk=row.pk)
+
+    got = dict(RecoveryCase.objects.values_list("invoice__stripe_id", "decline_code"))
+    assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
+    cases = RecoveryCase.objects.all()
+    assert not cases.filter(decline_awaited_until__isnull=False).exists()
+    lost = cases.get(decline_code="lost_card")
+    assert lost.track == declines.classify(decline_code="lost_card").track
+    assert lost.retry_at is None  # never retried on a lost card
+    assert set(DeclineLookup.objects.values_list("case_id", flat=True)) == set(
+        cases.values_list("pk", flat=True)
+    )
+    timeline = CaseEvent.objects.filter(kind="decline_read")
+    assert timeline.count() == 3 and all(": classified" in e.message for e in timeline)
+    # The PaymentIntent the read named is on the invoice: its own events find it.
+    assert all(case.invoice.payment_intent_id for case in cases)
+    assert len(fake_stripe.requests_to("GET", "/v1/invoice_payments")) == 3  # no read twice
+
+
+def test_a_read_made_before_the_failure_was_received_is_asked_again(
+    store,
+    settings,
+    fake_stripe,  # noqa: F811 - the fixture
+):
+    """An answer kept from before this failure's event (an earlier attempt of the same
+    invoice) does not say why this attempt failed: the case waits for a new read."""
+    from recovery.intake import stripe_event_process
+    from recovery.lookups import decline_lookups_ahead
+
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    invoices, stored = _stored_failures(store, fake_stripe, ["insufficient_funds"])
+    since, made = decline_lookups_ahead(now=timezone.now())
+    assert made == 1 and since == (stored[0].received_at, stored[0].pk)
+    assert decline_lookups_ahead(now=timezone.now(), since=since) == (since, 0)
+    _stream_until(lambda: DeclineLookup.objects.filter(answer__isnull=False).exists())
+    DeclineLookup.objects.update(requested_at=stored[0].received_at - dt.timedelta(seconds=1))
+
+    stripe_event_process(event_pk=stored[0].pk)
+
+    case = RecoveryCase.objects.get()
+    lookup = DeclineLookup.objects.get()
+    assert case.decline_awaited_until is not None and case.decline_code == ""
+    assert lookup.case_id == case.pk and lookup.answer is None
+    assert lookup.due_at is not None and lookup.answered_at is None  # asked again
+    assert decline_lookups_run() == 1
+    case.refresh_from_db()
+    assert case.decline_code == "insufficient_funds" and case.decline_awaited_until is None
+
+
+def test_a_read_ahead_answered_after_its_case_opened_goes_to_the_case(
+    store,
+    fake_stripe,  # noqa: F811 - the fixture
+):
+    """The intake opens the case while the read made ahead is in the air: the case takes
+    the lookup over and the answer, when it lands, classifies the case."""
+    from recovery.gateways import gateway_for
+    from recovery.intake import stripe_event_process
+    from recovery.lookups import (
+        decline_lookup_answer,
+        decline_lookups_ahead,
+        decline_lookups_claim,
+    )
+
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    invoices, stored = _stored_failures(store, fake_stripe, ["incorrect_cvc"])
+    decline_lookups_ahead(now=timezone.now())
+    [in_flight] = decline_lookups_claim(now=timezone.now())
+    assert in_flight.case_id is None
+    stripe_event_process(event_pk=stored[0].pk)
+    case = RecoveryCase.objects.get()
+    assert case.decline_awaited_until is not None
+    assert DeclineLookup.objects.get().case_id == case.pk
+    assert not fake_stripe.requests_to("GET", "/v1/invoice_payments")  # not asked twice
+
+    answer = gateway_for(store).invoice_failure_read(invoice_id=invoices[0]["id"])
+    assert decline_lookup_answer(lookup=in_flight, answer=answer, now=timezone.now()) == (
+        "answered"
+    )
+
+    case.refresh_from_db()
+    assert case.decline_code == "incorrect_cvc" and case.decline_awaited_until is None
+    assert (
+        DeclineLookup.objects.get().answer is None
+        and len(fake_stripe.requests_to("GET", "/v1/invoice_payments")) == 1
+    )
+
+
+def test_a_read_ahead_that_fails_is_asked_again_until_its_case_opens(store, settings):
+    """Stripe unreachable: the read made ahead is kept due, with its error and back-off,
+    not given up for want of a case."""
+    from recovery.intake import stripe_event_store
+    from recovery.lookups import decline_lookups_ahead
+
+    store.gateway, store.stripe_secret_key = Store.Gateway.STRIPE, "sk_test_down"
+    store.save()
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"
+    invoice = sf.failed_invoice(decline_code="expired_card")
+    stripe_event_store(store=store, event=sf.event("invoice.payment_failed", invoice))
+    decline_lookups_ahead(now=timezone.now())
+
+    assert decline_lookups_run() == 1
+
+    lookup = DeclineLookup.objects.get()
+    assert lookup.case_id is None and lookup.answer is None
+    assert lookup.attempts == 1 and "APIConnectionError" in lookup.last_error
+    assert lookup.due_at > timezone.now()
