@@ -25,7 +25,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from subscriptions.models import Invoice
@@ -117,7 +116,8 @@ def decline_lookups_ahead(
     processed yet, received after `since` ((received_at, pk) of the last one looked at),
     that does not carry its decline and whose invoice has no lookup. Its read need not
     wait for the intake to open the case, which in a burst of failures falls behind the
-    reads the store's rate limit allows. Returns (the last event looked at, created).
+    reads the store's rate limit allows. Returns (the last event looked at, how many
+    lookups it asked for, those another worker or the case had made already included).
 
     An event committed after a later one was looked at is passed over here: its case
     asks for the read itself when it opens."""
@@ -126,7 +126,8 @@ def decline_lookups_ahead(
     )
     if since is not None:
         at, pk = since
-        pending = pending.filter(Q(received_at__gt=at) | Q(received_at=at, pk__gt=pk))
+        # (received_at, pk) after `since`, with received_at as a range the index can take.
+        pending = pending.filter(received_at__gte=at).exclude(received_at=at, pk__lte=pk)
     rows = list(
         pending.order_by("received_at", "pk").values_list(
             "pk", "received_at", "store_id", "payload__data__object"
@@ -147,7 +148,7 @@ def decline_lookups_ahead(
         ).values_list("store_id", "stripe_id")
     )
     deadline = decline_lookup_deadline(now=now)
-    created = DeclineLookup.objects.bulk_create(
+    asked = DeclineLookup.objects.bulk_create(
         [
             DeclineLookup(
                 store_id=store_id,
@@ -161,7 +162,7 @@ def decline_lookups_ahead(
         ],
         ignore_conflicts=True,
     )
-    return (rows[-1][1], rows[-1][0]), len(created)
+    return (rows[-1][1], rows[-1][0]), len(asked)
 
 
 def _answer_dump(answer: FailureRead) -> dict:

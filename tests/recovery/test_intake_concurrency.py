@@ -16,7 +16,7 @@ from django.test import Client
 
 from recovery.gateways.sandbox import sandbox_payment_record
 from recovery.intake import stripe_events_work
-from recovery.models import PaymentAttempt, RecoveryCase, StripeEvent
+from recovery.models import DeclineLookup, PaymentAttempt, RecoveryCase, StripeEvent
 from subscriptions.models import Customer, Invoice
 from tests import stripe_factory as sf
 from tests.conftest import WEBHOOK_SECRET, requires_postgres
@@ -160,6 +160,10 @@ def test_two_workers_with_their_read_back_threads_classify_every_case(store):
     assert all_classified()
     got = dict(RecoveryCase.objects.values_list("invoice__stripe_id", "decline_code"))
     assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
+    # Reads made ahead of the intake and the cases' own requests met on one lookup per
+    # invoice, each taken over by its case.
+    lookups = DeclineLookup.objects.filter(store=store)
+    assert lookups.count() == len(invoices) and not lookups.filter(case__isnull=True).exists()
 
 
 def test_events_that_open_cases_are_claimed_first(store):
@@ -273,14 +277,14 @@ def test_a_webhook_on_a_connection_the_database_dropped_is_still_stored(store):
 
 def test_while_a_stores_read_backs_queue_up_its_other_events_wait_behind_them(store):
     """A burst: the read-backs its new cases wait for come before the Charge and
-    PaymentIntent events that repeat them, up to READS_FIRST_AT_MOST; another store's
+    PaymentIntent events that repeat them, up to reads_first_at_most(); another store's
     events, and the events that open or close a case, are claimed as ever."""
     import datetime as dt
 
     from django.utils import timezone
 
     from recovery.intake import stripe_event_process, stripe_event_store, stripe_events_claim
-    from recovery.intake.worker import READS_FIRST_AT_MOST
+    from recovery.intake.worker import reads_first_at_most
     from recovery.models import DeclineLookup
     from stores.models import Store
 
@@ -311,7 +315,7 @@ def test_while_a_stores_read_backs_queue_up_its_other_events_wait_behind_them(st
     # Queued again, but the charge has waited long enough: it goes on all the same.
     StripeEvent.objects.filter(pk=charge.pk).update(claimed_until=None)
     DeclineLookup.objects.filter(pk=lookup.pk).update(due_at=now)
-    later = now + READS_FIRST_AT_MOST + dt.timedelta(seconds=1)
+    later = now + reads_first_at_most() + dt.timedelta(seconds=1)
     assert stripe_events_claim(now=later, limit=10) == [charge.pk]
 
 
