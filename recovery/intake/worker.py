@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Q, When
 from django.utils import timezone
@@ -28,12 +29,16 @@ EVENT_LEASE = dt.timedelta(minutes=2)
 # does not change a case's outcome (tests/recovery/test_decline_lookup.py).
 FIRST = ("invoice.payment_failed", "invoice.payment_action_required", "invoice.paid")
 
+
 # While a store's decline read-backs queue up (due, not taken by a reader yet), its other
 # events wait behind them, for this long at most: in a burst of failures, the CPU goes to
 # opening cases and recording what Stripe says about them (what their plans wait for)
 # before the rest: the Charge and PaymentIntent events, which repeat what the read-back
 # tells, and customer and subscription updates, which re-plan a case already planned.
-READS_FIRST_AT_MOST = dt.timedelta(minutes=5)
+# As long as a case waits for its decline at most (RECOUP_DECLINE_LOOKUP_SECONDS).
+def reads_first_at_most() -> dt.timedelta:
+    return dt.timedelta(seconds=settings.RECOUP_DECLINE_LOOKUP_SECONDS)
+
 
 # The longest an idle worker sleeps between two claims (seconds).
 IDLE_SLEEP_MOST = 1.0
@@ -60,12 +65,12 @@ def stripe_events_claim(*, now: dt.datetime, limit: int = 100) -> list[int]:
 
 
 def _behind_reads(now: dt.datetime) -> Q:
-    """The events that wait behind their store's queued read-backs (READS_FIRST_AT_MOST)."""
+    """The events that wait behind their store's queued read-backs (reads_first_at_most)."""
     reads_queued = DeclineLookup.objects.filter(due_at__lte=now).values("store_id")
     return (
         ~Q(type__in=FIRST)
         & Q(store_id__in=reads_queued)
-        & Q(received_at__gt=now - READS_FIRST_AT_MOST)
+        & Q(received_at__gt=now - reads_first_at_most())
     )
 
 
