@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, DateTimeField, F, Q, Value, When
+from django.db.models import F, Q
 from django.utils import timezone
 
 from subscriptions.models import Invoice, Subscription
@@ -495,15 +495,12 @@ def case_attempt_seen(
 ) -> None:
     if not created or attempt.outcome == PaymentAttempt.Outcome.NOT_SENT:
         return
-    later = Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at)
     RecoveryCase.objects.filter(pk=case.pk).update(
-        attempt_count=F("attempt_count") + 1,
-        updated_at=timezone.now(),
-        last_attempt_at=Case(
-            When(later, then=Value(at, output_field=DateTimeField())),
-            default=F("last_attempt_at"),
-        ),
+        attempt_count=F("attempt_count") + 1, updated_at=timezone.now()
     )
+    RecoveryCase.objects.filter(
+        Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
+    ).update(last_attempt_at=at)
     case.refresh_from_db(fields=["attempt_count", "last_attempt_at"])
     if case.is_open and case.decline_awaited_until is None:  # a waiting case waits as planned
         case_plan(case, now=timezone.now())

@@ -48,9 +48,8 @@ BACKOFF_MOST = dt.timedelta(hours=1)
 # Past its deadline plus this, a lookup stops asking (the case goes on as an unknown
 # decline; an event that carries the decline still reclassifies it).
 GIVE_UP_AFTER = dt.timedelta(days=1)
-# The events whose invoice's decline is read ahead of their processing (an invoice that
-# needs action is classified by that, and never read back).
-FAILURE_EVENTS = ("invoice.payment_failed",)
+# The events whose invoice's decline is read ahead of their processing.
+FAILURE_EVENTS = ("invoice.payment_failed", "invoice.payment_action_required")
 # Reading ahead found nothing: look again after this many seconds.
 READ_AHEAD_IDLE = 1.0
 DECLINE_FIELDS = frozenset(f.name for f in dataclasses.fields(DeclineInfo))
@@ -113,7 +112,7 @@ def decline_lookup_request(
 def decline_lookups_ahead(
     *, now: dt.datetime, since: tuple[dt.datetime, int] | None = None, limit: int = 50
 ) -> tuple[tuple[dt.datetime, int] | None, int]:
-    """Read ahead: a lookup with no case yet for each `invoice.payment_failed` stored and not
+    """Read ahead: a lookup with no case yet for each invoice failure event stored and not
     processed yet, received after `since` ((received_at, pk) of the last one looked at),
     that does not carry its decline and whose invoice has no lookup. Its read need not
     wait for the intake to open the case, which in a burst of failures falls behind the
@@ -464,15 +463,6 @@ def _answer_record(
         payment_intent_ids=pi_ids,
         case=case,
     )
-    decline_read_record(case=case, decline=decline, awaited=awaited, now=now)
-    DeclineLookup.objects.filter(pk=lookup.pk).update(
-        due_at=None, answered_at=now, attempts=lookup.attempts + 1, last_error=""
-    )
-    return "answered"
-
-
-def decline_read_record(*, case: RecoveryCase, decline, awaited: bool, now) -> None:
-    """The case's timeline: what Stripe said, and the track it gave the case."""
     case_event_record(
         case=case,
         kind="decline_read",
@@ -491,55 +481,10 @@ def decline_read_record(*, case: RecoveryCase, decline, awaited: bool, now) -> N
         ),
         data={"decline_code": decline.decline_code, "track": case.track},
     )
-
-
-def decline_read_ahead(
-    *, store_id, invoice_stripe_id: str, read_since: dt.datetime
-) -> tuple[DeclineLookup, FailureRead] | None:
-    """In the event's transaction, before its case opens: the decline a read made ahead
-    found for the invoice (asked at or after `read_since`), its lookup row locked, so
-    that the case opens classified by it at once. None when there is no such answer, or
-    it cannot be taken here: the invoice paid meanwhile, or a Charge event of the attempt
-    already recorded apart (`decline_lookup_request` and the answer's usual path join
-    them)."""
-    lookup = (
-        DeclineLookup.objects.select_for_update()
-        .filter(store_id=store_id, invoice_stripe_id=invoice_stripe_id, case__isnull=True)
-        .exclude(answer=None)
-        .filter(requested_at__gte=read_since)
-        .first()
-    )
-    if lookup is None:
-        return None
-    read = _answer_load(lookup.answer)
-    if read.paid or not read.decline.has_code:
-        return None
-    charge_id = read.decline.charge_id
-    if charge_id and PaymentAttempt.objects.filter(store_id=store_id, charge_id=charge_id).exists():
-        return None
-    pi_ids = read.payment_intent_ids
-    read.decline.payment_intent_id = read.decline.payment_intent_id or (pi_ids or [""])[-1]
-    return lookup, read
-
-
-def decline_read_ahead_taken(
-    *, lookup: DeclineLookup, case: RecoveryCase, read: FailureRead, now: dt.datetime
-) -> None:
-    """The case opened classified by the read made ahead (`decline_read_ahead`): the
-    lookup is the case's, answered; the invoice knows its PaymentIntent."""
-    pi_id = read.decline.payment_intent_id
-    if pi_id and case.invoice.payment_intent_id != pi_id:
-        Invoice.objects.filter(pk=case.invoice.pk).update(payment_intent_id=pi_id)
-        case.invoice.payment_intent_id = pi_id
     DeclineLookup.objects.filter(pk=lookup.pk).update(
-        case=case,
-        deadline=decline_lookup_deadline(now=now),
-        due_at=None,
-        answered_at=now,
-        attempts=lookup.attempts + 1,
-        last_error="",
+        due_at=None, answered_at=now, attempts=lookup.attempts + 1, last_error=""
     )
-    decline_read_record(case=case, decline=read.decline, awaited=True, now=now)
+    return "answered"
 
 
 def _attempt_fill(*, case: RecoveryCase, invoice: Invoice, decline) -> None:

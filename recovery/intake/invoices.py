@@ -58,16 +58,6 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
     if outcome == PaymentAttempt.Outcome.REQUIRES_ACTION and not decline.has_code:
         decline.decline_code = "authentication_required"
     at = _at(event)
-    ahead = None
-    if not decline.has_code and invoice.status not in (Invoice.Status.PAID, Invoice.Status.VOID):
-        # Read ahead while this event waited (a burst): the case opens classified by it.
-        ahead = lookups.decline_read_ahead(
-            store_id=event.store_id,
-            invoice_stripe_id=invoice.stripe_id,
-            read_since=event.received_at,
-        )
-    if ahead is not None:
-        decline = ahead[1].decline.merge(decline)
     if invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID):
         payment_attempt_record(
             store=event.store,
@@ -95,12 +85,8 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         invoice=invoice,
         subscription=subscription,
         order=ports.renewal_order(event.store, subscription, data),
-        payment_intent_ids=(
-            ahead[1].payment_intent_ids if ahead else invoice_payment_intent_ids(data)
-        ),
-        decline_awaited_until=(
-            None if ahead else lookups.decline_lookup_deadline(now=timezone.now())
-        ),
+        payment_intent_ids=invoice_payment_intent_ids(data),
+        decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
         replan_unchanged=False,
     )
     attempt, created = payment_attempt_record(
@@ -118,11 +104,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         stripe_event_id=event.pk,
     )
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
-    if ahead is not None:
-        lookups.decline_read_ahead_taken(
-            lookup=ahead[0], case=case, read=ahead[1], now=timezone.now()
-        )
-    elif case.is_open and not decline.has_code and (created or case.decline_awaited_until):
+    if case.is_open and not decline.has_code and (created or case.decline_awaited_until):
         # The event does not say why (no current-API webhook does): read it back from
         # Stripe once this transaction has committed.
         # A read made ahead of this event (while it waited to be processed) classifies
