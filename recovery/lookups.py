@@ -48,8 +48,9 @@ BACKOFF_MOST = dt.timedelta(hours=1)
 # Past its deadline plus this, a lookup stops asking (the case goes on as an unknown
 # decline; an event that carries the decline still reclassifies it).
 GIVE_UP_AFTER = dt.timedelta(days=1)
-# The events whose invoice's decline is read ahead of their processing.
-FAILURE_EVENTS = ("invoice.payment_failed", "invoice.payment_action_required")
+# The events whose invoice's decline is read ahead of their processing (an invoice that
+# needs action is classified by that, and never read back).
+FAILURE_EVENTS = ("invoice.payment_failed",)
 # Reading ahead found nothing: look again after this many seconds.
 READ_AHEAD_IDLE = 1.0
 DECLINE_FIELDS = frozenset(f.name for f in dataclasses.fields(DeclineInfo))
@@ -112,7 +113,7 @@ def decline_lookup_request(
 def decline_lookups_ahead(
     *, now: dt.datetime, since: tuple[dt.datetime, int] | None = None, limit: int = 50
 ) -> tuple[tuple[dt.datetime, int] | None, int]:
-    """Read ahead: a lookup with no case yet for each invoice failure event stored and not
+    """Read ahead: a lookup with no case yet for each `invoice.payment_failed` stored and not
     processed yet, received after `since` ((received_at, pk) of the last one looked at),
     that does not carry its decline and whose invoice has no lookup. Its read need not
     wait for the intake to open the case, which in a burst of failures falls behind the
