@@ -349,8 +349,8 @@ def _retry_later(
     """Ask again later, each time longer (5 s, 15 s, 45 s … an hour); a 429's own wait
     when it has one. Nothing is asked after the case's window or a day past the deadline."""
     attempts = lookup.attempts + 1
-    give_up_at = lookup.deadline + GIVE_UP_AFTER
-    if lookup.case_id is not None:  # read ahead, no case yet: until the deadline's day
+    give_up_at = lookup.deadline + GIVE_UP_AFTER  # read ahead, no case yet: this only
+    if lookup.case_id is not None:
         case_window_end = (
             RecoveryCase.objects.filter(pk=lookup.case_id)
             .values_list("window_end", flat=True)
