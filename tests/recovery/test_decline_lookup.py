@@ -267,15 +267,9 @@ def test_reads_go_ahead_of_the_intake_and_each_case_opens_classified_by_its_answ
     settings.RECOUP_LOOKUP_CONCURRENCY = 2
     codes = ["insufficient_funds", "lost_card", "expired_card"]
     invoices, stored = _stored_failures(store, fake_stripe, codes)
-    # One failure event carries its decline (an older API version): nothing to read.
-    carried = sf.failed_invoice(customer="cus_carried", decline_code="do_not_honor")
-    carried["last_finalization_error"] = None
     from recovery.intake import stripe_event_store
 
-    event = sf.event("invoice.payment_failed", carried)
-    event["data"]["object"]["charge"] = sf.charge_failed(carried)
-    stripe_event_store(store=store, event=event)
-    # Nor one that needs the customer's action (classified by that, never read back).
+    # An invoice that needs the customer's action is classified by that, never read back.
     needs_action = sf.failed_invoice(customer="cus_3ds", decline_code="authentication_required")
     stripe_event_store(store=store, event=sf.event("invoice.payment_action_required", needs_action))
     answered = DeclineLookup.objects.filter(answered_at__isnull=False)
@@ -286,7 +280,7 @@ def test_reads_go_ahead_of_the_intake_and_each_case_opens_classified_by_its_answ
     kept = DeclineLookup.objects.order_by("invoice_stripe_id")
     assert sorted(kept.values_list("invoice_stripe_id", flat=True)) == sorted(
         inv["id"] for inv in invoices
-    )  # not the event that carried its decline, nor the one that needs action
+    )  # not the one that needs action
     assert all(lk.case_id is None and lk.answer and lk.due_at is None for lk in kept)
     reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
     assert sorted(r.param("invoice") for r in reads) == sorted(inv["id"] for inv in invoices)
