@@ -75,24 +75,20 @@ def _postgres() -> bool:
 
 
 @functools.cache
-def _unprepared_cursor_class():
-    """Django's server-binding cursor, never preparing a statement (imported on first use:
-    only PostgreSQL has it)."""
+def _binding_cursor_class():
+    """Django's server-binding cursor (imported on first use: only PostgreSQL has it)."""
     from django.db.backends.postgresql.base import ServerBindingCursor
 
-    class Unprepared(ServerBindingCursor):
-        def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=False, binary=binary)
-
-    return Unprepared
+    return ServerBindingCursor
 
 
 @contextlib.contextmanager
 def binding_cursor(*, check_health: bool = True):
     """A cursor that sends its parameters apart from the statement (`%b`: in binary),
     wrapped as Django wraps its own (execute wrappers, query logging, error translation).
-    Statements are not prepared on the server, so a transaction-mode pooler in front of
-    PostgreSQL sees nothing it would have to keep per connection. check_health=False
+    A statement is prepared on the server as the connection's `prepare_threshold` says:
+    from its second run when DATABASE_PREPARED_STATEMENTS is on, never when it is off
+    (behind a pooler that does not track prepared statements). check_health=False
     skips Django's SELECT 1 on a reused connection: for a caller whose statement is its
     own check (it is sent again on a new connection if this one turns out dead)."""
     if check_health:
@@ -100,7 +96,7 @@ def binding_cursor(*, check_health: bool = True):
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
-        raw = _unprepared_cursor_class()(connection.connection)
+        raw = _binding_cursor_class()(connection.connection)
     cursor = (
         connection.make_debug_cursor(raw)
         if connection.queries_logged

@@ -423,3 +423,42 @@ def test_the_inbox_the_webhook_writes_has_three_indexes_and_an_lz4_payload_on_po
         "stripe_event_open_idx",
     }
     assert compression == ("l" if lz4_built else "")
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction, as in the webhook view
+def test_the_webhook_insert_is_prepared_only_as_the_connection_allows_on_postgresql(store):
+    """DATABASE_PREPARED_STATEMENTS on: the inbox INSERT is parsed and planned once per
+    connection. Off (prepare_threshold None, as behind a pooler that does not track
+    prepared statements): it is never prepared."""
+    from django.db import connection
+
+    from recovery.intake import stripe_event_store
+    from tests.conftest import requires_postgres
+
+    if connection.vendor != "postgresql":
+        pytest.skip(requires_postgres().kwargs["reason"])
+
+    def store_three(prefix: str) -> int:
+        for i in range(3):
+            event = sf.event("customer.updated", {"id": "cus_x", "object": "customer"})
+            event["id"] = f"evt_{prefix}{i}"
+            _, created = stripe_event_store(store=store, event=event)
+            assert created
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements"
+                " WHERE statement LIKE 'INSERT INTO recovery_stripeevent%%'"
+            )
+            return cursor.fetchone()[0]
+
+    connection.ensure_connection()
+    raw = connection.connection
+    threshold = raw.prepare_threshold
+    try:
+        raw.prepare_threshold = None
+        assert store_three("unprepared") == 0
+        raw.prepare_threshold = 2
+        assert store_three("prepared") == 1
+    finally:
+        raw.prepare_threshold = threshold
+    assert StripeEvent.objects.filter(store=store).count() == 6
