@@ -62,7 +62,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +80,8 @@ BURST_CONNECTIONS = 8
 TARGET_RATIO = 1.25  # burst time / rate-limit floor
 TARGET_P99_MS = 100.0
 SCHEDULER_EVERY_SECONDS = 10
-READS = "/v1/invoice_payments"  # what a case waiting for its decline needs: one GET
+# What a case waiting for its decline needs: one GET of its invoice (payments expanded).
+READS = re.compile(r"^/v1/invoices/in_[^/]+$")
 
 
 # ---------------------------------------------------------------- what Stripe holds
@@ -288,60 +288,6 @@ def _emulator():
     import fakestripe
 
     return fakestripe
-
-
-def _fake_class(fakestripe, indexed: bool):
-    """The emulator, or (default) the emulator with one list served from its own index.
-
-    `GET /v1/invoice_payments?invoice=…` scans and sorts every object of the account
-    under the emulator's one lock: ~100 ms a request with 10,000 renewals stored, which
-    would cap the emulator below the 25 requests/s the burst is about. The subclass
-    answers that one query shape from the account's invoice -> payments index with the
-    emulator's own parameter check and list rendering; `_index_check` compares the two
-    answers on real invoices before the burst."""
-    if not indexed:
-        return fakestripe.FakeStripe
-
-    class IndexedFakeStripe(fakestripe.FakeStripe):
-        index = True
-        BY_INVOICE = frozenset({"invoice", "limit", "expand"})
-
-        def _h_inpay_list(self, req):
-            p = req.params
-            by_invoice = isinstance(p.get("invoice"), str) and set(p) <= self.BY_INVOICE
-            if not (self.index and by_invoice):
-                return super()._h_inpay_list(req)
-            acct = req.acct
-            items = [acct.objects[i] for i in acct.invoice_payments.get(p["invoice"], [])]
-            items.sort(key=lambda o: (o.get("created") or 0, acct.seq[o["id"]]), reverse=True)
-            self._params(req, {"invoice", "limit"})
-            return 200, self._list(acct, items, p, "/v1/invoice_payments", req.expand)
-
-    return IndexedFakeStripe
-
-
-def _index_check(fake, key: str, invoices: list[str]) -> list[str]:
-    """The indexed answer is the emulator's own, for a few invoices."""
-    if not getattr(fake, "index", False):
-        return []
-
-    def read(invoice: str) -> bytes:
-        url = (
-            f"{fake.url}/v1/invoice_payments?invoice={invoice}&limit=10"
-            "&expand[0]=data.payment.payment_intent.latest_charge"
-        )
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.read()
-
-    misses = []
-    for invoice in invoices:
-        fake.index = False
-        plain = read(invoice)
-        fake.index = True
-        if json.loads(read(invoice)) != json.loads(plain):
-            misses.append(f"emulator index: its answer for {invoice} differs from the scan's")
-    return misses
 
 
 # ---------------------------------------------------------------- webhook delivery
@@ -1096,7 +1042,7 @@ def _burst(ctx: Context, n: int) -> None:
     reads = Counter(
         e["status"]
         for e in ctx.fake.requests[reads_from:]
-        if e["method"] == "GET" and e["path"] == READS
+        if e["method"] == "GET" and READS.match(e["path"])
     )
     limited = ctx.fake.rate_limited - limited_from
     p50, p99 = (_percentile(delivery.latency, q) * 1000 for q in (50, 99))
@@ -1115,7 +1061,7 @@ def _burst(ctx: Context, n: int) -> None:
         + (f"{settled_at - delivery.first_at:.1f} s" if settled_at else "not within the timeout")
     )
     print(
-        f"  GET {READS} seen by the emulator: {sum(reads.values()):,} "
+        f"  GET /v1/invoices/<id> seen by the emulator: {sum(reads.values()):,} "
         f"({', '.join(f'{s}: {k:,}' for s, k in sorted(reads.items(), key=str))}) for "
         f"{n:,} reads needed; 429s: {limited:,} (target 0)"
     )
@@ -1166,11 +1112,6 @@ def _burst_renewals(ctx: Context, n: int) -> tuple[list[Renewal], list[dict], li
     _fail_renewals(fake, BURST_KEY, renewals)
     events = [e for r in renewals for e in r.events]
     bodies = [fake.event_payload(e) for e in events]
-    for text in _index_check(fake, BURST_KEY, [r.invoice for r in renewals[:: max(1, n // 3)]]):
-        ctx.miss(text)
-    # The check's own reads count in the account's one-second window at the emulator:
-    # let them leave it, so that the burst's 429s are the product's alone.
-    time.sleep(1.2)
     print(
         f"\nBurst: {n:,} renewals fail at once ({len(scenarios)} declines in turn, "
         f"3DS left out), {len(events):,} events ({sum(map(len, bodies)) / len(bodies) / 1024:.1f} "
@@ -1192,7 +1133,11 @@ def _burst_watch(ctx: Context, store, n: int, timeout: float, reads_from: int, r
         nonlocal shown
         if time.monotonic() - shown >= 60:
             shown = time.monotonic()
-            reads = sum(1 for e in ctx.fake.requests[reads_from:] if e["path"] == READS)
+            reads = sum(
+                1
+                for e in ctx.fake.requests[reads_from:]
+                if e["method"] == "GET" and READS.match(e["path"])
+            )
             print(
                 f"  ... {shown - started:4.0f} s: {p['stored']:,} events stored, "
                 f"{p['pending']:,} pending; {p['cases']:,} cases, {p['planned']:,} planned; "
@@ -1314,11 +1259,6 @@ def main() -> int:
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         help="PostgreSQL admin URL (a database is created next to it and dropped)",
     )
-    ap.add_argument(
-        "--no-index",
-        action="store_true",
-        help="the emulator exactly as it is (its invoice_payments list scans every object)",
-    )
     ap.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     ap.add_argument(
         "--profile", metavar="DIR", help="run the intake workers under cProfile; stats to DIR"
@@ -1344,7 +1284,7 @@ def main() -> int:
 
     from cryptography.fernet import Fernet
 
-    fake = _fake_class(fakestripe, not args.no_index)([CONFORMANCE_KEY, BURST_KEY], seed=11)
+    fake = fakestripe.FakeStripe([CONFORMANCE_KEY, BURST_KEY], seed=11)
     fake.latency_ms, fake.rate_limit_rps = LATENCY_MS, RATE_LIMIT_RPS
     fake.world = fakestripe.ScriptedWorld({})
     logs = Path(tempfile.mkdtemp(prefix="recoup-conformance-"))
@@ -1406,8 +1346,7 @@ def main() -> int:
             f"{args.threads} threads (gthread) on :{app.port}, {args.intake_workers} intake "
             f"workers (stripe_events_work), 1 scheduler (run_due every "
             f"{SCHEDULER_EVERY_SECONDS} s), those at nice {args.worker_nice}; emulator {fake.url} ({LATENCY_MS} ms a request, "
-            f"{RATE_LIMIT_RPS} requests/s per account"
-            f"{', invoice_payments indexed' if getattr(fake, 'index', False) else ''}); "
+            f"{RATE_LIMIT_RPS} requests/s per account); "
             f"{os.cpu_count()} CPUs"
         )
         if not args.no_conformance:

@@ -1005,7 +1005,7 @@ class Replay:
     def stripe_knows(self, inv_id: str, pi: dict, charge: dict) -> None:
         """The demo's Stripe records an invoice's payment: its PaymentIntent with the
         attempt's Charge expanded, which the webhook events never carry and the intake
-        worker reads back (`GET /v1/invoice_payments`, answered by the sandbox)."""
+        worker reads back (`GET /v1/invoices/<id>` with its payments, answered by the sandbox)."""
 
         sandbox_payment_record(
             store=self.store,

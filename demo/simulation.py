@@ -236,8 +236,8 @@ def failed_payment_intent(
     *, failure: Failure, customer: SimCustomer, payment_method: str, fingerprint: str, last4: str
 ) -> dict:
     """The failure's PaymentIntent as the sandbox's Stripe holds it (`latest_charge`
-    expanded, no `invoice`: PaymentIntents and Charges have none): what
-    `GET /v1/invoice_payments?invoice=…` answers for its invoice."""
+    expanded, no `invoice`: PaymentIntents and Charges have none); its invoice's read back
+    gives it with `latest_charge` an id."""
     pi_id, charge_id = f"pi_sim_{failure.index:06d}", f"ch_sim_{failure.index:06d}"
     card = {"brand": customer.brand, "last4": last4, "fingerprint": fingerprint}
     return {

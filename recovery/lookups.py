@@ -5,9 +5,8 @@ invoice's `payments` is an includable field that no webhook carries, and the
 PaymentIntent and Charge events that do carry the decline have no `invoice` to join them
 by. So a case opened from an invoice event without a decline waits
 (`RecoveryCase.decline_awaited_until`: no retry, no message) and gets a `DeclineLookup`;
-the intake workers read the invoice's payments back (one call,
-`GET /v1/invoice_payments?invoice=…` with each PaymentIntent and its latest Charge
-expanded) after the event's transaction has committed, never in the webhook request and
+the intake workers read the invoice's payments back (one call, `GET /v1/invoices/<id>`
+with its payments and their PaymentIntents expanded) after the event's transaction has committed, never in the webhook request and
 never inside a transaction, and record the answer. A failed read (429, 5xx, timeout) is
 tried again with back-off; past the deadline the scheduler classifies the case
 conservatively, and a later answer reclassifies it.

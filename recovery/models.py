@@ -375,7 +375,7 @@ class SandboxPayment(models.Model):
             )
         ]
         indexes = [
-            # The sandbox's GET /v1/invoice_payments?invoice=…
+            # The sandbox's answer to GET /v1/invoices/<id> with its payments expanded
             models.Index(fields=["store", "invoice_stripe_id"], name="sandbox_payment_invoice_idx"),
         ]
 

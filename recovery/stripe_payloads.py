@@ -187,8 +187,8 @@ def decline_from_invoice(invoice: dict) -> DeclineInfo:
 
 
 def decline_from_invoice_payments(payments: list) -> tuple[DeclineInfo, list[str], bool]:
-    """Read `GET /v1/invoice_payments?invoice=…` (with `data.payment.payment_intent` and
-    its `latest_charge` expanded): the decline of the most recent failed payment, every
+    """Read an invoice's payments (its `payments.data`, or `GET /v1/invoice_payments`),
+    each with its PaymentIntent expanded (and its `latest_charge` where that is): the decline of the most recent failed payment, every
     PaymentIntent id, and whether one of them paid the invoice."""
     payments = [obj(p) for p in payments or []]
     # Newest first, as Stripe lists them; `created` decides where it is given.

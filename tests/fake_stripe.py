@@ -71,6 +71,11 @@ class Recorded:
     def idempotency_key(self) -> str:
         return self.headers.get("Idempotency-Key", "")
 
+    @property
+    def object_id(self) -> str:
+        """The id the path ends with (`/v1/invoices/in_1` -> `in_1`)."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
     def param(self, name: str) -> str | None:
         values = self.form.get(name)
         return values[0] if values else None
@@ -198,6 +203,11 @@ class FakeStripe:
         with self._lock:
             return [r for r in self.requests if r.method == method and r.path == path]
 
+    def invoice_reads(self) -> list[Recorded]:
+        """The invoices read back: `GET /v1/invoices/<id>`, in the order they came."""
+        with self._lock:
+            return [r for r in self.requests if r.method == "GET" and INVOICE.match(r.path)]
+
     @property
     def real_charges(self) -> int:
         """Charges that moved money: each one is a card actually charged."""
@@ -255,7 +265,7 @@ class FakeStripe:
                 return _error(404, "invalid_request_error", f"Unrecognized request URL ({path}).")
             if obj is None:
                 return _missing(m["id"])
-            return _Reply(200, _render(obj, expand))
+            return _Reply(200, _render(obj, expand, self.payment_intents))
 
     def _invoice_payments(self, form: dict, expand: set[str]) -> _Reply:
         """`GET /v1/invoice_payments?invoice=…`, newest first; each payment's
@@ -355,7 +365,9 @@ class FakeStripe:
                 )
                 for item in (invoice.get("payments") or {}).get("data") or []:
                     item["status"] = "paid"
-            body = _render(invoice if invoice is not None else pi, record.expand)
+            body = _render(
+                invoice if invoice is not None else pi, record.expand, self.payment_intents
+            )
             after = {"approve": "", "timeout_after_charge": "timeout"}.get(outcome, "drop")
             return _Reply(200, body, after_charge=after)
 
@@ -409,20 +421,30 @@ class FakeStripe:
         return out
 
 
-def _render(obj: dict, expand: set[str]) -> dict:
+def _render(obj: dict, expand: set[str], payment_intents: dict) -> dict:
     """An object as the API returns it. An invoice's `payments` is includable: Stripe
     leaves it out unless asked for, and gives its PaymentIntents as ids unless those are
-    expanded too."""
+    expanded too (as they are now, each with its `latest_charge` an id unless that is
+    expanded as well)."""
     out = copy.deepcopy(obj)
     if out.get("object") != "invoice" or "payments" not in out:
         return out
     if not any(e == "payments" or e.startswith("payments.") for e in expand):
         del out["payments"]
-    elif "payments.data.payment.payment_intent" not in expand:
-        for item in out["payments"].get("data") or []:
-            payment = item.get("payment") or {}
-            if isinstance(payment.get("payment_intent"), dict):
-                payment["payment_intent"] = payment["payment_intent"]["id"]
+        return out
+    intent = "payments.data.payment.payment_intent"
+    for item in out["payments"].get("data") or []:
+        payment = item.get("payment") or {}
+        pi = payment.get("payment_intent")
+        pi_id = pi["id"] if isinstance(pi, dict) else pi
+        if intent not in expand and not any(e.startswith(intent + ".") for e in expand):
+            payment["payment_intent"] = pi_id
+            continue
+        live = copy.deepcopy(payment_intents.get(pi_id) or pi)
+        charge = live.get("latest_charge") if isinstance(live, dict) else None
+        if f"{intent}.latest_charge" not in expand and isinstance(charge, dict):
+            live["latest_charge"] = charge["id"]
+        payment["payment_intent"] = live
     return out
 
 

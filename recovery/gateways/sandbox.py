@@ -147,7 +147,7 @@ class SandboxGateway:
         return ReadBack(paid=paid, status="succeeded" if paid else "requires_payment_method")
 
     def invoice_failure_read(self, *, invoice_id: str) -> FailureRead:
-        """What `GET /v1/invoice_payments?invoice=…` would answer: the payments its Stripe
+        """What the invoice's read back would answer: the payments its Stripe
         (the demo, `simulate`, a test's world) recorded with `sandbox_payment_record`."""
         rows = SandboxPayment.objects.filter(store_id=self.store_id, invoice_stripe_id=invoice_id)
         payments = [
@@ -155,7 +155,7 @@ class SandboxGateway:
                 "object": "invoice_payment",
                 "created": int(row.created_at.timestamp()),
                 "status": "paid" if row.payment_intent.get("status") == "succeeded" else "open",
-                "payment": {"type": "payment_intent", "payment_intent": row.payment_intent},
+                "payment": {"type": "payment_intent", "payment_intent": _as_read(row)},
             }
             for row in rows.order_by("-created_at", "-pk")  # newest first, as Stripe lists
         ]
@@ -163,6 +163,15 @@ class SandboxGateway:
         return FailureRead(
             decline=decline, payment_intent_ids=ids, paid=paid or self._paid.get(invoice_id, False)
         )
+
+
+def _as_read(row: SandboxPayment) -> dict:
+    """The PaymentIntent as the invoice's read gives it: its `latest_charge` an id (only
+    the intent is expanded)."""
+    pi = dict(row.payment_intent)
+    if isinstance(pi.get("latest_charge"), dict):
+        pi["latest_charge"] = pi["latest_charge"].get("id")
+    return pi
 
 
 def sandbox_payment_record(

@@ -31,9 +31,11 @@ from .stripe_pacing import (
     store_pacer,
 )
 
-# An invoice's payments with each PaymentIntent and its latest Charge: the decline, its
-# advice and network codes, and the card (Stripe expands at most four levels).
-INVOICE_PAYMENTS_EXPAND = ["data.payment.payment_intent.latest_charge"]
+# A failed invoice read back with its payments (an includable field) and each payment's
+# PaymentIntent: the intent's `last_payment_error` holds the decline, its advice and
+# network codes and the card. One retrieve by id, which Stripe answers in the same time
+# however many invoices the account holds (a list filtered by invoice need not).
+INVOICE_FAILURE_EXPAND = ["payments.data.payment.payment_intent"]
 
 TIMEOUT_SECONDS = 20
 # Error codes of a payment the customer must confirm on-session (3-D Secure). Paying an
@@ -198,10 +200,13 @@ class StripeGateway:
         )
 
     def invoice_failure_read(self, *, invoice_id: str) -> FailureRead:
-        """One read: `GET /v1/invoice_payments?invoice=…` with each PaymentIntent and its
-        latest Charge expanded (an invoice's `payments` never comes in a webhook)."""
-        page = self.client.v1.invoice_payments.list(
-            {"invoice": invoice_id, "limit": 10, "expand": INVOICE_PAYMENTS_EXPAND}
+        """One read: `GET /v1/invoices/<id>` with its payments and their PaymentIntents
+        expanded (an invoice's `payments` never comes in a webhook)."""
+        invoice = self.client.v1.invoices.retrieve(
+            invoice_id, {"expand": INVOICE_FAILURE_EXPAND}
         ).to_dict()
-        decline, ids, paid = decline_from_invoice_payments(page.get("data") or [])
-        return FailureRead(decline=decline, payment_intent_ids=ids, paid=paid)
+        payments = invoice.get("payments") if isinstance(invoice.get("payments"), dict) else {}
+        decline, ids, paid = decline_from_invoice_payments(payments.get("data") or [])
+        return FailureRead(
+            decline=decline, payment_intent_ids=ids, paid=paid or invoice.get("status") == "paid"
+        )

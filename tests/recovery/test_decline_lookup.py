@@ -142,10 +142,9 @@ def test_past_the_deadline_it_is_classified_conservatively_and_a_late_answer_rec
         assert (case.track, case.decline_code) == ("hard", "stolen_card")
         assert case.retry_at is None
         assert CaseEvent.objects.filter(case=case, kind="decline_read").exists()
-    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
+    reads = fake_stripe.invoice_reads()
     assert reads and all(
-        r.param("invoice") == invoice["id"]
-        and "data.payment.payment_intent.latest_charge" in r.expand
+        r.object_id == invoice["id"] and r.expand == {"payments.data.payment.payment_intent"}
         for r in reads
     )
 
@@ -213,13 +212,13 @@ def test_the_read_back_stream_reads_each_invoice_once_and_records_every_answer(
         )
         stripe_event_process(event_pk=stored.pk)
     unanswered = DeclineLookup.objects.filter(answered_at__isnull=True)
-    assert unanswered.count() == 5 and not fake_stripe.requests_to("GET", "/v1/invoice_payments")
+    assert unanswered.count() == 5 and not fake_stripe.invoice_reads()
 
     read = decline_lookups_stream(running=unanswered.exists, idle_sleep=0.01)
 
     assert read == 5
-    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
-    assert sorted(r.param("invoice") for r in reads) == sorted(inv["id"] for inv in invoices)
+    reads = fake_stripe.invoice_reads()
+    assert sorted(r.object_id for r in reads) == sorted(inv["id"] for inv in invoices)
     got = dict(RecoveryCase.objects.values_list("invoice__stripe_id", "decline_code"))
     assert got == {inv["id"]: code for inv, code in zip(invoices, codes, strict=True)}
     assert not RecoveryCase.objects.filter(decline_awaited_until__isnull=False).exists()
@@ -282,8 +281,8 @@ def test_reads_go_ahead_of_the_intake_and_each_case_opens_classified_by_its_answ
         inv["id"] for inv in invoices
     )  # not the one that needs action
     assert all(lk.case_id is None and lk.answer and lk.due_at is None for lk in kept)
-    reads = fake_stripe.requests_to("GET", "/v1/invoice_payments")
-    assert sorted(r.param("invoice") for r in reads) == sorted(inv["id"] for inv in invoices)
+    reads = fake_stripe.invoice_reads()
+    assert sorted(r.object_id for r in reads) == sorted(inv["id"] for inv in invoices)
 
     for row in stored:
         stripe_event_process(event_pk=row.pk)
@@ -302,7 +301,7 @@ def test_reads_go_ahead_of_the_intake_and_each_case_opens_classified_by_its_answ
     assert timeline.count() == 3 and all(": classified" in e.message for e in timeline)
     # The PaymentIntent the read named is on the invoice: its own events find it.
     assert all(case.invoice.payment_intent_id for case in cases)
-    assert len(fake_stripe.requests_to("GET", "/v1/invoice_payments")) == 3  # no read twice
+    assert len(fake_stripe.invoice_reads()) == 3  # no read twice
 
 
 def test_a_read_made_before_the_failure_was_received_is_asked_again(
@@ -360,7 +359,7 @@ def test_a_read_ahead_answered_after_its_case_opened_goes_to_the_case(
     case = RecoveryCase.objects.get()
     assert case.decline_awaited_until is not None
     assert DeclineLookup.objects.get().case_id == case.pk
-    assert not fake_stripe.requests_to("GET", "/v1/invoice_payments")  # not asked twice
+    assert not fake_stripe.invoice_reads()  # not asked twice
 
     answer = gateway_for(store).invoice_failure_read(invoice_id=invoices[0]["id"])
     assert decline_lookup_answer(lookup=in_flight, answer=answer, now=timezone.now()) == (
@@ -369,10 +368,7 @@ def test_a_read_ahead_answered_after_its_case_opened_goes_to_the_case(
 
     case.refresh_from_db()
     assert case.decline_code == "incorrect_cvc" and case.decline_awaited_until is None
-    assert (
-        DeclineLookup.objects.get().answer is None
-        and len(fake_stripe.requests_to("GET", "/v1/invoice_payments")) == 1
-    )
+    assert DeclineLookup.objects.get().answer is None and len(fake_stripe.invoice_reads()) == 1
 
 
 def test_a_read_ahead_that_fails_is_asked_again_until_its_case_opens(store, settings):

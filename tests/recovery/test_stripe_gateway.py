@@ -48,7 +48,7 @@ def open_invoice_case(webhooks, fake: FakeStripe, **fields) -> tuple[RecoveryCas
     fake.add_invoice(invoice)
     webhooks.deliver("invoice.payment_failed", invoice)
     # The webhook carries no decline: Recoup read it back. The tests look at what follows.
-    assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/invoice_payments")]
+    assert [(r.method, r.path) for r in fake.requests] == [("GET", f"/v1/invoices/{invoice['id']}")]
     fake.requests.clear()
     return RecoveryCase.objects.get(invoice__stripe_id=invoice["id"]), invoice
 
