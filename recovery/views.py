@@ -20,9 +20,7 @@ from common.paging import page_number
 from orders.selectors import case_order_summary
 from stores.access import Access, dashboard_view, render_page
 from subscriptions.models import Customer
-from support.churn import churn_score, customer_lifetime_paid
-from support.models import CustomerSignal
-from support.selectors import case_support_panel
+from support.selectors import case_support_panel, customer_support_facts
 
 from . import commands
 from .domain.declines import DECLINE_CODES
@@ -206,20 +204,20 @@ def customer_list(request: HttpRequest, access: Access) -> HttpResponse:
 @dashboard_view()
 def customer_detail(request: HttpRequest, access: Access, pk: int) -> HttpResponse:
     customer = get_object_or_404(Customer, store=access.store, pk=pk)
-    now = timezone.now()
+    support = customer_support_facts(customer=customer, now=timezone.now())
     return render_page(
         request,
         access,
         "recovery/customer_detail.html",
         {
             "customer": customer,
-            "churn": churn_score(customer=customer, at=now),
-            "lifetime_paid": customer_lifetime_paid(customer=customer),
+            "churn": support.churn,
+            "lifetime_paid": support.lifetime_paid,
             "subscriptions": list(customer.subscriptions.order_by("-created_at")),
             "cases": list(
                 RecoveryCase.objects.filter(customer=customer).order_by("-opened_at")[:50]
             ),
-            "signals": list(CustomerSignal.objects.filter(customer=customer).order_by("-at")[:50]),
+            "signals": support.signals,
         },
         section="customers",
     )

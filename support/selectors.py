@@ -10,8 +10,8 @@ from django.db.models import Case, F, IntegerField, QuerySet, Value, When
 from recovery.models import RecoveryCase
 from stores.models import Store
 
-from .churn import churn_score
-from .models import QueueItem
+from .churn import ChurnScore, churn_score, customer_lifetime_paid
+from .models import CustomerSignal, QueueItem
 from .routing import support_policy_for
 
 ACTIVE = [QueueItem.Status.WAITING, QueueItem.Status.CLAIMED, QueueItem.Status.PROMISED]
@@ -66,7 +66,7 @@ def queue_items(*, store: Store, view: str, user, now: dt.datetime) -> QuerySet[
 @dataclass
 class SupportPanel:
     item: QueueItem | None
-    churn: object
+    churn: ChurnScore
     target_minutes: int
     age_minutes: int | None
     overdue: bool
@@ -92,4 +92,21 @@ def case_support_panel(*, case: RecoveryCase, now: dt.datetime, user) -> Support
         overdue=bool(item and not item.first_response_at and age > policy.target_response_minutes),
         mine=bool(item and item.claimed_by_id == user.pk),
         claimable=bool(item and item.status in ACTIVE and item.claimed_by_id is None),
+    )
+
+
+@dataclass
+class CustomerSupportFacts:
+    """What support knows of one customer, for the customer page."""
+
+    churn: ChurnScore
+    lifetime_paid: int  # minor units
+    signals: list[CustomerSignal]
+
+
+def customer_support_facts(*, customer, now: dt.datetime) -> CustomerSupportFacts:
+    return CustomerSupportFacts(
+        churn=churn_score(customer=customer, at=now),
+        lifetime_paid=customer_lifetime_paid(customer=customer),
+        signals=list(CustomerSignal.objects.filter(customer=customer).order_by("-at")[:50]),
     )
