@@ -406,3 +406,25 @@ def test_a_note_is_the_queued_items_first_response_and_an_empty_one_writes_nothi
     # Recovery records the note and publishes CaseNoted; the support app answers it.
     assert queued.first_response_at == note.at
     assert (note.message, note.actor) == ("Left a voicemail.", "arjun")
+
+
+def test_the_customer_page_shows_what_support_knows_of_the_customer(
+    store, other_store, webhooks, api, client, operator
+):
+    case = deliver_failure(webhooks, customer="cus_page")
+    response = api.post(
+        "/api/v1/customers/cus_page/signals",
+        {"signals": [{"kind": "custom", "label": "Asked about refunds in chat", "weight": 20}]},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    client.force_login(operator)
+
+    page = client.get(f"/s/{store.id}/customers/{case.customer_id}/").content.decode()
+
+    # 20 (the merchant's own signal) + 10 (customer for 0 days) = 30
+    assert "Churn risk: 30" in page
+    assert "Asked about refunds in chat" in page
+    assert "+20" in page and "+10" in page
+    other = make_customer(other_store)
+    assert client.get(f"/s/{store.id}/customers/{other.pk}/").status_code == 404
