@@ -180,6 +180,8 @@ class RecoveryCase(models.Model):
             models.Index(fields=["store", "status", "-opened_at"], name="case_store_status_idx"),
             # "Every open case of this customer" on a card change.
             models.Index(fields=["customer", "status"], name="case_customer_status_idx"),
+            # The intake: the case of a PaymentIntent or Charge event (any kind of case).
+            models.Index(fields=["store", "payment_intent_id"], name="case_store_intent_idx"),
             # Analytics home: cases failed in a period (cohort figures, breakdowns by track,
             # decline code and product, the daily trend), answered from the index alone.
             models.Index(
@@ -306,6 +308,13 @@ class PaymentAttempt(models.Model):
                 fields=["store", "card_fingerprint", "attempted_at"], name="attempt_card_budget_idx"
             ),
             models.Index(fields=["case", "attempted_at"], name="attempt_case_idx"),
+            # The intake: reports of one charge merged by its invoice's attempt number, or
+            # by its invoice or PaymentIntent (recovery.services._attempt_record).
+            models.Index(
+                fields=["store", "invoice_stripe_id", "invoice_attempt_number"],
+                name="attempt_store_invoice_idx",
+            ),
+            models.Index(fields=["store", "payment_intent_id"], name="attempt_store_intent_idx"),
         ]
 
     def __str__(self) -> str:

@@ -140,11 +140,12 @@ def _attempt_record(
             invoice_attempt_number=invoice_attempt_number,
         ).first()
     if existing is None and (invoice_stripe_id or decline.payment_intent_id):
+        # The store in each arm of the OR: each is then one index's.
         same_payment = Q()
         if invoice_stripe_id:
-            same_payment |= Q(invoice_stripe_id=invoice_stripe_id)
+            same_payment |= Q(store=store, invoice_stripe_id=invoice_stripe_id)
         if decline.payment_intent_id:
-            same_payment |= Q(payment_intent_id=decline.payment_intent_id)
+            same_payment |= Q(store=store, payment_intent_id=decline.payment_intent_id)
         incomplete = Q()
         if decline.charge_id:
             incomplete &= Q(charge_id="")

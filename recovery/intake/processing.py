@@ -132,7 +132,8 @@ def _cases_lock(event: StripeEvent, data: dict) -> None:
         if invoices or intents
         else []
     )
-    match = Q(invoice_id__in=invoice_ids) | Q(payment_intent_id__in=intents)
+    # The store in each arm of the OR, so that each is one index's (case_store_intent_idx).
+    match = Q(invoice_id__in=invoice_ids) | Q(store=event.store, payment_intent_id__in=intents)
     if event.type in CUSTOMER_EVENTS:
         # A customer's facts and cards re-plan all their open cases after writing the
         # customer's row; an invoice event locks its case and then writes that row. The
