@@ -109,6 +109,12 @@ else:
         DATABASES["default"].setdefault("OPTIONS", {}).update(
             server_side_binding=True, prepare_threshold=2
         )
+        # A prepared statement is still planned for its parameters each time it runs
+        # (parsed once): a generic plan cannot use a partial index whose condition the
+        # parameters decide (a charge's id, "open" cases due, "pending" events), and with
+        # statistics behind a burst's growth PostgreSQL picks one that reads the whole
+        # store for each event (common.db, on each new connection).
+        DATABASE_SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -60,3 +60,26 @@ STORE_WIDE = re.compile(
     r"|recovery_paymentattempt_store_id\w*)|on (recovery_recoverycase_store_id\w*"
     r"|case_store_(updated|status|opened|closed)_idx|recovery_paymentattempt_store_id\w*)"
 )
+
+
+def test_a_prepared_statement_is_planned_for_its_parameters_each_time(store):
+    """Prepared (DATABASE_PREPARED_STATEMENTS), a lookup by a charge's id runs many times
+    on one connection: each run is planned for its own id (a custom plan), so it can use
+    the partial unique index on charges; a generic plan cannot, and reads the store."""
+    from recovery.models import PaymentAttempt
+
+    connection.ensure_connection()
+    if connection.connection.prepare_threshold is None:
+        pytest.skip("DATABASE_PREPARED_STATEMENTS is off: nothing is prepared")
+    for i in range(12):
+        PaymentAttempt.objects.filter(store=store, charge_id=f"ch_{i}").first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            ['SELECT %WHERE ("recovery_paymentattempt"."charge_id" = $%'],
+        )
+        rows = cursor.fetchall()
+    assert rows, "the lookup was prepared"
+    assert all(generic == 0 for generic, _ in rows), rows
+    assert sum(custom for _, custom in rows) >= 8  # prepared from its second run
