@@ -52,9 +52,16 @@ BUDGET_BACKOFF_SECONDS = (1.0, 2.0)
 CASE_RETRY_AFTER_SECONDS = (300.0, 360.0)
 # A Retry-After beyond this is taken as this (a bad header must not stop a store for days).
 RETRY_AFTER_CAP_SECONDS = 600.0
-# A slot overslept by more than one interval is given up for a new one, this many times
-# at most (then the request goes anyway).
+# A slot overslept by more than its tolerance (Pacer.late_at_most) is given up for a new
+# one, this many times at most (then the request goes anyway).
 MISSED_SLOTS_AT_MOST = 2
+# How much of the headroom's margin one request may take by leaving late. Paced at
+# rate x headroom, the limit's rate + 1 requests in a row span 1 / headroom seconds, so
+# the margin before Stripe counts one too many in a second is 1 / headroom - 1 (0.11 s at
+# 0.9), whatever the rate. A request that leaves late brings itself closer to the ones
+# after it by as much; the rest of the margin is for the network and Stripe's own jitter.
+LATE_SHARE_OF_MARGIN = 0.25
+LATE_AT_LEAST = 0.002
 
 # The pacer's clock: wall-clock seconds, moved on by the monotonic clock from one reading
 # at import. Tests that move Django's time (time_machine patches time.time and even
@@ -297,15 +304,19 @@ class Pacer:
             raise ValueError(f"a rate above 0 and a headroom in (0, 1], not {rate}, {headroom}")
         self.backend, self.key = backend, key
         self.interval = 1.0 / (rate * headroom)
+        # At most one interval either way (later, it would crowd the next slot), and at
+        # least what a sleep oversleeps on an idle machine.
+        share = LATE_SHARE_OF_MARGIN * (1 / headroom - 1)
+        self.late_at_most = min(self.interval, max(LATE_AT_LEAST, share))
         self.max_wait, self.clock, self.sleep = max_wait, clock, sleep
         self.fallback = fallback if fallback is not None else _LOCAL
 
     def take(self) -> float:
         """Wait for this request's slot; returns the seconds waited. Raises BudgetExhausted.
 
-        A slot overslept by more than one interval (the process starved of CPU) is given
-        up and another taken: sent that late, the request would crowd the slots after it,
-        and a few such in one second are more than the headroom allows for."""
+        A slot overslept by more than `late_at_most` (the process starved of CPU) is given
+        up and another taken: sent that late, the request would crowd the slots after it
+        into less than the headroom leaves."""
         waited = 0.0
         for _ in range(MISSED_SLOTS_AT_MOST + 1):
             wait = self._reserve()
@@ -314,7 +325,7 @@ class Pacer:
             due = self._elapsed() + wait
             self.sleep(wait)
             waited += wait
-            if self._elapsed() - due <= self.interval:
+            if self._elapsed() - due <= self.late_at_most:
                 break
         return waited
 

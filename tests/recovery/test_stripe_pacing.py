@@ -155,6 +155,27 @@ def test_a_slot_overslept_by_more_than_an_interval_is_given_up_for_another():
     assert on_time.take() == pytest.approx(0.1)  # the next slot is 0.5, not 0.2
 
 
+@pytest.mark.parametrize(("late", "given_up"), [(0.020, False), (0.035, True)])
+def test_a_request_late_for_its_slot_takes_at_most_a_quarter_of_the_headroom(late, given_up):
+    """At 25/s with a 0.9 headroom, 26 requests in a row span 1.11 s: 0.11 s from a 429.
+    A request may leave 28 ms late (a quarter of that); later, it takes another slot."""
+    clock = Clock()
+    backend = LocalBackend()
+    Pacer(backend, "s", rate=25, headroom=0.9, clock=clock, sleep=clock.sleep).take()
+    starved = iter([late])
+
+    def oversleep(seconds):
+        clock.now += seconds + next(starved, 0.0)
+
+    pacer = Pacer(backend, "s", rate=25, headroom=0.9, clock=clock, sleep=oversleep)
+    assert pacer.late_at_most == pytest.approx(0.25 * (1 / 0.9 - 1))
+    pacer.take()
+    interval = 1 / 22.5
+    # Given up: it goes at its second slot (2 intervals), on time; else late at its first.
+    expected = 2 * interval if given_up else interval + late
+    assert clock.now - START == pytest.approx(expected)
+
+
 def test_gcra_reserve_is_pure():
     assert gcra_reserve(tat=0, now=10, interval=0.5, max_wait=1) == (10.5, 0)
     assert gcra_reserve(tat=10.5, now=10, interval=0.5, max_wait=1) == (11.0, 0.5)
