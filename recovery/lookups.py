@@ -109,6 +109,51 @@ def decline_lookup_request(
     return lookup
 
 
+def decline_read_ahead_take(
+    *, store_id, invoice_stripe_id: str, read_since: dt.datetime
+) -> tuple[DeclineLookup, FailureRead] | None:
+    """The answer of a read made ahead of an invoice's failure event (`decline_lookups_ahead`),
+    when it says why the payment failed and was asked at or after `read_since` (when the
+    event was received): the case then opens classified by it, and takes the lookup
+    (`decline_read_ahead_taken`). In the event's transaction; the lookup's row locked."""
+    lookup = (
+        DeclineLookup.objects.select_for_update()
+        .filter(store_id=store_id, invoice_stripe_id=invoice_stripe_id, case__isnull=True)
+        .first()
+    )
+    if lookup is None or lookup.answer is None or lookup.requested_at < read_since:
+        return None
+    read = _answer_load(lookup.answer)
+    if read.paid or not read.decline.has_code:
+        return None
+    pi_ids = read.payment_intent_ids
+    read.decline.payment_intent_id = read.decline.payment_intent_id or (
+        pi_ids[-1] if pi_ids else ""
+    )
+    return lookup, read
+
+
+def decline_read_ahead_taken(
+    *, lookup: DeclineLookup, read: FailureRead, case: RecoveryCase, now: dt.datetime
+) -> None:
+    """The case opened classified by the read made ahead: the lookup is the case's, the
+    PaymentIntent the read named is on the invoice (its own events find it by that), and
+    the timeline says where the decline came from."""
+    DeclineLookup.objects.filter(pk=lookup.pk).update(
+        case=case,
+        deadline=decline_lookup_deadline(now=now),
+        due_at=None,
+        answered_at=now,
+        attempts=lookup.attempts + 1,
+        last_error="",
+    )
+    pi_id = read.decline.payment_intent_id
+    if pi_id and case.invoice.payment_intent_id != pi_id:
+        Invoice.objects.filter(pk=case.invoice_id).update(payment_intent_id=pi_id)
+        case.invoice.payment_intent_id = pi_id
+    _decline_read_record(case=case, decline=read.decline, now=now, awaited=True)
+
+
 def decline_lookups_ahead(
     *, now: dt.datetime, since: tuple[dt.datetime, int] | None = None, limit: int = 50
 ) -> tuple[tuple[dt.datetime, int] | None, int]:
@@ -463,6 +508,14 @@ def _answer_record(
         payment_intent_ids=pi_ids,
         case=case,
     )
+    _decline_read_record(case=case, decline=decline, now=now, awaited=awaited)
+    DeclineLookup.objects.filter(pk=lookup.pk).update(
+        due_at=None, answered_at=now, attempts=lookup.attempts + 1, last_error=""
+    )
+    return "answered"
+
+
+def _decline_read_record(*, case: RecoveryCase, decline: DeclineInfo, now, awaited: bool) -> None:
     case_event_record(
         case=case,
         kind="decline_read",
@@ -481,10 +534,6 @@ def _answer_record(
         ),
         data={"decline_code": decline.decline_code, "track": case.track},
     )
-    DeclineLookup.objects.filter(pk=lookup.pk).update(
-        due_at=None, answered_at=now, attempts=lookup.attempts + 1, last_error=""
-    )
-    return "answered"
 
 
 def _attempt_fill(*, case: RecoveryCase, invoice: Invoice, decline) -> None:

@@ -75,6 +75,17 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
             reason="reported after the invoice was settled",
         )
         return f"recorded: invoice already {invoice.status}"
+    ahead = None
+    if outcome == PaymentAttempt.Outcome.FAILED and not decline.has_code:
+        # A read made ahead of this event (while it waited to be processed) says why: the
+        # case opens classified by it, with its attempt, in one step.
+        ahead = lookups.decline_read_ahead_take(
+            store_id=event.store_id,
+            invoice_stripe_id=invoice.stripe_id,
+            read_since=event.received_at,
+        )
+        if ahead is not None:
+            decline = ahead[1].decline
     case, _ = recovery_case_open(
         store=event.store,
         customer=customer,
@@ -85,7 +96,8 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         invoice=invoice,
         subscription=subscription,
         order=ports.renewal_order(event.store, subscription, data),
-        payment_intent_ids=invoice_payment_intent_ids(data),
+        payment_intent_ids=invoice_payment_intent_ids(data)
+        or (ahead[1].payment_intent_ids if ahead else []),
         decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
         replan_unchanged=False,
     )
@@ -104,11 +116,14 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         stripe_event_id=event.pk,
     )
     engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
-    if case.is_open and not decline.has_code and (created or case.decline_awaited_until):
+    if ahead is not None and case.is_open:
+        lookups.decline_read_ahead_taken(
+            lookup=ahead[0], read=ahead[1], case=case, now=timezone.now()
+        )
+    elif case.is_open and not decline.has_code and (created or case.decline_awaited_until):
         # The event does not say why (no current-API webhook does): read it back from
         # Stripe once this transaction has committed.
-        # A read made ahead of this event (while it waited to be processed) classifies
-        # the case now.
+        # (A read made ahead of this event and still in the air is answered to the case.)
         lookups.decline_lookup_request(case=case, now=timezone.now(), read_since=event.received_at)
     if subscription is not None:
         subs.subscription_mark_past_due(subscription=subscription, at=at)
