@@ -460,7 +460,11 @@ def replan_time(at: dt.datetime) -> dt.datetime:
 
 
 def case_after_failure(
-    *, case: RecoveryCase, classification: declines.Classification, at: dt.datetime
+    *,
+    case: RecoveryCase,
+    classification: declines.Classification,
+    at: dt.datetime,
+    plan: bool = True,
 ) -> None:
     if not case.is_open:
         return
@@ -487,23 +491,37 @@ def case_after_failure(
             at=at,
             message=f"Flagged for fraud review: {classification.reason}",
         )
-    case_plan(case, now=replan_time(at))
+    if plan:
+        case_plan(case, now=replan_time(at))
 
 
 def case_attempt_seen(
-    *, case: RecoveryCase, attempt: PaymentAttempt, created: bool, at: dt.datetime
+    *,
+    case: RecoveryCase,
+    attempt: PaymentAttempt,
+    created: bool,
+    at: dt.datetime,
+    replan: bool = False,
 ) -> None:
-    if not created or attempt.outcome == PaymentAttempt.Outcome.NOT_SENT:
+    """A failed attempt recorded on the case: counted once, and the case planned with it.
+    replan: the case was opened or changed with its plan left to this (`recovery_case_open`
+    with plan=False): planned here even when the attempt was known already, and a case
+    waiting for its decline gets its waiting plan."""
+    counted = created and attempt.outcome != PaymentAttempt.Outcome.NOT_SENT
+    if counted:
+        RecoveryCase.objects.filter(pk=case.pk).update(
+            attempt_count=F("attempt_count") + 1, updated_at=timezone.now()
+        )
+        RecoveryCase.objects.filter(
+            Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
+        ).update(last_attempt_at=at)
+        case.refresh_from_db(fields=["attempt_count", "last_attempt_at"])
+    if not case.is_open:
         return
-    RecoveryCase.objects.filter(pk=case.pk).update(
-        attempt_count=F("attempt_count") + 1, updated_at=timezone.now()
-    )
-    RecoveryCase.objects.filter(
-        Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=at), pk=case.pk
-    ).update(last_attempt_at=at)
-    case.refresh_from_db(fields=["attempt_count", "last_attempt_at"])
-    if case.is_open and case.decline_awaited_until is None:  # a waiting case waits as planned
+    if counted and case.decline_awaited_until is None:  # a waiting case waits as planned
         case_plan(case, now=timezone.now())
+    elif replan:
+        case_plan(case, now=replan_time(at))
 
 
 def case_after_close(*, case: RecoveryCase, at: dt.datetime) -> None:

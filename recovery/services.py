@@ -255,6 +255,7 @@ def recovery_case_open(
     decline_awaited_until: dt.datetime | None = None,
     replan_unchanged: bool = True,
     case: RecoveryCase | None = None,
+    plan: bool = True,
 ) -> tuple[RecoveryCase, bool]:
     """Open the one case for a failed invoice or order payment, or update the open one.
 
@@ -266,6 +267,8 @@ def recovery_case_open(
     plans a new attempt when it records it.
     case: the invoice's case, its row already locked by the caller (a read-back's
     answer): updated in place.
+    plan=False: the caller records the failed attempt next and plans the case once that
+    is counted (`engine.case_attempt_seen(..., replan=changed)`), not twice.
     """
     from . import engine
 
@@ -313,7 +316,7 @@ def recovery_case_open(
             ),
             data={"track": case.track, "window_end": window_end.isoformat()},
         )
-        engine.case_after_failure(case=case, classification=classification, at=at)
+        engine.case_after_failure(case=case, classification=classification, at=at, plan=plan)
         if case.decline_awaited_until is None:  # else once it is classified
             ports.publish(events.CaseClassified(case=case, at=at))  # the escalation queue
         return case, True
@@ -356,7 +359,7 @@ def recovery_case_open(
     for field, value in updates.items():
         setattr(case, field, value)
     case.save(update_fields=[*updates.keys(), "updated_at"])
-    engine.case_after_failure(case=case, classification=classification, at=at)
+    engine.case_after_failure(case=case, classification=classification, at=at, plan=plan)
     if was_awaited and case.decline_awaited_until is None:
         case_classified(case=case, at=at)
     return case, True

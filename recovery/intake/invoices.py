@@ -86,7 +86,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         )
         if ahead is not None:
             decline = ahead[1].decline
-    case, _ = recovery_case_open(
+    case, changed = recovery_case_open(
         store=event.store,
         customer=customer,
         amount=minor(data.get("amount_remaining", data.get("amount_due"))) or invoice.amount_due,
@@ -100,6 +100,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         or (ahead[1].payment_intent_ids if ahead else []),
         decline_awaited_until=lookups.decline_lookup_deadline(now=timezone.now()),
         replan_unchanged=False,
+        plan=False,  # once its attempt is counted, below
     )
     attempt, created = payment_attempt_record(
         store=event.store,
@@ -115,7 +116,7 @@ def _invoice_failure(event: StripeEvent, data: dict, *, outcome: str) -> str:
         invoice_attempt_number=minor(data.get("attempt_count")) or None,
         stripe_event_id=event.pk,
     )
-    engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at)
+    engine.case_attempt_seen(case=case, attempt=attempt, created=created, at=at, replan=changed)
     if ahead is not None and case.is_open:
         lookups.decline_read_ahead_taken(
             lookup=ahead[0], read=ahead[1], case=case, now=timezone.now()
