@@ -390,3 +390,30 @@ def test_a_read_ahead_that_fails_is_asked_again_until_its_case_opens(store, sett
     assert lookup.case_id is None and lookup.answer is None
     assert lookup.attempts == 1 and "APIConnectionError" in lookup.last_error
     assert lookup.due_at > timezone.now()
+
+
+def test_a_case_opened_from_a_read_ahead_is_planned_once(
+    store,
+    settings,
+    fake_stripe,  # noqa: F811 - the fixture
+):
+    """The case opens classified by the answer read ahead and is planned once its attempt
+    is counted: one reading of the learned statistics, not one before the attempt and one
+    after."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from recovery.intake import stripe_event_process
+
+    store.gateway = Store.Gateway.STRIPE
+    store.save()
+    _, stored = _stored_failures(store, fake_stripe, ["insufficient_funds"])
+    _stream_until(lambda: DeclineLookup.objects.filter(answer__isnull=False).exists())
+
+    with CaptureQueriesContext(connection) as queries:
+        stripe_event_process(event_pk=stored[0].pk)
+
+    case = RecoveryCase.objects.get()
+    assert case.decline_code == "insufficient_funds" and case.retry_at is not None
+    plans = [q for q in queries.captured_queries if 'FROM "recovery_retrystat"' in q["sql"]]
+    assert len(plans) == 1
